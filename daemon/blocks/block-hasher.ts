@@ -1,0 +1,127 @@
+// Indexes a volume into a manifest on a pool of worker threads. The file is cut into segments
+// that workers take in turn; each worker reads its segment itself (no bytes cross threads), so
+// memory stays at a few MiB per worker whatever the image size.
+
+import os from 'node:os'
+import fs from 'node:fs/promises'
+import { Worker } from 'node:worker_threads'
+import { createManifest, blockCount, checkBlockSize, DEFAULT_BLOCK_SIZE, type Manifest } from './manifest.js'
+import { IO_ERROR, JOB_CANCELLED } from '../../protocol/errors.js'
+import type { HashReply, HashTask } from './hash-worker.js'
+
+const HASH_BYTES = 32
+const SEGMENT_BYTES = 64 << 20
+
+export interface IndexOptions {
+  blockSize?: number
+  // Bytes to index; defaults to the file's (or block device's) size.
+  size?: number
+  signal?: AbortSignal
+  onProgress?: (bytesDone: number, bytesTotal: number) => void
+}
+
+interface Pending {
+  resolve: (hashes: Buffer) => void
+  reject: (err: Error) => void
+}
+
+export class BlockHasher {
+  readonly threads: number
+  #workers: Worker[] = []
+  #idle: Worker[] = []
+  #waiting: Array<(w: Worker) => void> = []
+  #pending = new Map<number, Pending>()
+  #nextId = 0
+
+  constructor (threads = Math.max(1, os.availableParallelism())) {
+    this.threads = threads
+  }
+
+  #start (): void {
+    if (this.#workers.length) return
+    for (let i = 0; i < this.threads; i++) {
+      const w = new Worker(new URL('./hash-worker.js', import.meta.url))
+      w.on('message', (reply: HashReply) => {
+        const p = this.#pending.get(reply.id)
+        this.#pending.delete(reply.id)
+        this.#release(w)
+        if (!p) return
+        if (reply.error) p.reject(IO_ERROR(`reading for the index failed: ${reply.error.message}`))
+        else p.resolve(Buffer.from(reply.hashes!))
+      })
+      w.on('error', err => {
+        for (const p of this.#pending.values()) p.reject(err)
+        this.#pending.clear()
+      })
+      w.unref()
+      this.#workers.push(w)
+      this.#idle.push(w)
+    }
+  }
+
+  #release (w: Worker): void {
+    const next = this.#waiting.shift()
+    if (next) next(w)
+    else this.#idle.push(w)
+  }
+
+  #acquire (): Promise<Worker> {
+    const w = this.#idle.pop()
+    if (w) return Promise.resolve(w)
+    return new Promise(resolve => this.#waiting.push(resolve))
+  }
+
+  async #run (task: Omit<HashTask, 'id'>): Promise<Buffer> {
+    const w = await this.#acquire()
+    const id = this.#nextId++
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject })
+      w.postMessage({ ...task, id })
+    })
+  }
+
+  async indexFile (path: string, options: IndexOptions = {}): Promise<Manifest> {
+    const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE
+    checkBlockSize(blockSize)
+    const size = options.size ?? await deviceSize(path)
+    this.#start()
+    const hashes = Buffer.alloc(blockCount(size, blockSize) * HASH_BYTES)
+    const segment = Math.max(blockSize, SEGMENT_BYTES - (SEGMENT_BYTES % blockSize))
+    let done = 0
+    const jobs: Promise<void>[] = []
+    let failure: Error | undefined
+    for (let start = 0; start < size && !failure; start += segment) {
+      if (options.signal?.aborted) throw JOB_CANCELLED()
+      const end = Math.min(size, start + segment)
+      // Keep at most `threads` segments queued so cancellation and errors stop work quickly.
+      if (jobs.length >= this.threads * 2) await Promise.race(jobs)
+      const job: Promise<void> = this.#run({ path, blockSize, start, end }).then(part => {
+        part.copy(hashes, (start / blockSize) * HASH_BYTES)
+        done += end - start
+        options.onProgress?.(done, size)
+      }, err => { failure ??= err }).finally(() => { jobs.splice(jobs.indexOf(job), 1) })
+      jobs.push(job)
+    }
+    await Promise.all(jobs)
+    if (failure) throw failure
+    if (options.signal?.aborted) throw JOB_CANCELLED()
+    return createManifest(blockSize, size, hashes)
+  }
+
+  async close (): Promise<void> {
+    const workers = this.#workers
+    this.#workers = []
+    this.#idle = []
+    await Promise.all(workers.map(w => w.terminate()))
+  }
+}
+
+// Size of a regular file, or of a block device (whose stat size is 0) from sysfs.
+export async function deviceSize (path: string): Promise<number> {
+  const st = await fs.stat(path)
+  if (st.isFile()) return st.size
+  if (!st.isBlockDevice()) throw IO_ERROR(`${path} is neither a file nor a block device`)
+  const name = (await fs.realpath(path)).split('/').pop()!
+  const sectors = Number((await fs.readFile(`/sys/class/block/${name}/size`, 'utf8')).trim())
+  return sectors * 512
+}

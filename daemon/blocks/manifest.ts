@@ -1,0 +1,115 @@
+// A manifest is an image's block index: block size, byte size and one BLAKE3 hash per block,
+// with zero blocks marked (their hash slot is all zeros; they are never hashed, sent or
+// written). Its root, BLAKE3 of the canonical encoding, is the image's content identity.
+//
+// Canonical encoding: "OSFM" | u8 version | u32 blockSize | u64 size | zero bitfield (one bit per
+// block, LSB first) | the hashes of the non-zero blocks in order. Big-endian integers.
+
+import { hash, HASH_BYTES, toHex } from './hash.js'
+import { BAD_PARAMS, VERIFY_FAILED } from '../../protocol/errors.js'
+
+export const DEFAULT_BLOCK_SIZE = 4096
+export const MIN_BLOCK_SIZE = 512
+export const MAX_BLOCK_SIZE = 1 << 20
+const MAGIC = Buffer.from('OSFM')
+const VERSION = 1
+const HEADER_BYTES = 4 + 1 + 4 + 8
+
+export interface Manifest {
+  blockSize: number
+  size: number
+  // blockCount(size, blockSize) × 32 bytes; an all-zero slot marks a zero block.
+  hashes: Buffer
+  root: Buffer
+}
+
+export function blockCount (size: number, blockSize: number): number {
+  return Math.ceil(size / blockSize)
+}
+
+export function checkBlockSize (blockSize: number): void {
+  if (!Number.isInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
+    throw BAD_PARAMS(`block size must be a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}, got ${blockSize}`)
+  }
+}
+
+export function blockHash (m: Pick<Manifest, 'hashes'>, i: number): Buffer {
+  return m.hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES)
+}
+
+export function isZeroSlot (hashes: Buffer, i: number): boolean {
+  const o = i * HASH_BYTES
+  for (let j = 0; j < HASH_BYTES; j += 4) if (hashes.readUInt32LE(o + j) !== 0) return false
+  return true
+}
+
+export function zeroBlockCount (m: Pick<Manifest, 'hashes'>): number {
+  let n = 0
+  const count = m.hashes.length / HASH_BYTES
+  for (let i = 0; i < count; i++) if (isZeroSlot(m.hashes, i)) n++
+  return n
+}
+
+// The byte length of block i (the last block may be short).
+export function blockLength (m: Pick<Manifest, 'size' | 'blockSize'>, i: number): number {
+  return Math.min(m.blockSize, m.size - i * m.blockSize)
+}
+
+export function createManifest (blockSize: number, size: number, hashes: Buffer): Manifest {
+  checkBlockSize(blockSize)
+  if (hashes.length !== blockCount(size, blockSize) * HASH_BYTES) throw BAD_PARAMS('hash table does not match the size')
+  return { blockSize, size, hashes, root: hash(encodeManifest({ blockSize, size, hashes })) }
+}
+
+export function encodeManifest (m: Pick<Manifest, 'blockSize' | 'size' | 'hashes'>): Buffer {
+  const count = blockCount(m.size, m.blockSize)
+  const bitfield = Buffer.alloc(Math.ceil(count / 8))
+  let nonZero = 0
+  for (let i = 0; i < count; i++) {
+    if (isZeroSlot(m.hashes, i)) bitfield[i >> 3] |= 1 << (i & 7)
+    else nonZero++
+  }
+  const out = Buffer.allocUnsafe(HEADER_BYTES + bitfield.length + nonZero * HASH_BYTES)
+  MAGIC.copy(out, 0)
+  out.writeUInt8(VERSION, 4)
+  out.writeUInt32BE(m.blockSize, 5)
+  out.writeBigUInt64BE(BigInt(m.size), 9)
+  bitfield.copy(out, HEADER_BYTES)
+  let o = HEADER_BYTES + bitfield.length
+  for (let i = 0; i < count; i++) {
+    if (bitfield[i >> 3] & (1 << (i & 7))) continue
+    m.hashes.copy(out, o, i * HASH_BYTES, (i + 1) * HASH_BYTES)
+    o += HASH_BYTES
+  }
+  return out
+}
+
+// Decodes and checks an encoding; with `expectedRoot`, refuses one whose hash differs.
+export function decodeManifest (data: Buffer, expectedRoot?: Uint8Array): Manifest {
+  const bad = (why: string) => VERIFY_FAILED(`malformed manifest: ${why}`)
+  if (data.length < HEADER_BYTES || !data.subarray(0, 4).equals(MAGIC)) throw bad('no header')
+  if (data.readUInt8(4) !== VERSION) throw bad(`unknown version ${data.readUInt8(4)}`)
+  const blockSize = data.readUInt32BE(5)
+  const size64 = data.readBigUInt64BE(9)
+  if (size64 > BigInt(Number.MAX_SAFE_INTEGER)) throw bad('size out of range')
+  const size = Number(size64)
+  try { checkBlockSize(blockSize) } catch { throw bad(`block size ${blockSize}`) }
+  const count = blockCount(size, blockSize)
+  const bitfield = data.subarray(HEADER_BYTES, HEADER_BYTES + Math.ceil(count / 8))
+  if (bitfield.length !== Math.ceil(count / 8)) throw bad('truncated zero map')
+  const hashes = Buffer.alloc(count * HASH_BYTES)
+  let o = HEADER_BYTES + bitfield.length
+  for (let i = 0; i < count; i++) {
+    if (bitfield[i >> 3] & (1 << (i & 7))) continue
+    if (o + HASH_BYTES > data.length) throw bad('truncated hash table')
+    data.copy(hashes, i * HASH_BYTES, o, o + HASH_BYTES)
+    if (isZeroSlot(hashes, i)) throw bad(`block ${i} has an all-zero hash`)
+    o += HASH_BYTES
+  }
+  if (o !== data.length) throw bad('trailing bytes')
+  const root = hash(data)
+  if (expectedRoot && !root.equals(Buffer.from(expectedRoot))) {
+    throw VERIFY_FAILED(`manifest root ${toHex(root)} is not the expected ${toHex(expectedRoot)}`)
+  }
+  return { blockSize, size, hashes, root }
+}

@@ -1,0 +1,102 @@
+// The local API: JSON-RPC 2.0 method names, their params and results, and the notifications the
+// daemon pushes. Shared by osfarmd and osfarmctl; fields are only ever appended.
+
+export const API_VERSION = 1
+
+// A frame is one line of JSON; anything longer is refused without being parsed.
+export const MAX_FRAME_BYTES = 1 << 20
+
+export interface ImageInfo {
+  id: string
+  name: string
+  size: number
+  root: string
+  blockSize: number
+  blocks: number
+  zeroBlocks: number
+  createdAt: string
+  volume: string
+  origin: 'import' | 'build' | 'fetch'
+  layers: string[]
+}
+
+export type JobState = 'running' | 'done' | 'failed' | 'cancelled'
+
+export interface JobProgress {
+  phase: string
+  done: number
+  total: number
+  unit: 'bytes' | 'blocks' | 'steps'
+}
+
+export interface JobInfo {
+  id: string
+  kind: string
+  target: string
+  state: JobState
+  progress: JobProgress
+  createdAt: string
+  finishedAt?: string
+  result?: unknown
+  error?: { code: string, message: string }
+}
+
+export interface StoreUsage {
+  backend: string
+  volumes: number
+  bytesUsed: number
+  bytesFree: number
+}
+
+export interface DaemonStatus {
+  version: string
+  apiVersion: number
+  pid: number
+  uptimeSeconds: number
+  dataDir: string
+  socket: string
+  store: StoreUsage
+  images: number
+  jobs: { running: number, total: number }
+}
+
+export interface VerifyResult {
+  id: string
+  ok: boolean
+  blocks: number
+  badBlocks: number[]
+}
+
+export interface ExportResult {
+  id: string
+  path: string
+  format: 'raw' | 'qcow2'
+  bytes: number
+}
+
+// One entry per method: params and result types. The daemon's table and the typed client are
+// both checked against this map.
+export interface Methods {
+  'daemon.status': { params: Record<string, never>, result: DaemonStatus }
+  'daemon.version': { params: Record<string, never>, result: { version: string, apiVersion: number } }
+  'image.list': { params: Record<string, never>, result: ImageInfo[] }
+  'image.get': { params: { id: string }, result: ImageInfo }
+  'image.import': { params: { path: string, name: string }, result: JobInfo }
+  'image.export': { params: { id: string, path: string, format?: 'raw' | 'qcow2' }, result: JobInfo }
+  'image.remove': { params: { id: string }, result: { id: string, removed: boolean } }
+  'image.verify': { params: { id: string }, result: JobInfo }
+  'job.get': { params: { id: string }, result: JobInfo }
+  'job.list': { params: Record<string, never>, result: JobInfo[] }
+  'job.cancel': { params: { id: string }, result: JobInfo }
+  // Resolves when the job ends; meanwhile the daemon sends `job.progress` notifications.
+  'job.watch': { params: { id: string }, result: JobInfo }
+}
+
+export type MethodName = keyof Methods
+export type Params<M extends MethodName> = Methods[M]['params']
+export type Result<M extends MethodName> = Methods[M]['result']
+
+export interface Notifications {
+  'job.progress': JobInfo
+  'job.log': { id: string, line: string }
+}
