@@ -59,7 +59,9 @@ export class BlockHasher {
     }
   }
 
+  // An idle worker must not keep the process alive; a busy one must.
   #release (w: Worker): void {
+    w.unref()
     const next = this.#waiting.shift()
     if (next) next(w)
     else this.#idle.push(w)
@@ -76,6 +78,7 @@ export class BlockHasher {
     const id = this.#nextId++
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject })
+      w.ref()
       w.postMessage({ ...task, id })
     })
   }
