@@ -39,6 +39,12 @@ export const ERRORS = {
   STORE_FULL: { rpc: -32045, exit: 73, text: 'store is full' },
   TOOL_MISSING: { rpc: -32050, exit: 69, text: 'a required system tool is missing' },
   TOOL_FAILED: { rpc: -32051, exit: 70, text: 'a system tool failed' },
+  SPEC_INVALID: { rpc: -32070, exit: 65, text: 'image spec is invalid' },
+  BUILD_FAILED: { rpc: -32071, exit: 70, text: 'image build failed' },
+  MIRROR_UNREACHABLE: { rpc: -32072, exit: 69, text: 'package mirror unreachable' },
+  PACKAGE_NOT_FOUND: { rpc: -32073, exit: 65, text: 'package not found in the repositories' },
+  SCRIPT_FAILED: { rpc: -32074, exit: 65, text: 'a build script exited non-zero' },
+  SIZE_TOO_SMALL: { rpc: -32075, exit: 73, text: 'image size too small for its content' },
 } as const satisfies Record<string, ErrorSpec>
 
 export type ErrorCode = keyof typeof ERRORS
@@ -98,3 +104,9 @@ export const VOLUME_READ_ONLY = factory('VOLUME_READ_ONLY')
 export const STORE_FULL = factory('STORE_FULL')
 export const TOOL_MISSING = factory('TOOL_MISSING')
 export const TOOL_FAILED = factory('TOOL_FAILED')
+export const SPEC_INVALID = factory('SPEC_INVALID')
+export const BUILD_FAILED = factory('BUILD_FAILED')
+export const MIRROR_UNREACHABLE = factory('MIRROR_UNREACHABLE')
+export const PACKAGE_NOT_FOUND = factory('PACKAGE_NOT_FOUND')
+export const SCRIPT_FAILED = factory('SCRIPT_FAILED')
+export const SIZE_TOO_SMALL = factory('SIZE_TOO_SMALL')
