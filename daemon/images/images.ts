@@ -1,0 +1,234 @@
+// Images: committed volumes with a manifest and a name. Import copies a raw file into a new
+// volume (holes stay holes), indexes it and registers it; export writes raw or qcow2; verify
+// re-hashes the volume against its manifest. Builds and fetches register their volumes here too.
+
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { BAD_PARAMS, IMAGE_NOT_FOUND, NAME_IN_USE, SOURCE_EMPTY, SOURCE_INVALID, TARGET_UNWRITABLE, VERIFY_FAILED } from '../../protocol/errors.js'
+import type { ExportResult, ImageInfo, JobInfo, VerifyResult } from '../../protocol/rpc.js'
+import type { Catalog } from '../catalog/catalog.js'
+import type { JobContext, JobManager } from '../jobs/jobs.js'
+import type { LayerStore } from '../store/layer-store.js'
+import type { BlockHasher } from '../blocks/block-hasher.js'
+import { deviceSize } from '../blocks/block-hasher.js'
+import { blockCount, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
+import { HASH_BYTES, toHex } from '../blocks/hash.js'
+import { copyNonZero } from './block-copy.js'
+import * as qemuImg from '../tools/qemu-img.js'
+import type { Logger } from '../log.js'
+
+const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$/
+const MAX_BAD_BLOCKS_LISTED = 1000
+
+export interface RegisterOptions {
+  volume: string
+  name: string
+  origin: ImageInfo['origin']
+  layers?: string[]
+  // A manifest already verified against the volume's bytes (a fetch); else the volume is indexed.
+  manifest?: Manifest
+  ctx?: JobContext
+}
+
+export class ImageService {
+  readonly #catalog: Catalog
+  readonly #store: LayerStore
+  readonly #jobs: JobManager
+  readonly #hasher: BlockHasher
+  readonly #blockSize: number
+  readonly #log: Logger
+  // Names claimed by imports still running, so two cannot race for one name.
+  readonly #claimed = new Set<string>()
+
+  constructor (deps: { catalog: Catalog, store: LayerStore, jobs: JobManager, hasher: BlockHasher, blockSize: number, log: Logger }) {
+    this.#catalog = deps.catalog
+    this.#store = deps.store
+    this.#jobs = deps.jobs
+    this.#hasher = deps.hasher
+    this.#blockSize = deps.blockSize
+    this.#log = deps.log
+  }
+
+  list (): Promise<ImageInfo[]> {
+    return this.#catalog.listImages().then(list => list.sort((a, b) => a.createdAt.localeCompare(b.createdAt)))
+  }
+
+  get (ref: string): Promise<ImageInfo> {
+    return this.#catalog.findImage(ref)
+  }
+
+  async checkName (name: string): Promise<void> {
+    if (!IMAGE_NAME.test(name)) throw BAD_PARAMS(`image name must match ${IMAGE_NAME.source}, got ${JSON.stringify(name)}`)
+    if (this.#claimed.has(name) || await this.#catalog.names.get(name)) throw NAME_IN_USE(`an image named "${name}" exists`)
+  }
+
+  async import (source: string, name: string): Promise<JobInfo> {
+    if (!path.isAbsolute(source)) throw BAD_PARAMS('the source path must be absolute')
+    await this.checkName(name)
+    const size = await sourceSize(source)
+    this.#claimed.add(name)
+    try {
+      return this.#jobs.start('import', name, async ctx => {
+        try {
+          return await this.#importJob(source, size, name, ctx)
+        } finally {
+          this.#claimed.delete(name)
+        }
+      })
+    } catch (err) {
+      this.#claimed.delete(name)
+      throw err
+    }
+  }
+
+  async #importJob (source: string, size: number, name: string, ctx: JobContext): Promise<ImageInfo> {
+    const volume = `img-${randomBytes(8).toString('hex')}`
+    const info = await this.#store.prepare(volume, { size })
+    try {
+      const from = await fs.open(source, 'r')
+      const to = await fs.open(info.path, 'r+')
+      try {
+        await copyNonZero(from, to, {
+          size,
+          blockSize: this.#blockSize,
+          signal: ctx.signal,
+          onProgress: (done, total) => ctx.progress('copy', done, total)
+        })
+        await to.sync()
+      } finally {
+        await from.close()
+        await to.close()
+      }
+      await this.#store.commit(volume)
+      return await this.register({ volume, name, origin: 'import', ctx })
+    } catch (err) {
+      await this.#store.remove(volume).catch(() => {})
+      throw err
+    }
+  }
+
+  // Indexes (unless given a manifest) and catalogs a committed volume as an image.
+  async register (opts: RegisterOptions): Promise<ImageInfo> {
+    const vol = await this.#store.stat(opts.volume)
+    if (!vol || vol.kind !== 'committed') throw BAD_PARAMS(`volume ${opts.volume} is not committed`)
+    const manifest = opts.manifest ?? await this.#hasher.indexFile(vol.path, {
+      blockSize: this.#blockSize,
+      size: vol.size,
+      signal: opts.ctx?.signal,
+      onProgress: (done, total) => opts.ctx?.progress('index', done, total)
+    })
+    const image: ImageInfo = {
+      id: randomBytes(8).toString('hex'),
+      name: opts.name,
+      size: manifest.size,
+      root: toHex(manifest.root),
+      blockSize: manifest.blockSize,
+      blocks: blockCount(manifest.size, manifest.blockSize),
+      zeroBlocks: zeroBlockCount(manifest),
+      createdAt: new Date().toISOString(),
+      volume: opts.volume,
+      origin: opts.origin,
+      layers: opts.layers ?? []
+    }
+    await this.#catalog.putImage(image, manifest)
+    this.#log.info('image registered', { image: image.id, name: image.name, root: image.root, size: image.size })
+    return image
+  }
+
+  async export (ref: string, target: string, format: 'raw' | 'qcow2'): Promise<JobInfo> {
+    if (!path.isAbsolute(target)) throw BAD_PARAMS('the target path must be absolute')
+    if (format !== 'raw' && format !== 'qcow2') throw BAD_PARAMS(`format must be raw or qcow2, got ${JSON.stringify(format)}`)
+    const image = await this.get(ref)
+    const vol = await this.#volumeOf(image)
+    // Claim the temporary file now, so an unwritable target fails the call, not a job later.
+    const tmp = path.join(path.dirname(target), `.${path.basename(target)}.osfarm-${randomBytes(4).toString('hex')}`)
+    const fh = await fs.open(tmp, 'wx', 0o644).catch(err => {
+      throw TARGET_UNWRITABLE(`cannot write ${target}: ${err.code ?? err.message}`)
+    })
+    if (await fs.stat(target).then(st => st.isDirectory(), () => false)) {
+      await fh.close()
+      await fs.rm(tmp, { force: true })
+      throw TARGET_UNWRITABLE(`${target} is a directory`)
+    }
+    return this.#jobs.start('export', image.name, async ctx => {
+      try {
+        if (format === 'raw') {
+          await fh.truncate(image.size)
+          const from = await fs.open(vol.path, 'r')
+          try {
+            await copyNonZero(from, fh, { size: image.size, blockSize: image.blockSize, signal: ctx.signal, onProgress: (d, t) => ctx.progress('copy', d, t) })
+          } finally {
+            await from.close()
+          }
+          await fh.sync()
+          await fh.close()
+        } else {
+          await fh.close()
+          ctx.progress('convert', 0, image.size)
+          await qemuImg.convert(vol.path, 'raw', tmp, 'qcow2', ctx.signal)
+          ctx.progress('convert', image.size, image.size)
+        }
+        await fs.rename(tmp, target)
+        const bytes = (await fs.stat(target)).size
+        return { id: image.id, path: target, format, bytes } satisfies ExportResult
+      } catch (err) {
+        await fh.close().catch(() => {})
+        await fs.rm(tmp, { force: true })
+        throw err
+      }
+    })
+  }
+
+  async verify (ref: string): Promise<JobInfo> {
+    const image = await this.get(ref)
+    const vol = await this.#volumeOf(image)
+    return this.#jobs.start('verify', image.name, async ctx => {
+      const expected = await this.#catalog.manifest(image.root)
+      if (!expected) throw VERIFY_FAILED(`the manifest of ${image.name} is missing`)
+      const actual = await this.#hasher.indexFile(vol.path, {
+        blockSize: expected.blockSize,
+        size: expected.size,
+        signal: ctx.signal,
+        onProgress: (d, t) => ctx.progress('hash', d, t)
+      })
+      const badBlocks: number[] = []
+      const count = blockCount(expected.size, expected.blockSize)
+      for (let i = 0; i < count && badBlocks.length < MAX_BAD_BLOCKS_LISTED; i++) {
+        if (expected.hashes.compare(actual.hashes, i * HASH_BYTES, (i + 1) * HASH_BYTES, i * HASH_BYTES, (i + 1) * HASH_BYTES) !== 0) badBlocks.push(i)
+      }
+      const result: VerifyResult = { id: image.id, ok: badBlocks.length === 0, blocks: count, badBlocks }
+      if (!result.ok) this.#log.warn('image failed verification', { image: image.id, badBlocks: badBlocks.length })
+      return result
+    })
+  }
+
+  async remove (ref: string): Promise<{ id: string, removed: boolean }> {
+    const image = await this.get(ref)
+    // Catalog first: a crash in between leaves an unlisted volume, never a listed broken image.
+    await this.#catalog.deleteImage(image)
+    const sharers = (await this.#catalog.listImages()).filter(i => i.volume === image.volume)
+    if (sharers.length === 0 && image.origin !== 'build') await this.#store.remove(image.volume).catch(() => {})
+    this.#log.info('image removed', { image: image.id, name: image.name })
+    return { id: image.id, removed: true }
+  }
+
+  async #volumeOf (image: ImageInfo) {
+    const vol = await this.#store.stat(image.volume)
+    if (!vol) throw IMAGE_NOT_FOUND(`the volume of image ${image.name} is missing from the store`)
+    return vol
+  }
+}
+
+// Size of an importable source, or a clear error why it is not one.
+async function sourceSize (source: string): Promise<number> {
+  const st = await fs.stat(source).catch(err => {
+    throw SOURCE_INVALID(`cannot read ${source}: ${err.code === 'ENOENT' ? 'no such file' : err.code ?? err.message}`)
+  })
+  if (st.isDirectory()) throw SOURCE_INVALID(`${source} is a directory`)
+  if (!st.isFile() && !st.isBlockDevice()) throw SOURCE_INVALID(`${source} is not a regular file or block device`)
+  await fs.access(source, fs.constants.R_OK).catch(err => { throw SOURCE_INVALID(`cannot read ${source}: ${err.code}`) })
+  const size = await deviceSize(source)
+  if (size === 0) throw SOURCE_EMPTY(`${source} is empty`)
+  return size
+}

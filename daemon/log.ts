@@ -1,0 +1,40 @@
+// Structured logs: one line per event on stdout (journald adds the time), `level=… msg=… k=v`.
+// Callers pass fields, never secrets: keys and fleet secrets are not logged anywhere.
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
+const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 }
+export const LOG_LEVELS = Object.keys(RANK) as LogLevel[]
+
+export type LogFields = Record<string, string | number | boolean | undefined | null>
+
+export interface Logger {
+  debug (msg: string, fields?: LogFields): void
+  info (msg: string, fields?: LogFields): void
+  warn (msg: string, fields?: LogFields): void
+  error (msg: string, fields?: LogFields): void
+  child (fields: LogFields): Logger
+}
+
+export function createLogger (level: LogLevel = 'info', base: LogFields = {}, write: (line: string) => void = line => process.stdout.write(line + '\n')): Logger {
+  const min = RANK[level]
+  const emit = (lvl: LogLevel, msg: string, fields?: LogFields) => {
+    if (RANK[lvl] < min) return
+    let line = `level=${lvl} msg=${quote(msg)}`
+    for (const [k, v] of Object.entries({ ...base, ...fields })) {
+      if (v === undefined || v === null) continue
+      line += ` ${k}=${typeof v === 'string' ? quote(v) : v}`
+    }
+    write(line)
+  }
+  return {
+    debug: (m, f) => emit('debug', m, f),
+    info: (m, f) => emit('info', m, f),
+    warn: (m, f) => emit('warn', m, f),
+    error: (m, f) => emit('error', m, f),
+    child: fields => createLogger(level, { ...base, ...fields }, write)
+  }
+}
+
+function quote (s: string): string {
+  return /^[\w./:@+-]+$/.test(s) ? s : JSON.stringify(s)
+}

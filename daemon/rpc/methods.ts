@@ -1,0 +1,57 @@
+// The local API's one method table. Each entry declares its params, whether it changes state
+// (`write`: may be limited to root), and a handler that delegates to a service.
+
+import type { MethodName, Params, Result } from '../../protocol/rpc.js'
+import { API_VERSION } from '../../protocol/rpc.js'
+import type { ParamSpec } from './params.js'
+import type { Daemon } from '../daemon.js'
+import type { JobEvent } from '../jobs/jobs.js'
+
+export interface CallContext {
+  // Sends a JSON-RPC notification to the calling connection.
+  notify (method: string, params: unknown): void
+  // Aborted when the calling connection closes.
+  signal: AbortSignal
+}
+
+export interface MethodEntry<M extends MethodName> {
+  params: ParamSpec
+  write: boolean
+  handler (params: Params<M>, ctx: CallContext): Promise<Result<M>> | Result<M>
+}
+
+export type MethodTable = { [M in MethodName]: MethodEntry<M> }
+
+const id = { id: { type: 'string' } } as const
+
+export function methodTable (d: Daemon): MethodTable {
+  return {
+    'daemon.status': { params: {}, write: false, handler: () => d.status() },
+    'daemon.version': { params: {}, write: false, handler: () => ({ version: d.version, apiVersion: API_VERSION }) },
+    'image.list': { params: {}, write: false, handler: () => d.images.list() },
+    'image.get': { params: id, write: false, handler: p => d.images.get(p.id) },
+    'image.import': {
+      params: { path: { type: 'string' }, name: { type: 'string' } },
+      write: true,
+      handler: p => d.images.import(p.path, p.name)
+    },
+    'image.export': {
+      params: { ...id, path: { type: 'string' }, format: { type: ['raw', 'qcow2'], optional: true } },
+      write: true,
+      handler: p => d.images.export(p.id, p.path, p.format ?? 'raw')
+    },
+    'image.remove': { params: id, write: true, handler: p => d.images.remove(p.id) },
+    'image.verify': { params: id, write: false, handler: p => d.images.verify(p.id) },
+    'job.get': { params: id, write: false, handler: p => d.jobs.get(p.id) },
+    'job.list': { params: {}, write: false, handler: () => d.jobs.list() },
+    'job.cancel': { params: id, write: true, handler: p => d.jobs.cancel(p.id) },
+    'job.watch': {
+      params: id,
+      write: false,
+      handler: (p, ctx) => d.jobs.watch(p.id, (e: JobEvent) => {
+        if (e.type === 'progress') ctx.notify('job.progress', e.job)
+        else ctx.notify('job.log', { id: e.id, line: e.line })
+      }, ctx.signal)
+    }
+  }
+}

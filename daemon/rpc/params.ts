@@ -1,0 +1,32 @@
+// A small checker for RPC params: each method declares its fields, and anything else, a missing
+// field or a wrong type is BAD_PARAMS naming the field, before a handler runs.
+
+import { BAD_PARAMS } from '../../protocol/errors.js'
+
+export type FieldType = 'string' | 'number' | 'boolean' | 'object' | readonly string[]
+export interface FieldSpec { type: FieldType, optional?: boolean }
+export type ParamSpec = Record<string, FieldSpec>
+
+export function checkParams (spec: ParamSpec, params: unknown): Record<string, unknown> {
+  if (params === undefined || params === null) params = {}
+  if (typeof params !== 'object' || Array.isArray(params)) throw BAD_PARAMS('params must be an object')
+  const p = params as Record<string, unknown>
+  for (const key of Object.keys(p)) {
+    if (!Object.hasOwn(spec, key)) throw BAD_PARAMS(`unknown parameter "${key}"`)
+  }
+  for (const [key, field] of Object.entries(spec)) {
+    const v = p[key]
+    if (v === undefined) {
+      if (!field.optional) throw BAD_PARAMS(`missing parameter "${key}"`)
+      continue
+    }
+    if (Array.isArray(field.type)) {
+      if (!field.type.includes(v as string)) throw BAD_PARAMS(`"${key}" must be one of ${field.type.join(', ')}`)
+    } else if (field.type === 'object') {
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw BAD_PARAMS(`"${key}" must be an object`)
+    } else if (typeof v !== field.type || (field.type === 'string' && v === '') || (field.type === 'number' && !Number.isFinite(v))) {
+      throw BAD_PARAMS(`"${key}" must be a ${field.type === 'string' ? 'non-empty string' : field.type}`)
+    }
+  }
+  return p
+}

@@ -1,0 +1,9 @@
+// qemu-img, wrapped once: conversion between raw volumes and image formats.
+
+import { runTool } from './run-tool.js'
+
+const run = (args: string[], signal?: AbortSignal) => runTool('qemu-img', args, { signal, pkg: 'qemu-utils' })
+
+export async function convert (from: string, fromFormat: string, to: string, toFormat: string, signal?: AbortSignal): Promise<void> {
+  await run(['convert', '-f', fromFormat, '-O', toFormat, from, to], signal)
+}
