@@ -31,15 +31,19 @@ export async function copyNonZero (from: FileHandle, to: FileHandle, options: Co
     }
     // Write each run of consecutive non-zero blocks with one call.
     let runStart = -1
-    for (let o = 0; o <= got; o += blockSize) {
+    for (let o = 0; o < got; o += blockSize) {
       const end = Math.min(o + blockSize, got)
-      const nonZero = o < got && chunk.compare(zero, 0, end - o, o, end) !== 0
+      const nonZero = chunk.compare(zero, 0, end - o, o, end) !== 0
       if (nonZero && runStart < 0) runStart = o
       if (!nonZero && runStart >= 0) {
         await writeAll(to, chunk.subarray(runStart, o), pos + runStart)
         written += o - runStart
         runStart = -1
       }
+    }
+    if (runStart >= 0) {
+      await writeAll(to, chunk.subarray(runStart, got), pos + runStart)
+      written += got - runStart
     }
     pos += got
     options.onProgress?.(pos, size)

@@ -1,0 +1,92 @@
+// osfarmctl image ls|show|import|export|rm|verify
+
+import path from 'node:path'
+import { Option, type Command } from 'commander'
+import type { ImageInfo, ExportResult, VerifyResult } from '../../protocol/rpc.js'
+import { VERIFY_FAILED } from '../../protocol/errors.js'
+import { withClient, type CliContext } from '../context.js'
+import { humanBytes, printFields, printJson, printTable, shortId } from '../output.js'
+import { watchJob } from '../progress.js'
+
+export function register (program: Command, ctx: CliContext): void {
+  const image = program.command('image').description('manage images')
+
+  image.command('ls').alias('list')
+    .description('list images')
+    .option('--json', 'print JSON')
+    .action(opts => withClient(ctx, async c => {
+      const images = await c.call('image.list', {})
+      if (opts.json) return printJson(images)
+      printTable(['ID', 'NAME', 'SIZE', 'DATA', 'ROOT', 'ORIGIN', 'LAYERS', 'CREATED'], images.map(i => [
+        shortId(i.id), i.name, humanBytes(i.size), humanBytes(dataBytes(i)), shortId(i.root), i.origin,
+        i.layers.length ? i.layers.map(l => shortId(l, 8)).join('>') : '-', i.createdAt.replace(/\.\d+Z$/, 'Z')
+      ]))
+    }))
+
+  image.command('show <id>')
+    .description('show one image (by id, name, or id/root prefix)')
+    .option('--json', 'print JSON')
+    .action((ref, opts) => withClient(ctx, async c => {
+      const i = await c.call('image.get', { id: ref })
+      if (opts.json) return printJson(i)
+      printFields([
+        ['id', i.id], ['name', i.name], ['root', i.root], ['size', `${humanBytes(i.size)} (${i.size} bytes)`],
+        ['data', `${humanBytes(dataBytes(i))} in ${i.blocks - i.zeroBlocks} of ${i.blocks} blocks of ${i.blockSize} bytes`],
+        ['origin', i.origin], ['layers', i.layers.join(' > ') || '-'], ['volume', i.volume], ['created', i.createdAt]
+      ])
+    }))
+
+  image.command('import <file>')
+    .description('import a raw image file')
+    .requiredOption('-n, --name <name>', 'image name')
+    .option('--no-wait', 'return the job at once')
+    .option('--json', 'print JSON')
+    .action((file, opts) => withClient(ctx, async c => {
+      const job = await c.call('image.import', { path: path.resolve(file), name: opts.name })
+      if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+      const end = await watchJob(c, job, { bar: !opts.json })
+      const img = end.result as ImageInfo
+      if (opts.json) return printJson(img)
+      console.log(`imported ${img.name}: id ${shortId(img.id)}, root ${shortId(img.root)}, ${humanBytes(img.size)} (${humanBytes(dataBytes(img))} data)`)
+    }))
+
+  image.command('export <id>')
+    .description('write an image to a file')
+    .requiredOption('-o, --output <file>', 'target file')
+    .addOption(new Option('--format <format>', 'output format').choices(['raw', 'qcow2']).default('raw'))
+    .option('--no-wait', 'return the job at once')
+    .option('--json', 'print JSON')
+    .action((ref, opts) => withClient(ctx, async c => {
+      const job = await c.call('image.export', { id: ref, path: path.resolve(opts.output), format: opts.format })
+      if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+      const end = await watchJob(c, job, { bar: !opts.json })
+      const r = end.result as ExportResult
+      if (opts.json) return printJson(r)
+      console.log(`exported ${ref} to ${r.path} (${r.format}, ${humanBytes(r.bytes)})`)
+    }))
+
+  image.command('rm <id>').alias('remove')
+    .description('remove an image')
+    .option('--json', 'print JSON')
+    .action((ref, opts) => withClient(ctx, async c => {
+      const r = await c.call('image.remove', { id: ref })
+      if (opts.json) return printJson(r)
+      console.log(`removed ${r.id}`)
+    }))
+
+  image.command('verify <id>')
+    .description('re-hash an image and compare it with its manifest')
+    .option('--json', 'print JSON')
+    .action((ref, opts) => withClient(ctx, async c => {
+      const job = await c.call('image.verify', { id: ref })
+      const end = await watchJob(c, job, { bar: !opts.json })
+      const r = end.result as VerifyResult
+      if (opts.json) printJson(r)
+      else console.log(r.ok ? `ok: ${r.blocks} blocks match` : `FAILED: ${r.badBlocks.length} bad blocks (first: ${r.badBlocks.slice(0, 10).join(', ')})`)
+      if (!r.ok) throw VERIFY_FAILED(`${r.badBlocks.length} blocks do not match the manifest`)
+    }))
+}
+
+function dataBytes (i: ImageInfo): number {
+  return Math.min(i.size, (i.blocks - i.zeroBlocks) * i.blockSize)
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env node
+// osfarmctl: the command line for osfarmd. Only this file calls process.exit.
+
+import { Command } from 'commander'
+import { OsfarmError } from '../protocol/errors.js'
+import { cliContext } from './context.js'
+import { VERSION } from './version.js'
+import * as status from './commands/status.js'
+import * as image from './commands/image.js'
+import * as job from './commands/job.js'
+
+const program = new Command('osfarmctl')
+  .description('control osfarmd: build, store and move VM images')
+  .version(VERSION)
+  .option('-s, --socket <path>', 'osfarmd socket (env OSFARM_SOCKET)', process.env.OSFARM_SOCKET)
+  .showHelpAfterError()
+
+const ctx = cliContext(program)
+for (const command of [status, image, job]) command.register(program, ctx)
+
+program.parseAsync().then(() => process.exit(0), err => {
+  const e = OsfarmError.from(err)
+  process.stderr.write(`osfarmctl: ${e.message}\n`)
+  process.exit(e.exitCode)
+})
