@@ -39,6 +39,11 @@ export const ERRORS = {
   STORE_FULL: { rpc: -32045, exit: 73, text: 'store is full' },
   TOOL_MISSING: { rpc: -32050, exit: 69, text: 'a required system tool is missing' },
   TOOL_FAILED: { rpc: -32051, exit: 70, text: 'a system tool failed' },
+  PROTOCOL_ERROR: { rpc: -32060, exit: 76, text: 'peer protocol violation' },
+  FLEET_NOT_CONFIGURED: { rpc: -32061, exit: 78, text: 'no fleet configured (osfarmctl fleet init)' },
+  NO_PEERS: { rpc: -32062, exit: 69, text: 'no peer holds the image' },
+  BAD_BLOCK: { rpc: -32063, exit: 76, text: 'a peer sent a block that does not match its hash' },
+  PEER_GONE: { rpc: -32064, exit: 69, text: 'peer disconnected' },
   SPEC_INVALID: { rpc: -32070, exit: 65, text: 'image spec is invalid' },
   BUILD_FAILED: { rpc: -32071, exit: 70, text: 'image build failed' },
   MIRROR_UNREACHABLE: { rpc: -32072, exit: 69, text: 'package mirror unreachable' },
@@ -104,6 +109,12 @@ export const VOLUME_READ_ONLY = factory('VOLUME_READ_ONLY')
 export const STORE_FULL = factory('STORE_FULL')
 export const TOOL_MISSING = factory('TOOL_MISSING')
 export const TOOL_FAILED = factory('TOOL_FAILED')
+export const PROTOCOL_ERROR = factory('PROTOCOL_ERROR')
+export const FRAME_TOO_LARGE = factory('FRAME_TOO_LARGE')
+export const FLEET_NOT_CONFIGURED = factory('FLEET_NOT_CONFIGURED')
+export const NO_PEERS = factory('NO_PEERS')
+export const BAD_BLOCK = factory('BAD_BLOCK')
+export const PEER_GONE = factory('PEER_GONE')
 export const SPEC_INVALID = factory('SPEC_INVALID')
 export const BUILD_FAILED = factory('BUILD_FAILED')
 export const MIRROR_UNREACHABLE = factory('MIRROR_UNREACHABLE')

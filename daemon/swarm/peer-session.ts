@@ -1,0 +1,369 @@
+// One peer connection: frames over the Noise stream, the Hello handshake, request/response
+// matching for manifests and blocks, and serving the peer's requests under upload limits.
+// Any protocol violation ends this session (and only it); the daemon goes on.
+
+import { EventEmitter } from 'node:events'
+import { createRequire } from 'node:module'
+import { Compressor } from 'zstd-napi'
+import {
+  Codec, decodeMessage, encodeFrame, FrameDecoder, HASH_BYTES, MAX_FRAME_BYTES, MAX_MANIFEST_CHUNK, WIRE_VERSION,
+  type Advert, type BlockResponse, type CodecId, type Have, type Hello, type Message, type MessageMap, type MessageName
+} from '../../protocol/wire.js'
+import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js'
+import { RateLimiter } from './rate-limiter.js'
+
+const require = createRequire(import.meta.url)
+const zstd = require('zstd-napi/binding') as { decompress (dst: Uint8Array, src: Uint8Array): number }
+
+const HELLO_TIMEOUT_MS = 15_000
+const REQUEST_TIMEOUT_MS = 60_000
+// A peer may queue this many block requests with us; more is a protocol violation.
+const MAX_QUEUED_REQUESTS = 512
+const SERVE_CONCURRENCY = 4
+// Compress a response only when it saves at least this fraction.
+const MIN_SAVING = 0.05
+const ZSTD_LEVEL = 1
+// Rate estimate: exponentially weighted over about this many milliseconds.
+const RATE_WINDOW_MS = 2000
+
+export interface BlockBatch {
+  // Raw length of each requested block in order, 0 where missing; `data` holds them back to back.
+  sizes: number[]
+  data: Buffer
+}
+
+// What a session needs from its daemon.
+export interface SessionHost {
+  readonly hostName: string
+  readonly codecs: CodecId[]
+  readonly uploadLimiter: RateLimiter
+  readonly peerUploadLimit: number
+  helloAdverts (): Advert[]
+  onHello (session: PeerSession): void
+  onAdverts (session: PeerSession, adverts: Advert[]): void
+  onHave (session: PeerSession, have: Have): void
+  readManifest (root: Buffer): Promise<Buffer | undefined>
+  readBlocks (hashes: Buffer): Promise<BlockBatch>
+}
+
+export interface Stream extends EventEmitter {
+  write (data: Buffer): boolean
+  destroy (err?: Error): void
+  destroyed: boolean
+}
+
+interface Pending {
+  resolve: (value: any) => void
+  reject: (err: Error) => void
+  timer: NodeJS.Timeout
+  type: 'ManifestResponse' | 'BlockResponse'
+}
+
+export interface SessionStats {
+  bytesIn: number
+  bytesOut: number
+  // Block payload bytes before compression.
+  rawIn: number
+  rawOut: number
+  blocksIn: number
+  blocksOut: number
+  // Bytes per second received, recent.
+  rateIn: number
+  connectedAt: number
+}
+
+export class PeerSession extends EventEmitter {
+  readonly remoteKey: Buffer
+  readonly remoteHex: string
+  readonly address: string
+  remoteHello: Hello | undefined
+  readonly adverts = new Map<string, Advert>()
+  // Partial holders: root hex → bitfield of verified blocks.
+  readonly haves = new Map<string, Buffer>()
+  readonly stats: SessionStats = { bytesIn: 0, bytesOut: 0, rawIn: 0, rawOut: 0, blocksIn: 0, blocksOut: 0, rateIn: 0, connectedAt: Date.now() }
+  readonly ready: Promise<void>
+  closed = false
+  closeError: Error | undefined
+
+  readonly #stream: Stream
+  readonly #host: SessionHost
+  readonly #decoder = new FrameDecoder(MAX_FRAME_BYTES)
+  readonly #pending = new Map<number, Pending>()
+  readonly #limiter: RateLimiter
+  #nextId = 1
+  #queue: Array<{ id: number, hashes: Buffer }> = []
+  #serving = 0
+  #drained: Promise<void> | undefined
+  #compressor: Compressor | undefined
+  #rateAt = performance.now()
+  #readyResolve!: () => void
+  #readyReject!: (err: Error) => void
+  #helloTimer: NodeJS.Timeout
+
+  constructor (stream: Stream, remoteKey: Buffer, host: SessionHost, address = '') {
+    super()
+    this.#stream = stream
+    this.#host = host
+    this.remoteKey = remoteKey
+    this.remoteHex = remoteKey.toString('hex')
+    this.address = address
+    this.#limiter = new RateLimiter(host.peerUploadLimit)
+    this.ready = new Promise((resolve, reject) => { this.#readyResolve = resolve; this.#readyReject = reject })
+    this.ready.catch(() => {})
+    this.#helloTimer = setTimeout(() => this.destroy(PROTOCOL_ERROR('no hello from peer')), HELLO_TIMEOUT_MS)
+    stream.on('data', (chunk: Buffer) => this.#onData(chunk))
+    stream.on('error', (err: Error) => this.destroy(err))
+    stream.on('close', () => this.destroy())
+    this.#send('Hello', { version: WIRE_VERSION, host: host.hostName, codecs: host.codecs, maxFrame: MAX_FRAME_BYTES, adverts: host.helloAdverts() })
+  }
+
+  get codec (): CodecId {
+    const theirs = this.remoteHello?.codecs ?? []
+    return theirs.includes(Codec.ZSTD) && this.#host.codecs.includes(Codec.ZSTD) ? Codec.ZSTD : Codec.RAW
+  }
+
+  get inflight (): number { return this.#pending.size }
+
+  // True when the peer holds block `index` of manifest `rootHex`, whole or part-way.
+  has (rootHex: string, index: number): boolean {
+    if (this.adverts.has(rootHex)) return true
+    const bits = this.haves.get(rootHex)
+    return !!bits && index >> 3 < bits.length && (bits[index >> 3]! & (1 << (index & 7))) !== 0
+  }
+
+  holds (rootHex: string): boolean {
+    return this.adverts.has(rootHex) || this.haves.has(rootHex)
+  }
+
+  sendAdverts (adverts: Advert[]): void {
+    for (let i = 0; i < adverts.length; i += 500) this.#send('Adverts', { adverts: adverts.slice(i, i + 500) })
+  }
+
+  sendHave (have: Have): void {
+    this.#send('Have', have)
+  }
+
+  // The whole manifest encoding, in chunks. The caller verifies it against the root.
+  async getManifest (root: Buffer, maxBytes: number): Promise<Buffer> {
+    const parts: Buffer[] = []
+    let offset = 0
+    let total = Infinity
+    while (offset < total) {
+      const r = await this.#request('ManifestRequest', 'ManifestResponse', id => ({ id, root, offset }))
+      if (r.offset !== offset || r.total > maxBytes || (r.data.length === 0 && offset < r.total)) throw PROTOCOL_ERROR('bad manifest chunk')
+      total = r.total
+      parts.push(r.data)
+      offset += r.data.length
+    }
+    return Buffer.concat(parts)
+  }
+
+  // Blocks by hash; resolves with their raw bytes (not yet verified: the caller checks hashes).
+  async getBlocks (hashes: Buffer, onId?: (id: number) => void): Promise<BlockBatch> {
+    const count = hashes.length / HASH_BYTES
+    const r: BlockResponse = await this.#request('BlockRequest', 'BlockResponse', id => { onId?.(id); return { id, hashes } })
+    if (r.sizes.length !== count) throw PROTOCOL_ERROR('block response does not match its request')
+    let raw = 0
+    for (const s of r.sizes) raw += s
+    let data = r.data
+    if (r.codec === Codec.ZSTD) {
+      data = Buffer.allocUnsafe(raw)
+      let n: number
+      try { n = zstd.decompress(data, r.data) } catch (err) { throw PROTOCOL_ERROR(`bad zstd data: ${(err as Error).message}`) }
+      if (n !== raw) throw PROTOCOL_ERROR('decompressed size does not match')
+    } else if (r.codec !== Codec.RAW) {
+      throw PROTOCOL_ERROR(`codec ${r.codec} was not negotiated`)
+    }
+    this.stats.rawIn += raw
+    this.stats.blocksIn += count
+    return { sizes: r.sizes, data }
+  }
+
+  cancel (id: number): void {
+    const p = this.#pending.get(id)
+    if (!p) return
+    this.#pending.delete(id)
+    clearTimeout(p.timer)
+    p.reject(new OsfarmError('JOB_CANCELLED', 'request cancelled'))
+    this.#send('Cancel', { id })
+  }
+
+  destroy (err?: Error): void {
+    if (this.closed) return
+    this.closed = true
+    this.closeError = err
+    clearTimeout(this.#helloTimer)
+    if (err instanceof OsfarmError && !this.#stream.destroyed) {
+      // Best effort: tell the peer why before the stream goes.
+      try { this.#stream.write(encodeFrame('Error', { id: 0, code: err.code, message: err.text.slice(0, 200) })) } catch {}
+    }
+    this.#stream.destroy()
+    const gone = err ?? PEER_GONE(`peer ${this.remoteHex.slice(0, 8)} closed the connection`)
+    this.#readyReject(gone)
+    for (const p of this.#pending.values()) {
+      clearTimeout(p.timer)
+      p.reject(gone)
+    }
+    this.#pending.clear()
+    this.#queue = []
+    this.emit('close', err)
+  }
+
+  #send<K extends MessageName> (type: K, body: MessageMap[K]): boolean {
+    if (this.closed) return false
+    const frame = encodeFrame(type, body)
+    this.stats.bytesOut += frame.length
+    return this.#stream.write(frame)
+  }
+
+  #request<Q extends MessageName, R extends 'ManifestResponse' | 'BlockResponse'> (type: Q, reply: R, make: (id: number) => MessageMap[Q]): Promise<MessageMap[R]> {
+    if (this.closed) return Promise.reject(this.closeError ?? PEER_GONE())
+    const id = this.#nextId++
+    if (this.#nextId > 0xffffffff) this.#nextId = 1
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id)
+        reject(PEER_GONE(`peer ${this.remoteHex.slice(0, 8)} did not answer in ${REQUEST_TIMEOUT_MS / 1000} s`))
+      }, REQUEST_TIMEOUT_MS)
+      this.#pending.set(id, { resolve, reject, timer, type: reply })
+      this.#send(type, make(id))
+    })
+  }
+
+  #onData (chunk: Buffer): void {
+    if (this.closed) return
+    this.stats.bytesIn += chunk.length
+    this.#measure(chunk.length)
+    try {
+      for (const frame of this.#decoder.push(chunk)) {
+        if (this.closed) return
+        this.#dispatch(decodeMessage(frame))
+      }
+    } catch (err) {
+      this.destroy(err as Error)
+    }
+  }
+
+  #measure (n: number): void {
+    const now = performance.now()
+    const dt = Math.max(1, now - this.#rateAt)
+    this.#rateAt = now
+    const w = Math.min(1, dt / RATE_WINDOW_MS)
+    this.stats.rateIn = this.stats.rateIn * (1 - w) + (n * 1000 / dt) * w
+  }
+
+  #dispatch (msg: Message): void {
+    if (!this.remoteHello && msg.type !== 'Hello') throw PROTOCOL_ERROR(`${msg.type} before Hello`)
+    switch (msg.type) {
+      case 'Hello':
+        if (this.remoteHello) throw PROTOCOL_ERROR('second Hello')
+        if (msg.body.version !== WIRE_VERSION) throw PROTOCOL_ERROR(`peer speaks wire version ${msg.body.version}, we speak ${WIRE_VERSION}`)
+        clearTimeout(this.#helloTimer)
+        this.remoteHello = msg.body
+        this.#host.onAdverts(this, msg.body.adverts)
+        this.#host.onHello(this)
+        this.#readyResolve()
+        return
+      case 'Adverts':
+        this.#host.onAdverts(this, msg.body.adverts)
+        return
+      case 'Have':
+        this.#host.onHave(this, msg.body)
+        return
+      case 'ManifestRequest':
+        this.#serveManifest(msg.body.id, msg.body.root, msg.body.offset ?? 0)
+        return
+      case 'BlockRequest':
+        if (this.#queue.length >= MAX_QUEUED_REQUESTS) throw PROTOCOL_ERROR('too many queued requests')
+        this.#queue.push(msg.body)
+        this.#pump()
+        return
+      case 'Cancel': {
+        const i = this.#queue.findIndex(q => q.id === msg.body.id)
+        if (i >= 0) this.#queue.splice(i, 1)
+        return
+      }
+      case 'ManifestResponse':
+      case 'BlockResponse': {
+        const p = this.#pending.get(msg.body.id)
+        // A response to a cancelled or timed-out request is dropped; to an unknown id, too.
+        if (!p) return
+        if (p.type !== msg.type) throw PROTOCOL_ERROR(`${msg.type} answers a ${p.type} request`)
+        this.#pending.delete(msg.body.id)
+        clearTimeout(p.timer)
+        p.resolve(msg.body)
+        return
+      }
+      case 'Error': {
+        const { id, code, message } = msg.body
+        if (!id) {
+          this.destroy(PEER_GONE(`peer ended the session: ${code}${message ? ` ${message}` : ''}`))
+          return
+        }
+        const p = this.#pending.get(id)
+        if (!p) return
+        this.#pending.delete(id)
+        clearTimeout(p.timer)
+        p.reject(new OsfarmError('PEER_GONE', `peer error ${code}${message ? `: ${message}` : ''}`, { peerCode: code }))
+      }
+    }
+  }
+
+  #serveManifest (id: number, root: Buffer, offset: number): void {
+    this.#host.readManifest(root).then(enc => {
+      if (!enc) {
+        this.#send('Error', { id, code: 'NOT_FOUND', message: 'no such manifest' })
+        return
+      }
+      const data = enc.subarray(offset, offset + MAX_MANIFEST_CHUNK)
+      this.stats.rawOut += data.length
+      this.#send('ManifestResponse', { id, total: enc.length, offset, data })
+    }, err => {
+      this.#send('Error', { id, code: OsfarmError.from(err).code, message: 'manifest unavailable' })
+    })
+  }
+
+  #pump (): void {
+    while (this.#serving < SERVE_CONCURRENCY && this.#queue.length && !this.closed) {
+      const req = this.#queue.shift()!
+      this.#serving++
+      this.#serve(req.id, req.hashes).catch(err => {
+        this.#send('Error', { id: req.id, code: OsfarmError.from(err).code, message: 'blocks unavailable' })
+      }).finally(() => {
+        this.#serving--
+        this.#pump()
+      })
+    }
+  }
+
+  async #serve (id: number, hashes: Buffer): Promise<void> {
+    const batch = await this.#host.readBlocks(hashes)
+    if (this.closed) return
+    let codec: CodecId = Codec.RAW
+    let data = batch.data
+    if (this.codec === Codec.ZSTD && data.length > 0) {
+      this.#compressor ??= newCompressor()
+      const z = this.#compressor.compress(data)
+      if (z.length <= data.length * (1 - MIN_SAVING)) { codec = Codec.ZSTD; data = z }
+    }
+    const wire = data.length + 16 + batch.sizes.length * 3
+    await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire)])
+    if (this.#drained) await this.#drained
+    if (this.closed) return
+    this.stats.rawOut += batch.data.length
+    this.stats.blocksOut += batch.sizes.length
+    if (!this.#send('BlockResponse', { id, codec, sizes: batch.sizes, data })) {
+      this.#drained ??= new Promise<void>(resolve => {
+        const done = () => { this.#drained = undefined; resolve() }
+        this.#stream.once('drain', done)
+        this.once('close', done)
+      })
+    }
+  }
+}
+
+function newCompressor (): Compressor {
+  const c = new Compressor()
+  c.setParameters({ compressionLevel: ZSTD_LEVEL })
+  return c
+}

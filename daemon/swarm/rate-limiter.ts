@@ -1,0 +1,42 @@
+// A token bucket for upload limits. `take(n)` resolves when n bytes may go out; a limit of 0
+// means unlimited. Bursts up to a quarter second of the rate (at least one frame).
+
+const MIN_BURST = 2 << 20
+
+export class RateLimiter {
+  #rate: number
+  #tokens: number
+  #last = performance.now()
+  #queue: Promise<void> = Promise.resolve()
+
+  constructor (bytesPerSecond = 0) {
+    this.#rate = bytesPerSecond
+    this.#tokens = this.#burst
+  }
+
+  get rate (): number { return this.#rate }
+  set rate (bytesPerSecond: number) { this.#rate = bytesPerSecond }
+
+  get #burst (): number { return Math.max(MIN_BURST, this.#rate / 4) }
+
+  take (n: number): Promise<void> {
+    if (this.#rate <= 0) return Promise.resolve()
+    const next = this.#queue.then(() => this.#wait(n))
+    this.#queue = next
+    return next
+  }
+
+  async #wait (n: number): Promise<void> {
+    for (;;) {
+      const now = performance.now()
+      this.#tokens = Math.min(this.#burst, this.#tokens + (now - this.#last) * this.#rate / 1000)
+      this.#last = now
+      if (this.#rate <= 0 || this.#tokens >= Math.min(n, this.#burst)) {
+        this.#tokens -= n
+        return
+      }
+      const ms = Math.min(1000, Math.ceil((Math.min(n, this.#burst) - this.#tokens) * 1000 / this.#rate))
+      await new Promise(resolve => setTimeout(resolve, ms))
+    }
+  }
+}

@@ -1,0 +1,77 @@
+// The parts of Holepunch's untyped packages that osfarm uses.
+
+declare module 'hyperdht' {
+  import type { EventEmitter } from 'node:events'
+  export interface KeyPair { publicKey: Buffer, secretKey: Buffer }
+  export interface DHTOptions {
+    bootstrap?: Array<string | { host: string, port: number }>
+    keyPair?: KeyPair
+    host?: string
+    port?: number
+    ephemeral?: boolean
+    firewalled?: boolean
+  }
+  export default class DHT extends EventEmitter {
+    constructor (opts?: DHTOptions)
+    static keyPair (seed?: Buffer): KeyPair
+    defaultKeyPair: KeyPair
+    destroyed: boolean
+    address (): { host: string, port: number, family: number } | null
+    fullyBootstrapped (): Promise<void>
+    destroy (): Promise<void>
+  }
+}
+
+declare module 'hyperdht/testnet.js' {
+  import type DHT from 'hyperdht'
+  export interface Testnet {
+    nodes: DHT[]
+    bootstrap: Array<{ host: string, port: number }>
+    destroy (): Promise<void>
+  }
+  export default function createTestnet (size?: number, opts?: { host?: string, port?: number, teardown?: (fn: () => Promise<void>, opts?: unknown) => void } | ((fn: () => Promise<void>, opts?: unknown) => void)): Promise<Testnet>
+}
+
+declare module 'hyperswarm' {
+  import type { EventEmitter } from 'node:events'
+  import type { Duplex } from 'node:stream'
+  import type DHT from 'hyperdht'
+  import type { KeyPair } from 'hyperdht'
+  export interface PeerInfo {
+    publicKey: Buffer
+    topics: Buffer[]
+    banned: boolean
+    ban (status?: boolean): void
+  }
+  export interface NoiseStream extends Duplex {
+    remotePublicKey: Buffer
+    publicKey: Buffer
+    rawStream: { remoteHost?: string, remotePort?: number } | null
+  }
+  export interface PeerDiscovery {
+    flushed (): Promise<void>
+    destroy (): Promise<void>
+  }
+  export interface SwarmOptions {
+    keyPair?: KeyPair
+    dht?: DHT
+    maxPeers?: number
+    firewall?: (remotePublicKey: Buffer, payload?: unknown) => boolean
+  }
+  export default class Hyperswarm extends EventEmitter {
+    constructor (opts?: SwarmOptions)
+    keyPair: KeyPair
+    dht: DHT
+    connections: Set<NoiseStream>
+    peers: Map<string, PeerInfo>
+    join (topic: Buffer, opts?: { server?: boolean, client?: boolean }): PeerDiscovery
+    leave (topic: Buffer): Promise<void>
+    joinPeer (publicKey: Buffer): void
+    leavePeer (publicKey: Buffer): void
+    flush (): Promise<boolean>
+    listen (): Promise<void>
+    destroy (): Promise<void>
+    on (event: 'connection', fn: (conn: NoiseStream, info: PeerInfo) => void): this
+    on (event: string, fn: (...args: any[]) => void): this
+  }
+}

@@ -1,0 +1,236 @@
+// The peer protocol's codec: message types, frames and their limits, advert signing bytes.
+// Schema: protocol/wire.proto. Frame: u32 BE length | u8 type | protobuf body, where length
+// counts the type byte and the body. Types and fields are only ever appended; anything unknown,
+// malformed or oversize throws PROTOCOL_ERROR, which ends the session that read it.
+
+import fs from 'node:fs'
+import { createRequire } from 'node:module'
+import { PROTOCOL_ERROR, FRAME_TOO_LARGE } from './errors.js'
+
+export const WIRE_VERSION = 1
+// Fits a response of MAX_BLOCK_BYTES raw bytes that did not compress, plus its header.
+export const MAX_BLOCK_BYTES = 1 << 20
+export const MAX_FRAME_BYTES = MAX_BLOCK_BYTES + (64 << 10)
+export const MAX_MANIFEST_CHUNK = 1 << 20
+export const MAX_HASHES_PER_REQUEST = 1024
+export const MAX_ADVERTS_PER_FRAME = 1000
+export const MAX_HAVE_BITS = 8 * (512 << 10)
+export const HASH_BYTES = 32
+
+export const Codec = { RAW: 0, ZSTD: 1, LZ4: 2 } as const
+export type CodecId = typeof Codec[keyof typeof Codec]
+
+export interface Advert {
+  root: Buffer
+  name: string
+  size: number
+  blockSize: number
+  specKey?: Buffer | null
+  builder: Buffer
+  signature: Buffer
+}
+export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[] }
+export interface Adverts { adverts: Advert[] }
+export interface ManifestRequest { id: number, root: Buffer, offset?: number | null }
+export interface ManifestResponse { id: number, total: number, offset: number, data: Buffer }
+export interface Have { root: Buffer, start: number, bitfield: Buffer, complete?: boolean | null }
+export interface BlockRequest { id: number, hashes: Buffer }
+export interface BlockResponse { id: number, codec: CodecId, sizes: number[], data: Buffer }
+export interface WireError { id?: number | null, code: string, message?: string | null }
+export interface Cancel { id: number }
+
+// Type numbers are only ever appended.
+export const TYPES = {
+  Hello: 1,
+  Adverts: 2,
+  ManifestRequest: 3,
+  ManifestResponse: 4,
+  Have: 5,
+  BlockRequest: 6,
+  BlockResponse: 7,
+  Error: 8,
+  Cancel: 9
+} as const
+
+export interface MessageMap {
+  Hello: Hello
+  Adverts: Adverts
+  ManifestRequest: ManifestRequest
+  ManifestResponse: ManifestResponse
+  Have: Have
+  BlockRequest: BlockRequest
+  BlockResponse: BlockResponse
+  Error: WireError
+  Cancel: Cancel
+}
+export type MessageName = keyof MessageMap
+export type Message = { [K in MessageName]: { type: K, body: MessageMap[K] } }[MessageName]
+
+interface Encoding<T> {
+  encode (value: T): Buffer
+  decode (buf: Buffer): T
+}
+
+const require = createRequire(import.meta.url)
+const protobuf = require('protocol-buffers') as (schema: Buffer | string) => Record<string, Encoding<unknown>>
+const schema = loadSchema()
+const NAMES = Object.keys(TYPES) as MessageName[]
+const BY_TYPE: Array<MessageName | undefined> = []
+for (const name of NAMES) BY_TYPE[TYPES[name]] = name
+
+// The .proto sits next to this module in the source tree; from dist/protocol it is two up.
+function loadSchema (): Record<string, Encoding<unknown>> {
+  for (const rel of ['./wire.proto', '../../protocol/wire.proto']) {
+    try {
+      return protobuf(fs.readFileSync(new URL(rel, import.meta.url)))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+  }
+  throw new Error('protocol/wire.proto not found')
+}
+
+export function encodeFrame<K extends MessageName> (type: K, body: MessageMap[K]): Buffer {
+  const payload = schema[type]!.encode(body)
+  if (payload.length + 1 > MAX_FRAME_BYTES) throw FRAME_TOO_LARGE(`${type} of ${payload.length} bytes`)
+  const frame = Buffer.allocUnsafe(5 + payload.length)
+  frame.writeUInt32BE(payload.length + 1, 0)
+  frame.writeUInt8(TYPES[type], 4)
+  payload.copy(frame, 5)
+  return frame
+}
+
+// Decodes one frame's type byte and body (without the length prefix), and checks the limits
+// protobuf cannot express. Throws PROTOCOL_ERROR.
+export function decodeMessage (frame: Buffer): Message {
+  if (frame.length < 1) throw PROTOCOL_ERROR('empty frame')
+  const name = BY_TYPE[frame[0]!]
+  if (!name) throw PROTOCOL_ERROR(`unknown message type ${frame[0]}`)
+  let body: unknown
+  try {
+    body = schema[name]!.decode(frame.subarray(1))
+  } catch (err) {
+    throw PROTOCOL_ERROR(`malformed ${name}: ${(err as Error).message}`)
+  }
+  const msg = { type: name, body } as Message
+  check(msg)
+  return msg
+}
+
+function check (msg: Message): void {
+  const bad = (why: string) => PROTOCOL_ERROR(`bad ${msg.type}: ${why}`)
+  const isHash = (b: Buffer) => b.length === HASH_BYTES
+  switch (msg.type) {
+    case 'Hello':
+      if (msg.body.adverts.length > MAX_ADVERTS_PER_FRAME) throw bad('too many adverts')
+      msg.body.adverts.forEach(checkAdvert)
+      break
+    case 'Adverts':
+      if (msg.body.adverts.length > MAX_ADVERTS_PER_FRAME) throw bad('too many adverts')
+      msg.body.adverts.forEach(checkAdvert)
+      break
+    case 'ManifestRequest':
+      if (!isHash(msg.body.root)) throw bad('root')
+      break
+    case 'ManifestResponse': {
+      const { total, offset, data } = msg.body
+      if (!Number.isSafeInteger(total) || !Number.isSafeInteger(offset) || offset + data.length > total) throw bad('range')
+      if (data.length > MAX_MANIFEST_CHUNK) throw bad('chunk too large')
+      break
+    }
+    case 'Have':
+      if (!isHash(msg.body.root)) throw bad('root')
+      if (msg.body.start % 8 !== 0 || msg.body.bitfield.length * 8 > MAX_HAVE_BITS) throw bad('range')
+      break
+    case 'BlockRequest': {
+      const n = msg.body.hashes.length / HASH_BYTES
+      if (!Number.isInteger(n) || n < 1 || n > MAX_HASHES_PER_REQUEST) throw bad('hash count')
+      break
+    }
+    case 'BlockResponse': {
+      if (!Object.values(Codec).includes(msg.body.codec)) throw bad('codec')
+      if (msg.body.sizes.length > MAX_HASHES_PER_REQUEST) throw bad('too many blocks')
+      let raw = 0
+      for (const s of msg.body.sizes) raw += s
+      if (raw > MAX_BLOCK_BYTES) throw bad('too many bytes')
+      if (msg.body.codec === Codec.RAW && raw !== msg.body.data.length) throw bad('sizes do not add up')
+      break
+    }
+    case 'Error':
+    case 'Cancel':
+      break
+  }
+}
+
+function checkAdvert (a: Advert): void {
+  if (a.root.length !== HASH_BYTES || a.builder.length !== 32 || a.signature.length !== 64) throw PROTOCOL_ERROR('bad advert: key lengths')
+  if (!Number.isSafeInteger(a.size) || a.name.length > 255) throw PROTOCOL_ERROR('bad advert: size or name')
+}
+
+// Bytes the builder signs for an advert: everything but the signature, in a fixed layout.
+export function advertSigningBytes (a: Omit<Advert, 'signature'>): Buffer {
+  const name = Buffer.from(a.name, 'utf8')
+  const spec = a.specKey ?? Buffer.alloc(0)
+  const out = Buffer.alloc(16 + 32 + 8 + 4 + 2 + name.length + 2 + spec.length + 32)
+  let o = out.write('osfarm-advert-v1', 0, 'latin1')
+  o += a.root.copy(out, o)
+  out.writeBigUInt64BE(BigInt(a.size), o); o += 8
+  out.writeUInt32BE(a.blockSize, o); o += 4
+  out.writeUInt16BE(name.length, o); o += 2
+  o += name.copy(out, o)
+  out.writeUInt16BE(spec.length, o); o += 2
+  o += spec.copy(out, o)
+  a.builder.copy(out, o)
+  return out
+}
+
+// Splits a byte stream into frames. Refuses a length over the cap before buffering its body.
+export class FrameDecoder {
+  #chunks: Buffer[] = []
+  #buffered = 0
+  readonly #max: number
+
+  constructor (maxFrame = MAX_FRAME_BYTES) {
+    this.#max = maxFrame
+  }
+
+  // Returns the complete frames (type byte + body) in `chunk` and what came before it.
+  push (chunk: Buffer): Buffer[] {
+    this.#chunks.push(chunk)
+    this.#buffered += chunk.length
+    const frames: Buffer[] = []
+    while (this.#buffered >= 4) {
+      const head = this.#peek(4)
+      const len = head.readUInt32BE(0)
+      if (len > this.#max) throw FRAME_TOO_LARGE(`frame of ${len} bytes (cap ${this.#max})`)
+      if (len === 0) throw PROTOCOL_ERROR('empty frame')
+      if (this.#buffered < 4 + len) break
+      frames.push(this.#take(4 + len).subarray(4))
+    }
+    return frames
+  }
+
+  get buffered (): number { return this.#buffered }
+
+  #peek (n: number): Buffer {
+    if (this.#chunks[0]!.length >= n) return this.#chunks[0]!
+    this.#chunks = [Buffer.concat(this.#chunks)]
+    return this.#chunks[0]!
+  }
+
+  #take (n: number): Buffer {
+    const first = this.#chunks[0]!
+    let out: Buffer
+    if (first.length >= n) {
+      out = first.subarray(0, n)
+      if (first.length === n) this.#chunks.shift()
+      else this.#chunks[0] = first.subarray(n)
+    } else {
+      const all = Buffer.concat(this.#chunks)
+      out = all.subarray(0, n)
+      this.#chunks = all.length > n ? [all.subarray(n)] : []
+    }
+    this.#buffered -= n
+    return out
+  }
+}

@@ -1,0 +1,182 @@
+import t from 'tap'
+import crypto from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import {
+  advertSigningBytes, Codec, decodeMessage, encodeFrame, FrameDecoder, MAX_FRAME_BYTES, TYPES, WIRE_VERSION, type Advert
+} from '../protocol/wire.js'
+import { PeerSession, type SessionHost, type Stream } from '../daemon/swarm/peer-session.js'
+import { RateLimiter } from '../daemon/swarm/rate-limiter.js'
+import { hash } from '../daemon/blocks/hash.js'
+import { sign, verify } from '../daemon/swarm/identity.js'
+import DHT from 'hyperdht'
+
+// An in-memory stream pair: what one side writes, the other reads.
+class Pipe extends EventEmitter implements Stream {
+  peer: Pipe | undefined
+  destroyed = false
+  written: Buffer[] = []
+  write (data: Buffer): boolean {
+    if (this.destroyed) return false
+    this.written.push(data)
+    const peer = this.peer
+    if (peer) queueMicrotask(() => { if (!peer.destroyed) peer.emit('data', data) })
+    return true
+  }
+  destroy (): void {
+    if (this.destroyed) return
+    this.destroyed = true
+    queueMicrotask(() => this.emit('close'))
+    this.peer?.destroy()
+  }
+}
+
+function pair (): [Pipe, Pipe] {
+  const a = new Pipe()
+  const b = new Pipe()
+  a.peer = b
+  b.peer = a
+  return [a, b]
+}
+
+const blocks = new Map<string, Buffer>()
+for (let i = 0; i < 64; i++) {
+  const b = crypto.randomBytes(4096)
+  b.fill(0, 0, 2048) // compressible
+  blocks.set(hash(b).toString('hex'), b)
+}
+const manifestBytes = crypto.randomBytes(3 << 20)
+const manifestRoot = hash(manifestBytes)
+
+function host (name: string): SessionHost {
+  return {
+    hostName: name,
+    codecs: [Codec.RAW, Codec.ZSTD],
+    uploadLimiter: new RateLimiter(0),
+    peerUploadLimit: 0,
+    helloAdverts: () => [],
+    onHello: () => {},
+    onAdverts: () => {},
+    onHave: () => {},
+    readManifest: async root => root.equals(manifestRoot) ? manifestBytes : undefined,
+    readBlocks: async hashes => {
+      const sizes: number[] = []
+      const parts: Buffer[] = []
+      for (let o = 0; o < hashes.length; o += 32) {
+        const b = blocks.get(hashes.subarray(o, o + 32).toString('hex'))
+        sizes.push(b ? b.length : 0)
+        if (b) parts.push(b)
+      }
+      return { sizes, data: Buffer.concat(parts) }
+    }
+  }
+}
+
+t.test('frames round-trip and split anywhere', async t => {
+  const frames = [
+    encodeFrame('Hello', { version: WIRE_VERSION, host: 'a', codecs: [Codec.ZSTD], adverts: [] }),
+    encodeFrame('BlockRequest', { id: 7, hashes: Buffer.alloc(64, 1) }),
+    encodeFrame('BlockResponse', { id: 7, codec: Codec.RAW, sizes: [3, 0], data: Buffer.from('abc') }),
+    encodeFrame('Error', { id: 0, code: 'X' })
+  ]
+  const all = Buffer.concat(frames)
+  for (let cut = 0; cut <= all.length; cut += 3) {
+    const d = new FrameDecoder()
+    const out = [...d.push(all.subarray(0, cut)), ...d.push(all.subarray(cut))]
+    t.equal(out.length, frames.length)
+    if (cut === 0) {
+      t.same(decodeMessage(out[1]!), { type: 'BlockRequest', body: { id: 7, hashes: Buffer.alloc(64, 1) } })
+      t.equal(decodeMessage(out[2]!).type, 'BlockResponse')
+    }
+  }
+  t.throws(() => new FrameDecoder().push(Buffer.from([0xff, 0, 0, 0])), { code: 'FRAME_TOO_LARGE' }, 'oversize refused from its length')
+  t.throws(() => decodeMessage(Buffer.from([200])), { code: 'PROTOCOL_ERROR' }, 'unknown type')
+  t.throws(() => decodeMessage(Buffer.from([TYPES.BlockRequest, 8, 1, 18, 3, 1, 2, 3])), { code: 'PROTOCOL_ERROR' }, 'hash list not a multiple of 32')
+  t.throws(() => encodeFrame('BlockResponse', { id: 1, codec: Codec.RAW, sizes: [], data: Buffer.alloc(MAX_FRAME_BYTES) }), { code: 'FRAME_TOO_LARGE' })
+})
+
+t.test('adverts are signed by the builder key', async t => {
+  const kp = DHT.keyPair()
+  const body = { root: hash(Buffer.from('x')), name: 'minbase', size: 1 << 30, blockSize: 4096, specKey: null, builder: kp.publicKey }
+  const advert: Advert = { ...body, signature: sign(advertSigningBytes(body), kp) }
+  t.ok(verify(advertSigningBytes(advert), advert.signature, kp.publicKey))
+  t.notOk(verify(advertSigningBytes({ ...advert, name: 'other' }), advert.signature, kp.publicKey))
+  const frame = encodeFrame('Adverts', { adverts: [advert] })
+  const back = decodeMessage(frame.subarray(4))
+  t.equal(back.type, 'Adverts')
+})
+
+t.test('a session serves manifests in chunks and blocks compressed', async t => {
+  const [a, b] = pair()
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), host('b'))
+  await Promise.all([sa.ready, sb.ready])
+  t.equal(sa.codec, Codec.ZSTD)
+  const m = await sa.getManifest(manifestRoot, 16 << 20)
+  t.ok(m.equals(manifestBytes), 'manifest of 3 MiB in chunks')
+  const keys = [...blocks.keys()].slice(0, 10)
+  const hashes = Buffer.concat([...keys.map(k => Buffer.from(k, 'hex')), Buffer.alloc(32, 9)])
+  const before = sa.stats.bytesIn
+  const got = await sa.getBlocks(hashes)
+  t.same(got.sizes, [...keys.map(() => 4096), 0], 'missing block has size 0')
+  t.ok(got.data.equals(Buffer.concat(keys.map(k => blocks.get(k)!))))
+  t.ok(sa.stats.bytesIn - before < got.data.length * 0.7, `compressed on the wire (${sa.stats.bytesIn - before} for ${got.data.length})`)
+  await t.rejects(sa.getManifest(Buffer.alloc(32), 1 << 20), { code: 'PEER_GONE' })
+  sa.destroy()
+  t.ok(sb.closed || await new Promise(resolve => sb.once('close', () => resolve(true))))
+})
+
+t.test('10,000 random, mutated or truncated frames each end only their session', async t => {
+  const valid = [
+    encodeFrame('BlockRequest', { id: 1, hashes: Buffer.concat([...blocks.keys()].slice(0, 4).map(k => Buffer.from(k, 'hex'))) }),
+    encodeFrame('ManifestRequest', { id: 2, root: manifestRoot, offset: 0 }),
+    encodeFrame('Have', { root: manifestRoot, start: 0, bitfield: Buffer.alloc(8, 0xff) }),
+    encodeFrame('BlockResponse', { id: 1, codec: Codec.ZSTD, sizes: [4096], data: Buffer.from('not zstd') }),
+    encodeFrame('ManifestResponse', { id: 9, total: 10, offset: 0, data: Buffer.alloc(10) })
+  ]
+  const hello = encodeFrame('Hello', { version: WIRE_VERSION, host: 'fuzz', codecs: [Codec.ZSTD], adverts: [] })
+  let ended = 0
+  let survived = 0
+  const rnd = (n: number) => crypto.randomInt(n)
+  for (let i = 0; i < 10_000; i++) {
+    const [a, b] = pair()
+    const s = new PeerSession(a, Buffer.alloc(32, 3), host('daemon'))
+    b.peer = undefined // the fuzzer does not read replies
+    let input: Buffer
+    const kind = i % 4
+    if (kind === 0) {
+      input = crypto.randomBytes(1 + rnd(64))
+    } else if (kind === 1) {
+      const f = Buffer.from(valid[rnd(valid.length)]!)
+      for (let k = 0; k < 1 + rnd(4); k++) f[4 + rnd(f.length - 4)] ^= 1 << rnd(8)
+      input = Buffer.concat([hello, f])
+    } else if (kind === 2) {
+      const f = valid[rnd(valid.length)]!
+      const cut = 5 + rnd(f.length - 5)
+      const bad = Buffer.from(f.subarray(0, cut))
+      bad.writeUInt32BE(cut - 4, 0) // a frame whose body is cut short but whose length says so
+      input = Buffer.concat([hello, bad])
+    } else {
+      const len = Buffer.alloc(5)
+      len.writeUInt32BE(rnd(2) ? MAX_FRAME_BYTES + 1 + rnd(1000) : 1, 0)
+      len[4] = 100 + rnd(100)
+      input = Buffer.concat([hello, len, crypto.randomBytes(rnd(16))])
+    }
+    a.emit('data', input)
+    await new Promise(resolve => setImmediate(resolve))
+    if (s.closed) ended++
+    else survived++
+    s.destroy()
+  }
+  t.equal(ended + survived, 10_000)
+  t.ok(ended > 5000, `most bad inputs ended their session (${ended} ended, ${survived} were harmless or incomplete)`)
+  // And the host still serves a well-behaved peer.
+  const [a, b] = pair()
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), host('b'))
+  await sa.ready
+  const k = [...blocks.keys()][0]!
+  const got = await sa.getBlocks(Buffer.from(k, 'hex'))
+  t.ok(got.data.equals(blocks.get(k)!))
+  sa.destroy()
+  sb.destroy()
+})
