@@ -1,0 +1,293 @@
+// The daemon's place in its fleet: one Hyperswarm on the fleet's own DHT, a firewall that
+// refuses every key off the allow-list before any message, the fleet and per-root topics, one
+// PeerSession per allowed peer, and the adverts and Have bitfields peers sent us.
+
+import { EventEmitter } from 'node:events'
+import os from 'node:os'
+import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
+import DHT, { type KeyPair } from 'hyperdht'
+import { advertSigningBytes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have } from '../../protocol/wire.js'
+import { PROTOCOL_ERROR } from '../../protocol/errors.js'
+import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
+import { verify } from './identity.js'
+import { PeerSession, type BlockBatch, type SessionHost } from './peer-session.js'
+import { RateLimiter } from './rate-limiter.js'
+
+// Images whose root topics we announce; past this only the fleet topic finds us.
+const MAX_ROOT_TOPICS = 256
+const MAX_ADVERTS_PER_PEER = 10_000
+
+// What the swarm serves from: manifests and blocks of this host.
+export interface BlockSource {
+  readManifest (root: Buffer): Promise<Buffer | undefined>
+  readBlocks (hashes: Buffer): Promise<BlockBatch>
+}
+
+export interface FleetSwarmOptions {
+  keyPair: KeyPair
+  config: FleetConfig
+  source: BlockSource
+  hostName?: string
+  codecs?: CodecId[]
+  log?: (msg: string, fields?: Record<string, unknown>) => void
+}
+
+export interface PeerSummary {
+  key: string
+  host: string
+  address: string
+  images: number
+  partial: number
+  bytesIn: number
+  bytesOut: number
+  rateIn: number
+  connectedAt: string
+}
+
+export class FleetSwarm extends EventEmitter implements SessionHost {
+  readonly keyPair: KeyPair
+  readonly hostName: string
+  readonly codecs: CodecId[]
+  readonly uploadLimiter: RateLimiter
+  readonly sessions = new Map<string, PeerSession>()
+  config: FleetConfig
+  #swarm: Hyperswarm
+  #dht: DHT
+  #allow: Set<string>
+  #adverts = new Map<string, Advert>()
+  #topics = new Map<string, PeerDiscovery>()
+  #source: BlockSource
+  #log: NonNullable<FleetSwarmOptions['log']>
+  #closed = false
+
+  private constructor (options: FleetSwarmOptions) {
+    super()
+    this.setMaxListeners(0)
+    this.keyPair = options.keyPair
+    this.config = options.config
+    this.hostName = options.hostName ?? os.hostname()
+    this.codecs = options.codecs ?? [Codec.RAW, Codec.ZSTD]
+    this.uploadLimiter = new RateLimiter(options.config.uploadLimit ?? 0)
+    this.#source = options.source
+    this.#log = options.log ?? (() => {})
+    this.#allow = new Set(options.config.allow)
+    // Always an explicit bootstrap list: an empty one makes this node its own DHT, and the
+    // public DHT is never contacted.
+    this.#dht = new DHT({
+      keyPair: options.keyPair,
+      bootstrap: options.config.bootstrap.map(parseHostPort),
+      ...(options.config.dht?.host ? { host: options.config.dht.host } : {}),
+      ...(options.config.dht?.port ? { port: options.config.dht.port } : {})
+    })
+    this.#swarm = new Hyperswarm({
+      keyPair: options.keyPair,
+      dht: this.#dht,
+      firewall: remoteKey => !this.isAllowed(remoteKey)
+    })
+    this.#swarm.on('connection', (conn: NoiseStream) => this.#onConnection(conn))
+  }
+
+  static async open (options: FleetSwarmOptions): Promise<FleetSwarm> {
+    const s = new FleetSwarm(options)
+    await s.#start()
+    return s
+  }
+
+  get publicKey (): string { return this.keyPair.publicKey.toString('hex') }
+  get peerUploadLimit (): number { return this.config.peerUploadLimit ?? 0 }
+
+  isAllowed (key: Buffer): boolean {
+    return this.#allow.has(key.toString('hex'))
+  }
+
+  async #start (): Promise<void> {
+    await this.#dht.fullyBootstrapped()
+    const fleet = this.#swarm.join(fleetTopic(this.config.secret), { server: true, client: true })
+    for (const peer of this.config.peers) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
+    await fleet.flushed()
+  }
+
+  // Applies a changed config: allow-list (denied peers are disconnected), direct peers, limits.
+  reconfigure (config: FleetConfig): void {
+    this.config = config
+    this.#allow = new Set(config.allow)
+    this.uploadLimiter.rate = config.uploadLimit ?? 0
+    for (const [hex, info] of this.#swarm.peers) {
+      if (this.#allow.has(hex) && info.banned) info.ban(false)
+    }
+    for (const [hex, s] of this.sessions) {
+      if (!this.#allow.has(hex)) s.destroy(PROTOCOL_ERROR('host removed from the allow-list'))
+    }
+    for (const peer of config.peers) if (this.#allow.has(peer)) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
+  }
+
+  // Flushes pending DHT work: after it, every reachable peer of the joined topics is connected.
+  async flush (): Promise<void> {
+    await this.#swarm.flush()
+  }
+
+  #onConnection (conn: NoiseStream): void {
+    const key = conn.remotePublicKey
+    const hex = key.toString('hex')
+    conn.on('error', () => {})
+    if (!this.isAllowed(key) || this.#closed) {
+      conn.destroy()
+      return
+    }
+    const address = conn.rawStream?.remoteHost ? `${conn.rawStream.remoteHost}:${conn.rawStream.remotePort}` : ''
+    const session = new PeerSession(conn, key, this, address)
+    // Hyperswarm keeps one connection per key; a newer one replaces the older.
+    this.sessions.get(hex)?.destroy()
+    this.sessions.set(hex, session)
+    session.on('close', (err?: Error) => {
+      if (this.sessions.get(hex) === session) this.sessions.delete(hex)
+      if (err) this.#log('peer session ended', { peer: hex.slice(0, 16), error: err.message })
+      this.emit('peer-closed', session)
+    })
+  }
+
+  // SessionHost: what a session asks of its daemon.
+  helloAdverts (): Advert[] {
+    return [...this.#adverts.values()].slice(0, 1000)
+  }
+
+  onHello (session: PeerSession): void {
+    this.#log('peer connected', { peer: session.remoteHex.slice(0, 16), host: session.remoteHello?.host, address: session.address })
+    const rest = [...this.#adverts.values()].slice(1000)
+    if (rest.length) session.sendAdverts(rest)
+    this.emit('peer', session)
+  }
+
+  onAdverts (session: PeerSession, adverts: Advert[]): void {
+    for (const a of adverts) {
+      if (!verify(advertSigningBytes(a), a.signature, a.builder)) throw PROTOCOL_ERROR('advert with a bad signature')
+      if (session.adverts.size >= MAX_ADVERTS_PER_PEER) throw PROTOCOL_ERROR('too many adverts')
+      const hex = a.root.toString('hex')
+      session.adverts.set(hex, a)
+      session.haves.delete(hex)
+      this.emit('holder', hex, session)
+    }
+  }
+
+  onHave (session: PeerSession, have: Have): void {
+    const hex = have.root.toString('hex')
+    if (session.adverts.has(hex)) return
+    const need = (have.start >> 3) + have.bitfield.length
+    if (need * 8 > 64 * MAX_HAVE_BITS) throw PROTOCOL_ERROR('Have bitfield too large')
+    let bits = session.haves.get(hex)
+    if (!bits || bits.length < need) {
+      const grown = Buffer.alloc(need)
+      bits?.copy(grown)
+      bits = grown
+    }
+    have.bitfield.copy(bits, have.start >> 3)
+    session.haves.set(hex, bits)
+    this.emit('holder', hex, session)
+  }
+
+  readManifest (root: Buffer): Promise<Buffer | undefined> {
+    return this.#source.readManifest(root)
+  }
+
+  readBlocks (hashes: Buffer): Promise<BlockBatch> {
+    return this.#source.readBlocks(hashes)
+  }
+
+  // Adverts: images this host holds whole. Announced to every session and on their root topics.
+  advertise (adverts: Advert[]): void {
+    const fresh = adverts.filter(a => !this.#adverts.has(a.root.toString('hex')))
+    for (const a of fresh) {
+      const hex = a.root.toString('hex')
+      this.#adverts.set(hex, a)
+      if (this.#topics.size < MAX_ROOT_TOPICS && !this.#topics.has(hex)) {
+        this.#topics.set(hex, this.#swarm.join(rootTopic(this.config.secret, a.root), { server: true, client: false }))
+      }
+    }
+    if (!fresh.length) return
+    for (const s of this.sessions.values()) if (s.remoteHello) s.sendAdverts(fresh)
+  }
+
+  withdraw (root: Buffer): void {
+    const hex = root.toString('hex')
+    this.#adverts.delete(hex)
+    const d = this.#topics.get(hex)
+    if (d) {
+      this.#topics.delete(hex)
+      d.destroy().catch(() => {})
+    }
+  }
+
+  // A fetch looks for holders of `root` on its topic, and is found there as a partial holder.
+  lookFor (root: Buffer): () => void {
+    const hex = root.toString('hex')
+    if (this.#topics.has(hex)) return () => {}
+    const d = this.#swarm.join(rootTopic(this.config.secret, root), { server: true, client: true })
+    this.#topics.set(hex, d)
+    return () => {
+      if (this.#topics.get(hex) !== d || this.#adverts.has(hex)) return
+      this.#topics.delete(hex)
+      d.destroy().catch(() => {})
+    }
+  }
+
+  // Sends part or all of a Have bitfield to every session.
+  broadcastHave (root: Buffer, bitfield: Buffer): void {
+    const chunk = MAX_HAVE_BITS / 8
+    for (const s of this.sessions.values()) {
+      if (!s.remoteHello) continue
+      for (let o = 0; o < bitfield.length; o += chunk) s.sendHave({ root, start: o * 8, bitfield: bitfield.subarray(o, o + chunk) })
+    }
+  }
+
+  holders (rootHex: string): PeerSession[] {
+    return [...this.sessions.values()].filter(s => s.remoteHello && !s.closed && s.holds(rootHex))
+  }
+
+  // Every advert peers sent us, newest session first; for resolving names to roots.
+  peerAdverts (): Array<{ advert: Advert, peer: PeerSession }> {
+    const out: Array<{ advert: Advert, peer: PeerSession }> = []
+    for (const s of this.sessions.values()) for (const a of s.adverts.values()) out.push({ advert: a, peer: s })
+    return out
+  }
+
+  peers (): PeerSummary[] {
+    return [...this.sessions.values()].filter(s => s.remoteHello).map(s => ({
+      key: s.remoteHex,
+      host: s.remoteHello!.host,
+      address: s.address,
+      images: s.adverts.size,
+      partial: s.haves.size,
+      bytesIn: s.stats.bytesIn,
+      bytesOut: s.stats.bytesOut,
+      rateIn: Math.round(s.stats.rateIn),
+      connectedAt: new Date(s.stats.connectedAt).toISOString()
+    }))
+  }
+
+  address (): { host: string, port: number } | null {
+    const a = this.#dht.address()
+    return a ? { host: a.host, port: a.port } : null
+  }
+
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    for (const s of this.sessions.values()) s.destroy()
+    await this.#swarm.destroy()
+    await this.#dht.destroy().catch(() => {})
+  }
+}
+
+// A DHT node for a fleet's bootstrap list (`osfarmd dht`). Persistent (not ephemeral), so it
+// routes for others; binds only where told.
+export async function startBootstrapNode (options: { host: string, port: number, bootstrap?: string[] }): Promise<DHT> {
+  const node = new DHT({
+    ephemeral: false,
+    firewalled: false,
+    bootstrap: (options.bootstrap ?? []).map(parseHostPort),
+    host: options.host,
+    port: options.port
+  })
+  await node.fullyBootstrapped()
+  return node
+}

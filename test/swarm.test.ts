@@ -1,0 +1,60 @@
+import t from 'tap'
+import createTestnet from 'hyperdht/testnet.js'
+import DHT from 'hyperdht'
+import { FleetSwarm, type BlockSource } from '../daemon/swarm/fleet-swarm.js'
+import { fleetTopic, newFleetConfig, rootTopic, type FleetConfig } from '../daemon/swarm/fleet-config.js'
+import { advertSigningBytes, type Advert } from '../protocol/wire.js'
+import { sign } from '../daemon/swarm/identity.js'
+import { hash } from '../daemon/blocks/hash.js'
+
+const source: BlockSource = {
+  readManifest: async () => undefined,
+  readBlocks: async hashes => ({ sizes: new Array(hashes.length / 32).fill(0), data: Buffer.alloc(0) })
+}
+
+async function until (cond: () => boolean, ms = 15_000): Promise<boolean> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) return false
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  return true
+}
+
+t.test('allow-listed hosts connect and exchange signed adverts; others are refused', async t => {
+  const testnet = await createTestnet(3, t.teardown)
+  const bootstrap = testnet.bootstrap.map(b => `${b.host}:${b.port}`)
+  const keys = [DHT.keyPair(), DHT.keyPair(), DHT.keyPair()]
+  const secret = newFleetConfig().secret
+  const allow = [keys[0]!, keys[1]!].map(k => k.publicKey.toString('hex'))
+  const cfg = (): FleetConfig => newFleetConfig({ secret, allow, bootstrap, dht: { host: '127.0.0.1' } })
+  const a = await FleetSwarm.open({ keyPair: keys[0]!, config: cfg(), source, hostName: 'a' })
+  t.teardown(() => a.close())
+  const body = { root: hash(Buffer.from('image')), name: 'minbase', size: 1 << 20, blockSize: 4096, specKey: null, builder: keys[0]!.publicKey }
+  const advert: Advert = { ...body, signature: sign(advertSigningBytes(body), keys[0]!) }
+  a.advertise([advert])
+  const b = await FleetSwarm.open({ keyPair: keys[1]!, config: cfg(), source, hostName: 'b' })
+  t.teardown(() => b.close())
+  // The intruder knows the secret (the worst case) but its key is not on the list.
+  const c = await FleetSwarm.open({ keyPair: keys[2]!, config: newFleetConfig({ secret, allow: [...allow, keys[2]!.publicKey.toString('hex')], bootstrap, dht: { host: '127.0.0.1' } }), source, hostName: 'c' })
+  t.teardown(() => c.close())
+  t.ok(await until(() => b.holders(advert.root.toString('hex')).length === 1), 'b sees a as a holder')
+  t.equal(b.peerAdverts()[0]!.advert.name, 'minbase')
+  await c.flush()
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  t.equal(c.sessions.size, 0, 'the intruder has no session')
+  t.same(c.peerAdverts(), [], 'and learned no image names')
+  t.equal(a.peers().length, 1)
+  t.equal(a.peers()[0]!.host, 'b')
+  // Denying b disconnects it.
+  a.reconfigure({ ...a.config, allow: [allow[0]!] })
+  t.ok(await until(() => a.sessions.size === 0 && b.sessions.size === 0), 'denied peer disconnected')
+})
+
+t.test('topics are keyed by the fleet secret', async t => {
+  const s1 = newFleetConfig().secret
+  const s2 = newFleetConfig().secret
+  t.notSame(fleetTopic(s1), fleetTopic(s2))
+  t.notSame(rootTopic(s1, Buffer.alloc(32)), rootTopic(s2, Buffer.alloc(32)))
+  t.equal(fleetTopic(s1).length, 32)
+})
