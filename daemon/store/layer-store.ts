@@ -46,6 +46,13 @@ export interface LayerStore {
   usage (): Promise<StoreUsage>
   // Remove active volumes left behind by a crash; returns their keys.
   recover (): Promise<string[]>
+  // Byte ranges [start, length] where volume `key` may differ from `parentKey`, the volume it
+  // was snapshotted from (directly or through committed ancestors), sorted and merged. A
+  // superset: a block rewritten with the same bytes may be listed; anything not listed reads the
+  // same in both (beyond the parent's size the parent counts as zeros). Backends that track
+  // sharing (lvm: thin_delta on the pool's metadata) answer without reading data; others may
+  // leave it undefined.
+  changedBlocks? (key: string, parentKey: string): Promise<Array<[number, number]>>
   close (): Promise<void>
 }
 
