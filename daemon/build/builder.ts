@@ -1,0 +1,280 @@
+// The image builder: a spec becomes a plan of layers (plan.ts); each layer that the store does
+// not hold yet is made as a snapshot of its parent, changed by its step and committed. A layer
+// already committed is reused at once (`cached`), and two builds that need the same layer at
+// the same time share one job.
+//
+//   base      flavour's bootstrap into a directory → mtimes clamped → mke2fs -d onto the volume
+//   packages  snapshot → loop mount → apt-get in a chroot (proc, sys, dev, policy-rc.d) → umount
+//   files     snapshot → mount → files written through a chroot-safe path resolver → umount
+//   scripts   snapshot → mount → each script with /bin/sh -e in the chroot → umount
+//   boot      snapshot → mount → fstab, hostname, /etc/osfarm/boot.json → umount
+// After a mounted step the superblock fields a mount changes are reset and the UUID set from
+// the layer key, so one spec gives the same blocks wherever it is built.
+
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { BUILD_FAILED, JOB_CANCELLED, OsfarmError, SIZE_TOO_SMALL, VOLUME_EXISTS } from '../../protocol/errors.js'
+import { hashParts } from '../blocks/hash.js'
+import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
+import { readHostSources } from './host-mirror.js'
+import { hasMmdebstrap } from './tools/mmdebstrap.js'
+import { makeFs, resetSuperblock } from './tools/mke2fs.js'
+import { clampTimes, withMountedVolume } from './mounted-root.js'
+import { BUILD_EPOCH, planBuild, type Plan, type PlannedLayer, type StepKind } from './plan.js'
+import { bootStep, filesStep, packagesStep, scriptsStep, type StepContext } from './steps.js'
+import { parseSpec, type ImageSpec, type SpecFormat, type ParseOptions } from './spec.js'
+import type { HostInfo } from './flavours/flavour.js'
+
+export interface BuilderOptions {
+  store: LayerStore
+  // Scratch space: mount points, bootstrap trees, apt's cache. Must not be on a noexec mount.
+  workDir: string
+  // Where the host's apt sources are read from, for the default mirror.
+  aptDir?: string
+}
+
+export interface BuildOptions {
+  signal?: AbortSignal
+  onProgress?: (layerIndex: number, phase: string, done: number, total: number) => void
+  onLog?: (line: string) => void
+}
+
+export interface LayerResult {
+  key: string
+  step: StepKind
+  cached: boolean
+  seconds: number
+}
+
+export interface BuildResult {
+  // The image key: its top layer's key.
+  key: string
+  volumeKey: string
+  layers: LayerResult[]
+}
+
+interface Shared {
+  // Whether the layer had to be built.
+  promise: Promise<boolean>
+  controller: AbortController
+  waiters: number
+  logs: Set<(line: string) => void>
+  progress: Set<NonNullable<BuildOptions['onProgress']>>
+}
+
+export class Builder {
+  readonly store: LayerStore
+  readonly workDir: string
+  #aptDir: string
+  #host: Promise<HostInfo> | undefined
+  #inflight = new Map<string, Shared>()
+  #aptQueue: Promise<unknown> = Promise.resolve()
+
+  constructor (options: BuilderOptions) {
+    this.store = options.store
+    this.workDir = options.workDir
+    this.#aptDir = options.aptDir ?? '/etc/apt'
+  }
+
+  parseSpec (text: string, format: SpecFormat, options?: ParseOptions): ImageSpec {
+    return parseSpec(text, format, options)
+  }
+
+  async plan (spec: ImageSpec): Promise<Plan> {
+    return planBuild(spec, await this.#hostInfo())
+  }
+
+  async build (spec: ImageSpec, options: BuildOptions = {}): Promise<BuildResult> {
+    const plan = await this.plan(spec)
+    const { signal } = options
+    if (signal?.aborted) throw JOB_CANCELLED()
+    const results: LayerResult[] = plan.layers.map(l => ({ key: l.key, step: l.kind, cached: true, seconds: 0 }))
+
+    // The highest layer already committed: everything below it is not needed at all.
+    let from = 0
+    for (let i = plan.layers.length - 1; i >= 0; i--) {
+      const info = await this.store.stat(plan.layers[i]!.key)
+      if (info?.kind === 'committed' && !this.#inflight.has(plan.layers[i]!.key)) { from = i + 1; break }
+    }
+    for (let i = 0; i < from; i++) options.onProgress?.(i, 'cached', 1, 1)
+
+    for (let i = from; i < plan.layers.length; i++) {
+      const layer = plan.layers[i]!
+      const started = performance.now()
+      const built = await this.#layer(plan, layer, options)
+      results[i] = { key: layer.key, step: layer.kind, cached: !built, seconds: Math.round(performance.now() - started) / 1000 }
+      options.onProgress?.(i, built ? 'done' : 'cached', 1, 1)
+    }
+    return { key: plan.key, volumeKey: plan.key, layers: results }
+  }
+
+  // Resolves true if this call built the layer (or joined the job that did), false if the
+  // layer was already there.
+  async #layer (plan: Plan, layer: PlannedLayer, options: BuildOptions): Promise<boolean> {
+    let entry = this.#inflight.get(layer.key)
+    if (entry) {
+      options.onProgress?.(layer.index, 'waiting', 0, 1)
+    } else {
+      const controller = new AbortController()
+      const created: Shared = { controller, waiters: 0, logs: new Set(), progress: new Set(), promise: Promise.resolve(false) }
+      const log = (line: string) => { for (const l of created.logs) l(line) }
+      const progress = (phase: string, done: number, total: number) => { for (const p of created.progress) p(layer.index, phase, done, total) }
+      // Registered before the first await, so a concurrent build of this layer joins this job.
+      created.promise = this.#ensure(plan, layer, controller.signal, log, progress).finally(() => this.#inflight.delete(layer.key))
+      this.#inflight.set(layer.key, created)
+      entry = created
+    }
+    return this.#join(entry, options)
+  }
+
+  // Waits for a shared layer job. The job is cancelled only when every waiter has given up.
+  async #join (entry: Shared, options: BuildOptions): Promise<boolean> {
+    entry.waiters++
+    if (options.onLog) entry.logs.add(options.onLog)
+    if (options.onProgress) entry.progress.add(options.onProgress)
+    const signal = options.signal
+    let onAbort: (() => void) | undefined
+    try {
+      if (!signal) return await entry.promise
+      return await new Promise<boolean>((resolve, reject) => {
+        onAbort = () => reject(JOB_CANCELLED())
+        if (signal.aborted) return onAbort()
+        signal.addEventListener('abort', onAbort, { once: true })
+        entry.promise.then(resolve, reject)
+      })
+    } finally {
+      if (onAbort) signal!.removeEventListener('abort', onAbort)
+      if (options.onLog) entry.logs.delete(options.onLog)
+      if (options.onProgress) entry.progress.delete(options.onProgress)
+      // The last waiter to give up cancels the job, and returns once it has cleaned up.
+      if (--entry.waiters === 0 && signal?.aborted) {
+        entry.controller.abort()
+        await entry.promise.catch(() => {})
+      }
+    }
+  }
+
+  async #ensure (plan: Plan, layer: PlannedLayer, signal: AbortSignal, log: (line: string) => void, progress: (phase: string, done: number, total: number) => void): Promise<boolean> {
+    const existing = await this.store.stat(layer.key)
+    if (existing?.kind === 'committed') return false
+    // An active volume nobody here is building is a crashed build's leftover.
+    if (existing) await this.store.remove(layer.key)
+    await this.#make(plan, layer, signal, log, progress)
+    return true
+  }
+
+  async #make (plan: Plan, layer: PlannedLayer, signal: AbortSignal, log: (line: string) => void, progress: (phase: string, done: number, total: number) => void): Promise<VolumeInfo> {
+    const { spec } = plan
+    log(`layer ${layer.index} ${layer.kind} ${layer.key}`)
+    progress('snapshot', 0, 1)
+    let vol: VolumeInfo
+    try {
+      vol = await this.store.prepare(layer.key, layer.parent ? { parent: layer.parent } : { size: spec.size })
+    } catch (err) {
+      if (err instanceof OsfarmError && err.code === 'VOLUME_EXISTS') throw VOLUME_EXISTS(`layer ${layer.key} is being built elsewhere`)
+      throw err
+    }
+    try {
+      if (layer.kind === 'base') {
+        await this.#base(plan, vol, signal, log, progress)
+      } else {
+        const ctx: Omit<StepContext, 'root'> = { epoch: BUILD_EPOCH, signal, log, progress, aptCache: await this.#aptCache() }
+        await withMountedVolume(vol.path, this.workDir, async root => {
+          const step = { ...ctx, root }
+          switch (layer.kind) {
+            case 'packages':
+              await this.#serialApt(() => packagesStep(spec, layer.step.packages as string[], step))
+              break
+            case 'files': await filesStep(spec, plan.contents, step); break
+            case 'scripts': await scriptsStep(spec, step); break
+            case 'boot': await bootStep(step); break
+          }
+          await clampTimes(root, BUILD_EPOCH)
+        })
+        await resetSuperblock(vol.path, BUILD_EPOCH, derivedUuid(layer.key, 'uuid'))
+      }
+      if (signal.aborted) throw JOB_CANCELLED()
+      progress('commit', 0, 1)
+      const committed = await this.store.commit(layer.key)
+      log(`layer ${layer.index} ${layer.kind} committed`)
+      return committed
+    } catch (err) {
+      await this.store.remove(layer.key).catch(() => {})
+      if (signal.aborted) throw JOB_CANCELLED()
+      throw err instanceof OsfarmError ? err : BUILD_FAILED(`${layer.kind} step: ${(err as Error).message}`)
+    }
+  }
+
+  async #base (plan: Plan, vol: VolumeInfo, signal: AbortSignal, log: (line: string) => void, progress: (phase: string, done: number, total: number) => void): Promise<void> {
+    await fs.mkdir(this.workDir, { recursive: true })
+    const scratch = await fs.mkdtemp(path.join(this.workDir, 'base-'))
+    const dir = path.join(scratch, 'root')
+    try {
+      await fs.mkdir(dir)
+      progress('bootstrap', 0, 1)
+      await plan.base.build({ dir, epoch: BUILD_EPOCH, signal, onLine: log })
+      await clampTimes(dir, BUILD_EPOCH)
+      const bytes = await treeBytes(dir)
+      // ext4 needs room for its metadata too: refuse early, with numbers, rather than half-way.
+      if (bytes * 1.05 + (16 << 20) > plan.spec.size) {
+        throw SIZE_TOO_SMALL(`the base needs about ${Math.ceil((bytes * 1.05 + (16 << 20)) / 2 ** 20)} MiB; size is ${Math.floor(plan.spec.size / 2 ** 20)} MiB`)
+      }
+      progress('mkfs', 0, 1)
+      await makeFs(vol.path, {
+        from: dir,
+        uuid: derivedUuid(plan.layers[0]!.key, 'uuid'),
+        hashSeed: derivedUuid(plan.layers[0]!.key, 'hash_seed'),
+        time: BUILD_EPOCH,
+        confDir: scratch,
+        signal,
+        onLine: log
+      })
+    } finally {
+      await fs.rm(scratch, { recursive: true, force: true })
+    }
+  }
+
+  // apt steps share one cache of lists and packages, one at a time.
+  #serialApt<T> (fn: () => Promise<T>): Promise<T> {
+    const run = this.#aptQueue.then(fn, fn)
+    this.#aptQueue = run.catch(() => {})
+    return run
+  }
+
+  async #aptCache (): Promise<{ lists: string, archives: string }> {
+    const lists = path.join(this.workDir, 'apt', 'lists')
+    const archives = path.join(this.workDir, 'apt', 'archives')
+    await fs.mkdir(path.join(lists, 'partial'), { recursive: true })
+    await fs.mkdir(path.join(archives, 'partial'), { recursive: true })
+    return { lists, archives }
+  }
+
+  #hostInfo (): Promise<HostInfo> {
+    this.#host ??= (async () => ({ sources: await readHostSources(this.#aptDir), mmdebstrap: await hasMmdebstrap() }))()
+    return this.#host
+  }
+}
+
+// A UUID from a layer key: the same key gives the same filesystem UUID and hash seed anywhere.
+export function derivedUuid (key: string, purpose: string): string {
+  const b = hashParts(['osfarm-', purpose, '\n', key]).subarray(0, 16)
+  b[6] = (b[6]! & 0x0f) | 0x40
+  b[8] = (b[8]! & 0x3f) | 0x80
+  const h = b.toString('hex')
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
+}
+
+async function treeBytes (dir: string): Promise<number> {
+  let total = 0
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await fs.readdir(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name)
+      if (e.isDirectory()) { total += 4096; await walk(p) } else if (e.isFile()) {
+        const st = await fs.lstat(p)
+        total += Math.ceil(st.size / 4096) * 4096
+      }
+    }
+  }
+  await walk(dir)
+  return total
+}

@@ -1,0 +1,96 @@
+// The layer plan: a spec becomes base → packages → files → scripts (→ boot), each step with a
+// canonical description. A layer's key is BLAKE3("osfarm-layer" ‖ parent key ‖ canonical step),
+// hex; the image's key is its top layer's key. Steps a spec leaves empty are not layers.
+
+import fs from 'node:fs/promises'
+import { SPEC_INVALID } from '../../protocol/errors.js'
+import { hash, hashParts, toHex } from '../blocks/hash.js'
+import { canonicalJson } from './canonical.js'
+import { flavours } from './flavours/index.js'
+import type { BaseStep, HostInfo } from './flavours/flavour.js'
+import type { FileSpec, ImageSpec } from './spec.js'
+
+// Bumped whenever a step's recipe changes what it writes, so old keys are not reused.
+export const RECIPE = 1
+// SOURCE_DATE_EPOCH and E2FSPROGS_FAKE_TIME of every build: 2024-01-01T00:00:00Z.
+export const BUILD_EPOCH = 1704067200
+// The kernel command line of a bootable image (the root filesystem is the whole disk).
+export const BOOT_APPEND = 'root=/dev/vda ro console=ttyS0 net.ifnames=0'
+
+export type StepKind = 'base' | 'packages' | 'files' | 'scripts' | 'boot'
+
+export interface PlannedLayer {
+  index: number
+  kind: StepKind
+  key: string
+  parent?: string
+  // Hashed into the key.
+  step: Record<string, unknown>
+}
+
+export interface Plan {
+  spec: ImageSpec
+  layers: PlannedLayer[]
+  // The top layer's key.
+  key: string
+  base: BaseStep
+  // File contents by path, for the files step.
+  contents: Map<string, Buffer>
+}
+
+export function layerKey (parent: string | undefined, step: Record<string, unknown>): string {
+  return toHex(hashParts(['osfarm-layer\n', parent ?? '', '\n', canonicalJson(step)]))
+}
+
+export async function planBuild (spec: ImageSpec, host: HostInfo): Promise<Plan> {
+  const flavour = flavours.get(spec.flavour)
+  if (!flavour) throw SPEC_INVALID(`flavour: unknown flavour ${spec.flavour}`)
+  const base = await flavour.baseStep(spec, host)
+  const steps: Array<[StepKind, Record<string, unknown>]> = []
+  steps.push(['base', { kind: 'base', recipe: RECIPE, epoch: BUILD_EPOCH, size: spec.size, filesystem: spec.filesystem, ...base.step }])
+
+  const packages = [...new Set([...spec.packages, ...(spec.bootable ? flavour.bootPackages(spec) : [])])].sort()
+  if (packages.length || spec.repositories.length) {
+    steps.push(['packages', {
+      kind: 'packages',
+      recipe: RECIPE,
+      packages,
+      repositories: spec.repositories.map(r => ({ uri: r.uri, suites: r.suites, components: r.components, key: r.key ? toHex(hash(Buffer.from(r.key))) : null }))
+    }])
+  }
+
+  const contents = new Map<string, Buffer>()
+  if (spec.files.length) {
+    const files = []
+    for (const f of [...spec.files].sort((a, b) => (a.path < b.path ? -1 : 1))) {
+      const data = await fileContent(f)
+      contents.set(f.path, data)
+      files.push({ path: f.path, mode: f.mode, owner: f.owner, group: f.group, size: data.length, blake3: toHex(hash(data)) })
+    }
+    steps.push(['files', { kind: 'files', recipe: RECIPE, files }])
+  }
+
+  if (spec.scripts.length) {
+    steps.push(['scripts', { kind: 'scripts', recipe: RECIPE, scripts: spec.scripts.map(s => ({ name: s.name, content: s.content })) }])
+  }
+
+  if (spec.bootable) steps.push(['boot', { kind: 'boot', recipe: RECIPE, append: BOOT_APPEND, hostname: 'osfarm' }])
+
+  const layers: PlannedLayer[] = []
+  let parent: string | undefined
+  for (const [kind, step] of steps) {
+    const key = layerKey(parent, step)
+    layers.push({ index: layers.length, kind, key, ...(parent ? { parent } : {}), step })
+    parent = key
+  }
+  return { spec, layers, key: parent!, base, contents }
+}
+
+async function fileContent (f: FileSpec): Promise<Buffer> {
+  if (f.content !== undefined) return Buffer.from(f.content, f.encoding === 'base64' ? 'base64' : 'utf8')
+  try {
+    return await fs.readFile(f.source!)
+  } catch (err) {
+    throw SPEC_INVALID(`files: cannot read ${f.source} for ${f.path}: ${(err as Error).message}`)
+  }
+}

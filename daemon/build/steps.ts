@@ -1,0 +1,249 @@
+// What each kind of layer does to its (mounted) root: install packages, place files, run
+// scripts, make it bootable. The builder mounts, runs one of these, and commits.
+
+import fs from 'node:fs/promises'
+import { constants as FS } from 'node:fs'
+import path from 'node:path'
+import { BUILD_FAILED, SCRIPT_FAILED, SIZE_TOO_SMALL } from '../../protocol/errors.js'
+import { withChroot } from './mounted-root.js'
+import { chroot } from './tools/chroot.js'
+import { APT_ENV, aptFailure, installArgs, updateArgs } from './tools/apt.js'
+import { lastLines, BASE_ENV } from './tools/run.js'
+import { BOOT_APPEND } from './plan.js'
+import type { ImageSpec, RepositorySpec } from './spec.js'
+
+export interface StepContext {
+  root: string
+  epoch: number
+  signal?: AbortSignal
+  log: (line: string) => void
+  progress: (phase: string, done: number, total: number) => void
+  // apt's lists and archives on the host, shared by builds.
+  aptCache: { lists: string, archives: string }
+}
+
+const MAX_SYMLINKS = 40
+// Where a bootable image says how to boot it; read back (with debugfs) by the exporter.
+export const BOOT_INFO_PATH = '/etc/osfarm/boot.json'
+
+export interface BootInfo {
+  kernel: string
+  initrd: string
+  append: string
+}
+
+function chrootEnv (epoch: number): Record<string, string> {
+  return { ...BASE_ENV, ...APT_ENV, SOURCE_DATE_EPOCH: String(epoch), TERM: 'dumb' }
+}
+
+// Files a package run leaves behind that differ from build to build, or must not be shared by
+// every machine made from the image (host keys, machine id).
+const VOLATILE = [
+  'var/log/dpkg.log', 'var/log/alternatives.log', 'var/log/apt/history.log', 'var/log/apt/term.log', 'var/log/apt/eipp.log.xz',
+  'var/cache/ldconfig/aux-cache', 'var/lib/dpkg/status-old', 'var/lib/dpkg/diversions-old', 'var/lib/dpkg/statoverride-old',
+  'var/cache/debconf/config.dat-old', 'var/cache/debconf/templates.dat-old', 'var/lib/dbus/machine-id'
+]
+
+export async function packagesStep (spec: ImageSpec, packages: string[], ctx: StepContext): Promise<void> {
+  const tool = await packageTool(ctx.root)
+  if (tool !== 'apt') throw BUILD_FAILED(`the image has ${tool === 'none' ? 'no package manager osfarm knows' : tool}; only apt is supported for package steps yet`)
+  await writeRepositories(ctx.root, spec.repositories)
+  await withChroot(ctx.root, { network: true, aptCache: ctx.aptCache }, async () => {
+    const env = chrootEnv(ctx.epoch)
+    ctx.progress('apt update', 0, 1)
+    const upd = await chroot(ctx.root, ['apt-get', ...updateArgs()], { env, signal: ctx.signal, onLine: ctx.log })
+    if (upd.exitCode !== 0) throw aptFailure(upd.tail, 'apt-get update')
+    let total = packages.length
+    let done = 0
+    const onLine = (line: string) => {
+      ctx.log(line)
+      const m = /(\d+) newly installed/.exec(line)
+      if (m) total = Number(m[1])
+      if (line.startsWith('Setting up ')) ctx.progress('apt install', ++done, total)
+    }
+    const inst = await chroot(ctx.root, ['apt-get', ...installArgs(packages)], { env, signal: ctx.signal, onLine })
+    if (inst.exitCode !== 0) throw aptFailure(inst.tail, 'apt-get install')
+  })
+  await removeVolatile(ctx.root)
+}
+
+async function writeRepositories (root: string, repos: RepositorySpec[]): Promise<void> {
+  if (!repos.length) return
+  let text = ''
+  for (const [i, r] of repos.entries()) {
+    text += `Types: deb\nURIs: ${r.uri}\nSuites: ${r.suites.join(' ')}\nComponents: ${r.components.join(' ')}\n`
+    if (r.key) {
+      const keyFile = `/etc/apt/keyrings/osfarm-${i}.asc`
+      await writeInRoot(root, keyFile, Buffer.from(r.key), { mode: 0o644, uid: 0, gid: 0, epoch: 0 })
+      text += `Signed-By: ${keyFile}\n`
+    }
+    text += '\n'
+  }
+  await writeInRoot(root, '/etc/apt/sources.list.d/osfarm.sources', Buffer.from(text), { mode: 0o644, uid: 0, gid: 0, epoch: 0 })
+}
+
+async function packageTool (root: string): Promise<'apt' | 'dnf' | 'apk' | 'none'> {
+  const has = (p: string) => fs.access(path.join(root, p)).then(() => true, () => false)
+  if (await has('usr/bin/apt-get')) return 'apt'
+  if (await has('usr/bin/dnf') || await has('usr/bin/microdnf') || await has('usr/bin/yum')) return 'dnf'
+  if (await has('sbin/apk')) return 'apk'
+  return 'none'
+}
+
+async function removeVolatile (root: string): Promise<void> {
+  for (const p of VOLATILE) await fs.rm(path.join(root, p), { force: true })
+  const ssh = path.join(root, 'etc/ssh')
+  for (const name of await fs.readdir(ssh).catch(() => [] as string[])) {
+    if (/^ssh_host_.*_key(\.pub)?$/.test(name)) await fs.rm(path.join(ssh, name), { force: true })
+  }
+  // systemd's postinst writes a random machine id; an image's machines must each make their own.
+  const machineId = path.join(root, 'etc/machine-id')
+  if (await fs.lstat(machineId).then(st => st.isFile(), () => false)) await fs.writeFile(machineId, 'uninitialized\n')
+}
+
+export async function filesStep (spec: ImageSpec, contents: Map<string, Buffer>, ctx: StepContext): Promise<void> {
+  const ids = await accounts(ctx.root)
+  const files = [...spec.files].sort((a, b) => (a.path < b.path ? -1 : 1))
+  for (const [i, f] of files.entries()) {
+    ctx.progress('files', i, files.length)
+    const uid = ids.user(f.owner)
+    const gid = ids.group(f.group)
+    if (uid === undefined) throw BUILD_FAILED(`${f.path}: no user ${f.owner} in the image`)
+    if (gid === undefined) throw BUILD_FAILED(`${f.path}: no group ${f.group} in the image`)
+    ctx.log(`file ${f.path} ${f.mode.toString(8).padStart(4, '0')} ${f.owner}:${f.group} (${contents.get(f.path)!.length} bytes)`)
+    await writeInRoot(ctx.root, f.path, contents.get(f.path)!, { mode: f.mode, uid, gid, epoch: ctx.epoch })
+  }
+  ctx.progress('files', files.length, files.length)
+}
+
+export async function scriptsStep (spec: ImageSpec, ctx: StepContext): Promise<void> {
+  await withChroot(ctx.root, { network: true }, async () => {
+    const sh = await fs.access(path.join(ctx.root, 'bin/sh')).then(() => true, () => false)
+    if (!sh) throw BUILD_FAILED('the image has no /bin/sh to run scripts with')
+    for (const [i, s] of spec.scripts.entries()) {
+      ctx.progress('scripts', i, spec.scripts.length)
+      ctx.log(`script ${s.name}`)
+      const r = await chroot(ctx.root, ['/bin/sh', '-e', '-s'], { env: { ...chrootEnv(ctx.epoch), OSFARM_SCRIPT: s.name }, input: s.content, signal: ctx.signal, onLine: ctx.log })
+      if (r.exitCode !== 0) {
+        if (r.tail.some(l => /No space left on device/.test(l))) throw SIZE_TOO_SMALL(`script ${s.name} ran out of space: ${lastLines(r.tail, 2)}`)
+        throw SCRIPT_FAILED(`script ${s.name} exited with ${r.exitCode}: ${lastLines(r.tail, 3)}`, { script: s.name, exitCode: r.exitCode })
+      }
+    }
+    ctx.progress('scripts', spec.scripts.length, spec.scripts.length)
+  })
+  await removeVolatile(ctx.root)
+}
+
+// Direct kernel boot: the image is the root filesystem on the whole disk; its kernel and
+// initrd are named in BOOT_INFO_PATH and copied out at export (see boot-export.ts).
+export async function bootStep (ctx: StepContext): Promise<BootInfo> {
+  const boot = path.join(ctx.root, 'boot')
+  const names = await fs.readdir(boot).catch(() => [] as string[])
+  const versions = names.filter(n => n.startsWith('vmlinuz-')).map(n => n.slice('vmlinuz-'.length)).sort(compareVersions)
+  const version = versions.filter(v => names.includes(`initrd.img-${v}`)).at(-1)
+  if (!version) throw BUILD_FAILED('a bootable image needs a kernel and an initrd in /boot; none was installed')
+  const init = await fs.lstat(path.join(ctx.root, 'sbin/init')).then(() => true, () => false)
+  if (!init) throw BUILD_FAILED('a bootable image needs an init system (/sbin/init); none was installed')
+  const info: BootInfo = { kernel: `/boot/vmlinuz-${version}`, initrd: `/boot/initrd.img-${version}`, append: BOOT_APPEND }
+  const opts = { mode: 0o644, uid: 0, gid: 0, epoch: ctx.epoch }
+  await writeInRoot(ctx.root, '/etc/fstab', Buffer.from('# osfarm: the root filesystem is the whole disk\n/dev/vda / ext4 defaults,noatime,errors=remount-ro 0 1\n'), opts)
+  await writeInRoot(ctx.root, '/etc/hostname', Buffer.from('osfarm\n'), opts)
+  await writeInRoot(ctx.root, '/etc/hosts', Buffer.from('127.0.0.1 localhost\n127.0.1.1 osfarm\n::1 localhost ip6-localhost ip6-loopback\n'), opts)
+  await writeInRoot(ctx.root, BOOT_INFO_PATH, Buffer.from(JSON.stringify(info, null, 2) + '\n'), opts)
+  ctx.log(`boot: ${info.kernel} ${info.initrd} ${info.append}`)
+  return info
+}
+
+function compareVersions (a: string, b: string): number {
+  const pa = a.split(/[.-]/)
+  const pb = b.split(/[.-]/)
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const x = pa[i] ?? ''
+    const y = pb[i] ?? ''
+    const nx = Number(x)
+    const ny = Number(y)
+    const c = Number.isNaN(nx) || Number.isNaN(ny) ? x.localeCompare(y) : nx - ny
+    if (c !== 0) return c
+  }
+  return 0
+}
+
+// Users and groups by name from the image's own /etc/passwd and /etc/group; numbers as given.
+async function accounts (root: string): Promise<{ user: (n: string) => number | undefined, group: (n: string) => number | undefined }> {
+  const table = async (file: string) => {
+    const text = await fs.readFile(path.join(root, file), 'utf8').catch(() => '')
+    const map = new Map<string, number>()
+    for (const line of text.split('\n')) {
+      const [name, , id] = line.split(':')
+      if (name && id && /^\d+$/.test(id)) map.set(name, Number(id))
+    }
+    return map
+  }
+  const users = await table('etc/passwd')
+  const groups = await table('etc/group')
+  const lookup = (map: Map<string, number>) => (n: string) => /^\d+$/.test(n) ? Number(n) : n === 'root' ? 0 : map.get(n)
+  return { user: lookup(users), group: lookup(groups) }
+}
+
+// Writes a file at an image path as a chroot would see it: symlinks in the path are followed
+// inside the root (an absolute link target is relative to the root, `..` stops at the root),
+// so nothing the image contains can send the write out onto the host.
+export async function writeInRoot (root: string, imagePath: string, data: Buffer, o: { mode: number, uid: number, gid: number, epoch: number }): Promise<string> {
+  const resolved = await resolveInRoot(root, imagePath, true)
+  const host = path.join(root, ...resolved)
+  const fh = await fs.open(host, FS.O_WRONLY | FS.O_CREAT | FS.O_TRUNC | FS.O_NOFOLLOW, o.mode).catch(err => {
+    if (err.code === 'EISDIR') throw BUILD_FAILED(`${imagePath} is a directory in the image`)
+    if (err.code === 'ENOSPC') throw SIZE_TOO_SMALL(`no space left for ${imagePath}`)
+    throw err
+  })
+  try {
+    await fh.writeFile(data).catch(err => {
+      if (err.code === 'ENOSPC') throw SIZE_TOO_SMALL(`no space left for ${imagePath}`)
+      throw err
+    })
+    await fh.chown(o.uid, o.gid)
+    await fh.chmod(o.mode)
+  } finally {
+    await fh.close()
+  }
+  if (o.epoch) await fs.lutimes(host, o.epoch, o.epoch)
+  return host
+}
+
+// Resolves an absolute image path to its components under the root, following symlinks the
+// way the kernel would inside a chroot. With create, missing parent directories are made.
+export async function resolveInRoot (root: string, imagePath: string, create: boolean): Promise<string[]> {
+  const todo = imagePath.split('/').filter(Boolean)
+  const done: string[] = []
+  let links = 0
+  while (todo.length) {
+    const name = todo.shift()!
+    if (name === '.') continue
+    if (name === '..') { done.pop(); continue }
+    const host = path.join(root, ...done, name)
+    const last = todo.length === 0
+    const st = await fs.lstat(host).catch(err => {
+      if (err.code === 'ENOENT') return undefined
+      throw err
+    })
+    if (st?.isSymbolicLink()) {
+      if (++links > MAX_SYMLINKS) throw BUILD_FAILED(`${imagePath}: too many levels of symbolic links`)
+      const target = await fs.readlink(host)
+      const parts = target.split('/').filter(Boolean)
+      if (target.startsWith('/')) done.length = 0
+      todo.unshift(...parts)
+      continue
+    }
+    if (!st) {
+      if (last) { done.push(name); break }
+      if (!create) throw BUILD_FAILED(`${imagePath}: ${path.join('/', ...done, name)} does not exist`)
+      await fs.mkdir(host, { mode: 0o755 })
+      await fs.chmod(host, 0o755)
+    } else if (!last && !st.isDirectory()) {
+      throw BUILD_FAILED(`${imagePath}: ${path.join('/', ...done, name)} is not a directory`)
+    }
+    done.push(name)
+  }
+  if (!done.length) throw BUILD_FAILED(`${imagePath} resolves to the root directory`)
+  return done
+}
