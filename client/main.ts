@@ -8,6 +8,9 @@ import { VERSION } from './version.js'
 import * as status from './commands/status.js'
 import * as image from './commands/image.js'
 import * as job from './commands/job.js'
+import * as fetch from './commands/fetch.js'
+import * as fleet from './commands/fleet.js'
+import * as peer from './commands/peer.js'
 
 const program = new Command('osfarmctl')
   .description('control osfarmd: build, store and move VM images')
@@ -16,7 +19,7 @@ const program = new Command('osfarmctl')
   .showHelpAfterError()
 
 const ctx = cliContext(program)
-for (const command of [status, image, job]) command.register(program, ctx)
+for (const command of [status, image, job, fetch, fleet, peer]) command.register(program, ctx)
 
 program.parseAsync().then(() => process.exit(0), err => {
   const e = OsfarmError.from(err)

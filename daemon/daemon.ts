@@ -17,6 +17,7 @@ import { openStore } from './store/open-store.js'
 import type { LayerStore } from './store/layer-store.js'
 import { RpcServer } from './rpc/server.js'
 import { methodTable } from './rpc/methods.js'
+import { recoverVolumes, TransferService } from './transfer/transfer-service.js'
 import type { Logger } from './log.js'
 
 export const VERSION: string = createRequire(import.meta.url)('../../package.json').version
@@ -34,6 +35,7 @@ export class Daemon {
   jobs!: JobManager
   hasher!: BlockHasher
   images!: ImageService
+  transfers!: TransferService
   #rpc: RpcServer | undefined
 
   constructor (config: Config, log: Logger) {
@@ -47,12 +49,14 @@ export class Daemon {
     this.catalog = await Catalog.open(path.join(dataDir, 'catalog'))
     try {
       this.store = await openStore(this.config)
-      const orphans = await this.store.recover()
+      const orphans = await recoverVolumes(this.store, TransferService.keepOnRecover)
       if (orphans.length) this.log.warn('removed unfinished volumes left by a crash', { volumes: orphans.join(',') })
       this.jobs = new JobManager(this.catalog, this.log)
       await this.jobs.load()
       this.hasher = new BlockHasher(this.config.hashThreads)
       this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log })
+      this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
+      await this.transfers.start()
       await prepareSocket(socket)
       this.#rpc = new RpcServer({
         socket,
@@ -79,6 +83,7 @@ export class Daemon {
   }
 
   async #closeAll (): Promise<void> {
+    await this.transfers?.stop()
     await this.hasher?.close()
     await this.store?.close()
     await this.catalog?.close()

@@ -6,6 +6,7 @@ import { loadConfig, type Config } from './config.js'
 import { createLogger } from './log.js'
 import { Daemon, VERSION } from './daemon.js'
 import { OsfarmError } from '../protocol/errors.js'
+import { startBootstrapNode } from './swarm/fleet-swarm.js'
 
 const program = new Command('osfarmd')
   .description('osfarm host daemon: builds, stores and moves VM images')
@@ -45,6 +46,20 @@ program.command('run', { isDefault: true })
     }
     process.on('SIGTERM', () => stop('SIGTERM'))
     process.on('SIGINT', () => stop('SIGINT'))
+  })
+
+program.command('dht')
+  .description('run a DHT bootstrap node for a fleet (it needs nothing outside the fleet)')
+  .requiredOption('--host <address>', 'address to bind and announce')
+  .requiredOption('--port <port>', 'UDP port', Number)
+  .option('--bootstrap <nodes>', 'other bootstrap nodes, host:port,...')
+  .action(async opts => {
+    const node = await startBootstrapNode({ host: opts.host, port: opts.port, bootstrap: opts.bootstrap ? String(opts.bootstrap).split(',') : [] })
+    const addr = node.address()
+    process.stdout.write(`osfarmd dht ready ${addr?.host}:${addr?.port}\n`)
+    const stop = () => { node.destroy().then(() => process.exit(0), () => process.exit(1)) }
+    process.on('SIGTERM', stop)
+    process.on('SIGINT', stop)
   })
 
 program.parseAsync().catch(err => {

@@ -74,6 +74,62 @@ export interface ExportResult {
   bytes: number
 }
 
+export interface FleetInfo {
+  configured: boolean
+  // This host's key: give it to other hosts' `osfarmctl fleet allow`.
+  publicKey: string
+  allow: string[]
+  bootstrap: string[]
+  peers: string[]
+  topic: string | null
+  // Where this host's DHT node listens (others may list it as a bootstrap node).
+  dht: { host: string, port: number } | null
+  // Only in the answer to fleet.init: give it to the hosts that join.
+  secret?: string
+}
+
+export interface PeerInfo {
+  key: string
+  host: string
+  address: string
+  images: number
+  partial: number
+  bytesIn: number
+  bytesOut: number
+  rateIn: number
+  connectedAt: string
+}
+
+export interface TransferPeerStats {
+  host: string
+  blocks: number
+  rawBytes: number
+  wireBytes: number
+}
+
+export interface TransferStats {
+  blocks: number
+  zeroBlocks: number
+  inPlace: number
+  copiedLocal: number
+  received: number
+  resumed: number
+  rawBytes: number
+  wireBytes: number
+  manifestBytes: number
+  badBlocks: number
+  droppedPeers: string[]
+  peers: Record<string, TransferPeerStats>
+  elapsedMs: number
+  rate: number
+}
+
+export interface FetchResult {
+  image: ImageInfo
+  stats: TransferStats | undefined
+  alreadyPresent: boolean
+}
+
 // One entry per method: params and result types. The daemon's table and the typed client are
 // both checked against this map.
 export interface Methods {
@@ -90,6 +146,13 @@ export interface Methods {
   'job.cancel': { params: { id: string }, result: JobInfo }
   // Resolves when the job ends; meanwhile the daemon sends `job.progress` notifications.
   'job.watch': { params: { id: string }, result: JobInfo }
+  // Fetches an image (by root, or by a name peers advertise) from the fleet; the job's result is a FetchResult.
+  'image.fetch': { params: { ref: string, from?: string, name?: string, wait?: number }, result: JobInfo }
+  'fleet.init': { params: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number }, result: FleetInfo }
+  'fleet.show': { params: Record<string, never>, result: FleetInfo }
+  'fleet.allow': { params: { key: string }, result: FleetInfo }
+  'fleet.deny': { params: { key: string }, result: FleetInfo }
+  'peer.list': { params: Record<string, never>, result: PeerInfo[] }
 }
 
 export type MethodName = keyof Methods

@@ -40,6 +40,12 @@ export class ImageService {
   readonly #log: Logger
   // Names claimed by imports still running, so two cannot race for one name.
   readonly #claimed = new Set<string>()
+  // Told of every registered and removed image (transfers serve and advertise them).
+  readonly #listeners: Array<{ registered (image: ImageInfo, manifest: Manifest): void, removed (image: ImageInfo): void }> = []
+
+  subscribe (listener: { registered (image: ImageInfo, manifest: Manifest): void, removed (image: ImageInfo): void }): void {
+    this.#listeners.push(listener)
+  }
 
   constructor (deps: { catalog: Catalog, store: LayerStore, jobs: JobManager, hasher: BlockHasher, blockSize: number, log: Logger }) {
     this.#catalog = deps.catalog
@@ -133,6 +139,7 @@ export class ImageService {
     }
     await this.#catalog.putImage(image, manifest)
     this.#log.info('image registered', { image: image.id, name: image.name, root: image.root, size: image.size })
+    for (const l of this.#listeners) l.registered(image, manifest)
     return image
   }
 
@@ -210,6 +217,7 @@ export class ImageService {
     const sharers = (await this.#catalog.listImages()).filter(i => i.volume === image.volume)
     if (sharers.length === 0 && image.origin !== 'build') await this.#store.remove(image.volume).catch(() => {})
     this.#log.info('image removed', { image: image.id, name: image.name })
+    for (const l of this.#listeners) l.removed(image)
     return { id: image.id, removed: true }
   }
 

@@ -52,6 +52,20 @@ export function methodTable (d: Daemon): MethodTable {
         if (e.type === 'progress') ctx.notify('job.progress', e.job)
         else ctx.notify('job.log', { id: e.id, line: e.line })
       }, ctx.signal)
-    }
+    },
+    'image.fetch': {
+      params: { ref: { type: 'string' }, from: { type: 'string', optional: true }, name: { type: 'string', optional: true }, wait: { type: 'number', optional: true } },
+      write: true,
+      handler: p => d.transfers.fetch(p.ref, { from: p.from, name: p.name, peerWaitMs: p.wait })
+    },
+    'fleet.init': {
+      params: { secret: { type: 'string', optional: true }, bootstrap: { type: 'string', optional: true }, peers: { type: 'string', optional: true }, dhtHost: { type: 'string', optional: true }, dhtPort: { type: 'number', optional: true } },
+      write: true,
+      handler: p => d.transfers.fleetInit(p)
+    },
+    'fleet.show': { params: {}, write: false, handler: () => d.transfers.fleetShow() },
+    'fleet.allow': { params: { key: { type: 'string' } }, write: true, handler: p => d.transfers.fleetAllow(p.key, true) },
+    'fleet.deny': { params: { key: { type: 'string' } }, write: true, handler: p => d.transfers.fleetAllow(p.key, false) },
+    'peer.list': { params: {}, write: false, handler: () => d.transfers.peerList() }
   }
 }

@@ -56,6 +56,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   #allow: Set<string>
   #adverts = new Map<string, Advert>()
   #topics = new Map<string, PeerDiscovery>()
+  #fleet: PeerDiscovery | undefined
   #source: BlockSource
   #log: NonNullable<FleetSwarmOptions['log']>
   #closed = false
@@ -102,13 +103,14 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   async #start (): Promise<void> {
     await this.#dht.fullyBootstrapped()
-    const fleet = this.#swarm.join(fleetTopic(this.config.secret), { server: true, client: true })
+    this.#fleet = this.#swarm.join(fleetTopic(this.config.secret), { server: true, client: true })
     for (const peer of this.config.peers) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
-    await fleet.flushed()
+    await this.#fleet.flushed()
   }
 
   // Applies a changed config: allow-list (denied peers are disconnected), direct peers, limits.
   reconfigure (config: FleetConfig): void {
+    const before = this.#allow
     this.config = config
     this.#allow = new Set(config.allow)
     this.uploadLimiter.rate = config.uploadLimit ?? 0
@@ -119,6 +121,8 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
       if (!this.#allow.has(hex)) s.destroy(PROTOCOL_ERROR('host removed from the allow-list'))
     }
     for (const peer of config.peers) if (this.#allow.has(peer)) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
+    // A host allowed just now was refused (and so banned) before: look for it again.
+    if ([...this.#allow].some(k => !before.has(k))) this.#fleet?.refresh({ client: true, server: true }).catch(() => {})
   }
 
   // Flushes pending DHT work: after it, every reachable peer of the joined topics is connected.

@@ -30,6 +30,8 @@ export interface BlockBatch {
   // Raw length of each requested block in order, 0 where missing; `data` holds them back to back.
   sizes: number[]
   data: Buffer
+  // Bytes this batch took on the wire (compressed payload and framing), when received.
+  wireBytes?: number
 }
 
 // What a session needs from its daemon.
@@ -176,7 +178,7 @@ export class PeerSession extends EventEmitter {
     }
     this.stats.rawIn += raw
     this.stats.blocksIn += count
-    return { sizes: r.sizes, data }
+    return { sizes: r.sizes, data, wireBytes: r.data.length + 16 + r.sizes.length * 3 }
   }
 
   cancel (id: number): void {

@@ -50,6 +50,7 @@ declare module 'hyperswarm' {
   }
   export interface PeerDiscovery {
     flushed (): Promise<void>
+    refresh (opts?: { client?: boolean, server?: boolean }): Promise<void>
     destroy (): Promise<void>
   }
   export interface SwarmOptions {

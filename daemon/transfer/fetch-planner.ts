@@ -1,0 +1,83 @@
+// Decides where each block of a wanted manifest comes from: the snapshot parent (same hash at
+// the same offset: free), another local volume (a local copy), or peers. Pure: no I/O.
+
+import { HASH_BYTES } from '../blocks/hash.js'
+import { blockCount, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import type { Location } from './local-blocks.js'
+
+export interface Candidate {
+  volume: string
+  manifest: Manifest
+}
+
+export interface LocalCopy {
+  index: number
+  from: Location
+}
+
+export interface FetchPlan {
+  parent: string | undefined
+  // Non-zero blocks the snapshot already holds at the right offset.
+  inPlace: number[]
+  // Zero blocks where the parent has data: they must become zeros (holes).
+  zeroOverParent: number[]
+  zeroBlocks: number
+  local: LocalCopy[]
+  // Blocks to fetch, one entry per distinct hash: the hash and every index that holds it.
+  remote: Array<{ hash: Buffer, indices: number[] }>
+  remoteBlocks: number
+}
+
+// The candidate with the most non-zero blocks equal at the same offset, if any matches at all.
+export function chooseParent (want: Manifest, candidates: Candidate[]): { volume: string, manifest: Manifest, matches: number } | undefined {
+  let best: { volume: string, manifest: Manifest, matches: number } | undefined
+  const count = blockCount(want.size, want.blockSize)
+  for (const c of candidates) {
+    if (c.manifest.blockSize !== want.blockSize) continue
+    const n = Math.min(count, blockCount(c.manifest.size, c.manifest.blockSize))
+    let matches = 0
+    for (let i = 0; i < n; i++) {
+      const o = i * HASH_BYTES
+      if (want.hashes.compare(c.manifest.hashes, o, o + HASH_BYTES, o, o + HASH_BYTES) === 0 && !isZeroSlot(want.hashes, i)) matches++
+    }
+    if (matches > 0 && (!best || matches > best.matches)) best = { volume: c.volume, manifest: c.manifest, matches }
+  }
+  return best
+}
+
+// `done` (a bitfield, from an interrupted fetch) marks blocks already in the target. A fresh
+// fetch marks in-place blocks and zero blocks that are already holes as done before it starts,
+// so on a resume every zero block not yet done is one the parent had data for.
+export function planFetch (want: Manifest, parent: Candidate | undefined, locate: (hash: Buffer) => Location | undefined, done?: Buffer): FetchPlan {
+  const count = blockCount(want.size, want.blockSize)
+  const parentCount = parent ? blockCount(parent.manifest.size, parent.manifest.blockSize) : 0
+  const plan: FetchPlan = { parent: parent?.volume, inPlace: [], zeroOverParent: [], zeroBlocks: 0, local: [], remote: [], remoteBlocks: 0 }
+  const remote = new Map<string, { hash: Buffer, indices: number[] }>()
+  for (let i = 0; i < count; i++) {
+    const o = i * HASH_BYTES
+    if (isZeroSlot(want.hashes, i)) {
+      plan.zeroBlocks++
+      if (done && (done[i >> 3]! & (1 << (i & 7)))) continue
+      if (done || (i < parentCount && !isZeroSlot(parent!.manifest.hashes, i))) plan.zeroOverParent.push(i)
+      continue
+    }
+    if (done && (done[i >> 3]! & (1 << (i & 7)))) continue
+    if (i < parentCount && want.hashes.compare(parent!.manifest.hashes, o, o + HASH_BYTES, o, o + HASH_BYTES) === 0) {
+      plan.inPlace.push(i)
+      continue
+    }
+    const hash = want.hashes.subarray(o, o + HASH_BYTES)
+    const from = locate(hash)
+    if (from) {
+      plan.local.push({ index: i, from })
+      continue
+    }
+    const k = hash.toString('latin1')
+    const r = remote.get(k)
+    if (r) r.indices.push(i)
+    else remote.set(k, { hash, indices: [i] })
+    plan.remoteBlocks++
+  }
+  plan.remote = [...remote.values()]
+  return plan
+}

@@ -1,0 +1,576 @@
+// The fetch engine: fills a target volume with the blocks of a manifest that it lacks.
+//
+// DEV DOCS — the request flow
+//   The planner has already sorted every block: in place (the target is a snapshot of the local
+//   volume with the most same-offset matches: no I/O), zero (a hole; written as zeros and holes
+//   dug only where the parent had data), local (read from another local volume, written here)
+//   and remote, one entry per distinct hash with every index that holds it.
+//   Local copies and remote fetching run at the same time.
+//
+//   Remote: each holder of the root (whole, by advert, or part-way, by Have bitfield) is a peer
+//   with a window of requests in flight, sized from its measured rate (about QUEUE_SECONDS of
+//   data, MIN_WINDOW..MAX_WINDOW). A request carries up to BATCH_BYTES of hashes, taken in index
+//   order from a cursor over the pending entries that peer has, so reads on the peer and writes
+//   here are long runs. Peers pull work as their answers come back, so a faster peer gets more;
+//   that is the rate-weighted spread. When nothing is pending but requests are out (the
+//   endgame), an idle peer asks again for blocks in flight at the slowest peers; the first valid
+//   answer wins and the other request is cancelled.
+//
+//   Every block is checked against its hash (BLAKE3) and length before it is written; one bad
+//   block drops the peer (its session is closed and it is banned from this fetch) and its
+//   requests go back to pending. A peer that leaves, times out or lacks a block has its requests
+//   requeued the same way. Verified blocks of one answer are written with one writev per
+//   contiguous run, at every index that holds the hash.
+//
+//   Progress: a bit per block, set after the write completes. Every FLUSH_MS the target is
+//   fdatasync'ed and then the bitfield (a copy taken before the sync) is saved; a restart
+//   resumes from it. The same bits go to peers as Have, and the blocks become servable at once.
+//
+//   If no peer can supply a pending block for PEER_WAIT_MS, the fetch fails with NO_PEERS (its
+//   progress stays; running it again resumes).
+
+import { EventEmitter } from 'node:events'
+import fs from 'node:fs/promises'
+import { execa } from 'execa'
+import { hash, HASH_BYTES } from '../blocks/hash.js'
+import { blockCount, blockLength, type Manifest } from '../blocks/manifest.js'
+import { BAD_BLOCK, JOB_CANCELLED, NO_PEERS, OsfarmError } from '../../protocol/errors.js'
+import { MAX_HASHES_PER_REQUEST, MAX_BLOCK_BYTES } from '../../protocol/wire.js'
+import type { PeerSession, BlockBatch } from '../swarm/peer-session.js'
+import type { FetchPlan } from './fetch-planner.js'
+import type { TransferStats } from '../../protocol/rpc.js'
+import type { LocalBlocks } from './local-blocks.js'
+import type { Progress } from './progress.js'
+
+const BATCH_BYTES = 256 << 10
+const MIN_WINDOW = 8
+const MAX_WINDOW = 64
+const QUEUE_SECONDS = 0.25
+const FLUSH_MS = 1000
+const PEER_WAIT_MS = 60_000
+// Pending entries scanned per assignment, so a partial peer with few blocks costs little.
+const SCAN_LIMIT = 16_384
+const MAX_DUPLICATES = 1
+const MAX_PEER_FAILURES = 3
+const MAX_UNWRITTEN_BYTES = 64 << 20
+const LOCAL_BATCH_BLOCKS = 256
+const MIN_PUNCH_BLOCKS = 16
+const MAX_PUNCH_CALLS = 64
+
+export interface PeerPool extends EventEmitter {
+  holders (rootHex: string): PeerSession[]
+}
+
+export type FetchStats = TransferStats
+
+export interface FetcherOptions {
+  manifest: Manifest
+  volume: string
+  path: string
+  plan: FetchPlan
+  progress: Progress
+  pool: PeerPool
+  local: LocalBlocks
+  stats: FetchStats
+  from?: Set<string>
+  signal?: AbortSignal
+  peerWaitMs?: number
+  onFlush?: (bits: Buffer) => void
+  onProgress?: (done: number, total: number) => void
+}
+
+interface Req {
+  peer: PeerState
+  us: number[]
+  sentAt: number
+  id: number
+  dup: boolean
+}
+
+interface PeerState {
+  hex: string
+  session: PeerSession
+  inflight: Set<Req>
+  missing: Set<number>
+  rate: number
+  lastAt: number
+  failures: number
+}
+
+export class Fetcher {
+  readonly #o: FetcherOptions
+  readonly #m: Manifest
+  readonly #rootHex: string
+  readonly #entries: FetchPlan['remote']
+  readonly #state: Uint8Array
+  readonly #copies: Uint8Array
+  readonly #batch: number
+  readonly #peers = new Map<string, PeerState>()
+  readonly #banned = new Set<string>()
+  #cursor = 0
+  #pending: number
+  #done = 0
+  #fh!: fs.FileHandle
+  #writes = new Set<Promise<void>>()
+  #unwritten = 0
+  #dirty = false
+  #failure: Error | undefined
+  #finish!: () => void
+  #fail!: (err: Error) => void
+  #waitTimer: NodeJS.Timeout | undefined
+  #remoteStart = 0
+  #completed = 0
+  readonly #total: number
+
+  constructor (options: FetcherOptions) {
+    this.#o = options
+    this.#m = options.manifest
+    this.#rootHex = options.manifest.root.toString('hex')
+    this.#entries = options.plan.remote
+    this.#state = new Uint8Array(this.#entries.length)
+    this.#copies = new Uint8Array(this.#entries.length)
+    this.#pending = this.#entries.length
+    this.#batch = Math.max(1, Math.min(MAX_HASHES_PER_REQUEST, Math.floor(Math.min(BATCH_BYTES, MAX_BLOCK_BYTES) / options.manifest.blockSize)))
+    this.#total = options.plan.remoteBlocks + options.plan.local.length + options.plan.zeroOverParent.length
+  }
+
+  async run (): Promise<void> {
+    const o = this.#o
+    this.#fh = await fs.open(o.path, 'r+')
+    const flusher = setInterval(() => { void this.#flush() }, FLUSH_MS)
+    const onAbort = () => this.#fail(JOB_CANCELLED())
+    try {
+      const remote = new Promise<void>((resolve, reject) => { this.#finish = resolve; this.#fail = reject })
+      o.signal?.addEventListener('abort', onAbort, { once: true })
+      if (o.signal?.aborted) throw JOB_CANCELLED()
+      await this.#zeroOverParent()
+      this.#startRemote()
+      await Promise.all([this.#copyLocal(), remote])
+      await Promise.all(this.#writes)
+      if (this.#failure) throw this.#failure
+      await this.#flush()
+      await this.#digHoles()
+    } catch (err) {
+      this.#stopRemote()
+      await Promise.allSettled(this.#writes)
+      await this.#flush().catch(() => {})
+      throw err
+    } finally {
+      clearInterval(flusher)
+      clearTimeout(this.#waitTimer)
+      o.signal?.removeEventListener('abort', onAbort)
+      this.#o.pool.off('holder', this.#onHolder)
+      this.#o.pool.off('peer-closed', this.#onClosed)
+      await this.#fh.close()
+    }
+  }
+
+  // ---- zero blocks over parent data, and local copies ----
+
+  async #zeroOverParent (): Promise<void> {
+    const bs = this.#m.blockSize
+    const zero = Buffer.alloc(bs * 64)
+    const list = this.#o.plan.zeroOverParent
+    for (let k = 0; k < list.length;) {
+      let n = 1
+      while (k + n < list.length && n < 64 && list[k + n] === list[k]! + n) n++
+      const start = list[k]!
+      const len = Math.min(n * bs, this.#m.size - start * bs)
+      await this.#writeAll(zero.subarray(0, len), start * bs)
+      for (let j = 0; j < n; j++) this.#mark(start + j)
+      k += n
+    }
+  }
+
+  // Zeros already read as zeros; punching gives long runs' space back. (Not `fallocate
+  // --dig-holes` with a range: util-linux 2.38 punched the block after the range here.)
+  async #digHoles (): Promise<void> {
+    const list = this.#o.plan.zeroOverParent
+    const bs = this.#m.blockSize
+    let calls = 0
+    for (let k = 0; k < list.length && calls < MAX_PUNCH_CALLS;) {
+      let n = 1
+      while (k + n < list.length && list[k + n] === list[k]! + n) n++
+      if (n >= MIN_PUNCH_BLOCKS) {
+        const offset = list[k]! * bs
+        const length = Math.min(n * bs, this.#m.size - offset)
+        await execa('fallocate', ['--punch-hole', '--offset', String(offset), '--length', String(length), this.#o.path], { reject: false })
+        calls++
+      }
+      k += n
+    }
+  }
+
+  async #copyLocal (): Promise<void> {
+    const list = [...this.#o.plan.local].sort((a, b) => a.from.path < b.from.path ? -1 : a.from.path > b.from.path ? 1 : a.from.index - b.from.index)
+    const handles = new Map<string, fs.FileHandle>()
+    const bs = this.#m.blockSize
+    try {
+      for (let k = 0; k < list.length; k += LOCAL_BATCH_BLOCKS) {
+        if (this.#failure || this.#o.signal?.aborted) return
+        const part = list.slice(k, k + LOCAL_BATCH_BLOCKS)
+        const buf = Buffer.allocUnsafe(part.length * bs)
+        // Reads: one per run contiguous in the source.
+        const reads: Array<Promise<void>> = []
+        for (let j = 0; j < part.length;) {
+          let n = 1
+          while (j + n < part.length && part[j + n]!.from.path === part[j]!.from.path && part[j + n]!.from.index === part[j]!.from.index + n) n++
+          const first = part[j]!.from
+          const len = (n - 1) * bs + part[j + n - 1]!.from.length
+          const at = j * bs
+          reads.push((async () => {
+            let fh = handles.get(first.path)
+            if (!fh) { fh = await fs.open(first.path, 'r'); handles.set(first.path, fh) }
+            let got = 0
+            while (got < len) {
+              const { bytesRead } = await fh.read(buf, at + got, len - got, first.index * bs + got)
+              if (!bytesRead) throw new Error(`short read from ${first.path}`)
+              got += bytesRead
+            }
+          })())
+          j += n
+        }
+        await Promise.all(reads)
+        const writes: Array<[number, Buffer]> = part.map((c, j) => [c.index * bs, buf.subarray(j * bs, j * bs + blockLength(this.#m, c.index))])
+        await this.#writeRuns(writes)
+        for (const c of part) this.#mark(c.index)
+        this.#o.local.addBlocks(this.#o.volume, part.map(c => c.index))
+        this.#o.stats.copiedLocal += part.length
+        this.#completed += part.length
+        this.#o.onProgress?.(this.#completed, this.#total)
+      }
+    } finally {
+      for (const fh of handles.values()) await fh.close().catch(() => {})
+    }
+  }
+
+  // ---- remote ----
+
+  #onHolder = (rootHex: string, session: PeerSession) => {
+    if (rootHex !== this.#rootHex) return
+    this.#addPeer(session)
+    this.#pumpAll()
+  }
+
+  #onClosed = (session: PeerSession) => {
+    const ps = this.#peers.get(session.remoteHex)
+    if (ps && ps.session === session) this.#removePeer(ps)
+  }
+
+  #startRemote (): void {
+    this.#remoteStart = performance.now()
+    if (this.#entries.length === 0) { this.#finish(); return }
+    this.#o.pool.on('holder', this.#onHolder)
+    this.#o.pool.on('peer-closed', this.#onClosed)
+    for (const s of this.#o.pool.holders(this.#rootHex)) this.#addPeer(s)
+    this.#pumpAll()
+  }
+
+  #stopRemote (): void {
+    for (const ps of this.#peers.values()) for (const r of ps.inflight) ps.session.cancel(r.id)
+  }
+
+  #addPeer (session: PeerSession): void {
+    const hex = session.remoteHex
+    if (this.#banned.has(hex) || session.closed) return
+    if (this.#o.from && !this.#o.from.has(hex)) return
+    const old = this.#peers.get(hex)
+    if (old?.session === session) return
+    if (old) this.#removePeer(old)
+    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0 })
+    this.#o.stats.peers[hex] ??= { host: session.remoteHello?.host ?? '', blocks: 0, rawBytes: 0, wireBytes: 0 }
+  }
+
+  #removePeer (ps: PeerState): void {
+    if (this.#peers.get(ps.hex) !== ps) return
+    this.#peers.delete(ps.hex)
+    for (const r of [...ps.inflight]) {
+      ps.session.cancel(r.id)
+      this.#release(r.us)
+    }
+    ps.inflight.clear()
+    this.#pumpAll()
+  }
+
+  #drop (ps: PeerState, err: OsfarmError): void {
+    this.#banned.add(ps.hex)
+    this.#o.stats.droppedPeers.push(ps.hex)
+    this.#removePeer(ps)
+    ps.session.destroy(err)
+  }
+
+  #window (ps: PeerState): number {
+    const batchBytes = this.#batch * this.#m.blockSize
+    return Math.max(MIN_WINDOW, Math.min(MAX_WINDOW, Math.ceil(ps.rate * QUEUE_SECONDS / batchBytes)))
+  }
+
+  #pumpAll (): void {
+    if (this.#failure) return
+    for (const ps of [...this.#peers.values()].sort((a, b) => b.rate - a.rate)) this.#assign(ps)
+    this.#checkStall()
+  }
+
+  #assign (ps: PeerState): void {
+    while (ps.inflight.size < this.#window(ps) && !this.#failure && !ps.session.closed && this.#done < this.#entries.length) {
+      let dup = false
+      let us = this.#takePending(ps)
+      if (!us.length && this.#pending === 0) { us = this.#takeEndgame(ps); dup = true }
+      if (!us.length) return
+      this.#send(ps, us, dup)
+    }
+  }
+
+  #peerHas (ps: PeerState, u: number): boolean {
+    if (ps.missing.has(u)) return false
+    const e = this.#entries[u]!
+    for (const i of e.indices) if (ps.session.has(this.#rootHex, i)) return true
+    return false
+  }
+
+  #takePending (ps: PeerState): number[] {
+    const us: number[] = []
+    const n = this.#entries.length
+    while (this.#cursor < n && this.#state[this.#cursor] !== 0) this.#cursor++
+    for (let u = this.#cursor, scanned = 0; u < n && us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
+      if (this.#state[u] === 0 && this.#peerHas(ps, u)) us.push(u)
+    }
+    return us
+  }
+
+  // Blocks in flight at other peers, slowest peers' oldest requests first.
+  #takeEndgame (ps: PeerState): number[] {
+    const us: number[] = []
+    const others = [...this.#peers.values()].filter(p => p !== ps).sort((a, b) => a.rate - b.rate)
+    for (const other of others) {
+      for (const r of other.inflight) {
+        for (const u of r.us) {
+          if (this.#state[u] === 1 && this.#copies[u]! <= MAX_DUPLICATES && this.#peerHas(ps, u) && !us.includes(u)) us.push(u)
+          if (us.length >= this.#batch) return us
+        }
+      }
+    }
+    return us
+  }
+
+  #send (ps: PeerState, us: number[], dup: boolean): void {
+    const hashes = Buffer.allocUnsafe(us.length * HASH_BYTES)
+    for (let j = 0; j < us.length; j++) {
+      const u = us[j]!
+      if (this.#state[u] === 0) { this.#state[u] = 1; this.#pending-- }
+      this.#copies[u]!++
+      this.#entries[u]!.hash.copy(hashes, j * HASH_BYTES)
+    }
+    const req: Req = { peer: ps, us, sentAt: performance.now(), id: 0, dup }
+    ps.inflight.add(req)
+    ps.session.getBlocks(hashes, id => { req.id = id }).then(
+      batch => this.#onBatch(ps, req, batch),
+      err => this.#onFail(ps, req, err)
+    ).catch(err => this.#abort(err))
+  }
+
+  // Gives entries back to pending where no other copy is in flight.
+  #release (us: Iterable<number>): void {
+    for (const u of us) {
+      this.#copies[u]!--
+      if (this.#state[u] === 1 && this.#copies[u] === 0) {
+        this.#state[u] = 0
+        this.#pending++
+        if (u < this.#cursor) this.#cursor = u
+      }
+    }
+  }
+
+  #onBatch (ps: PeerState, req: Req, batch: BlockBatch): void {
+    if (!ps.inflight.delete(req)) return
+    const now = performance.now()
+    const bs = this.#m.blockSize
+    const writes: Array<[number, Buffer]> = []
+    const written: number[] = []
+    let off = 0
+    let raw = 0
+    let got = 0
+    for (let j = 0; j < req.us.length; j++) {
+      const u = req.us[j]!
+      const size = batch.sizes[j]!
+      if (size === 0) {
+        ps.missing.add(u)
+        this.#release([u])
+        continue
+      }
+      const block = batch.data.subarray(off, off + size)
+      off += size
+      raw += size
+      this.#copies[u]!--
+      if (this.#state[u] === 2) continue
+      const e = this.#entries[u]!
+      if (size !== blockLength(this.#m, e.indices[0]!) || !hash(block).equals(e.hash)) {
+        this.#o.stats.badBlocks++
+        this.#copies[u]!++
+        this.#release(req.us.slice(j))
+        this.#drop(ps, BAD_BLOCK(`block ${e.indices[0]} from peer ${ps.hex.slice(0, 16)} does not match its hash`))
+        return
+      }
+      this.#state[u] = 2
+      this.#done++
+      got++
+      for (const i of e.indices) {
+        writes.push([i * bs, block])
+        written.push(i)
+      }
+    }
+    // Rate: raw bytes over the time since this peer's previous answer (or this request's start).
+    const dt = Math.max(1, now - Math.max(req.sentAt, ps.lastAt))
+    ps.lastAt = now
+    ps.rate = ps.rate === 0 ? raw * 1000 / dt : ps.rate * 0.8 + (raw * 1000 / dt) * 0.2
+    const s = this.#o.stats
+    const p = s.peers[ps.hex]!
+    p.blocks += got
+    p.rawBytes += raw
+    p.wireBytes += batch.wireBytes ?? 0
+    s.received += got
+    s.rawBytes += raw
+    s.wireBytes += batch.wireBytes ?? 0
+    s.rate = s.rawBytes * 1000 / Math.max(1, now - this.#remoteStart)
+    // Duplicates of what just arrived are no longer needed.
+    if (this.#pending === 0) this.#cancelDone()
+    if (writes.length) this.#queueWrite(writes, written, got)
+    if (this.#unwritten < MAX_UNWRITTEN_BYTES) this.#assign(ps)
+    this.#pumpAll()
+  }
+
+  #cancelDone (): void {
+    for (const ps of this.#peers.values()) {
+      for (const r of [...ps.inflight]) {
+        if (r.us.every(u => this.#state[u] === 2)) {
+          ps.inflight.delete(r)
+          for (const u of r.us) this.#copies[u]!--
+          ps.session.cancel(r.id)
+        }
+      }
+    }
+  }
+
+  #onFail (ps: PeerState, req: Req, err: Error): void {
+    if (!ps.inflight.delete(req)) return
+    this.#release(req.us)
+    if (ps.session.closed) {
+      this.#removePeer(ps)
+    } else if (++ps.failures > MAX_PEER_FAILURES) {
+      this.#removePeer(ps)
+      this.#banned.add(ps.hex)
+    } else if ((err as OsfarmError).code === 'PEER_GONE') {
+      for (const u of req.us) ps.missing.add(u)
+    }
+    this.#pumpAll()
+  }
+
+  #queueWrite (writes: Array<[number, Buffer]>, indices: number[], blocks: number): void {
+    const bytes = writes.length * this.#m.blockSize
+    this.#unwritten += bytes
+    const p: Promise<void> = this.#writeRuns(writes).then(() => {
+      for (const i of indices) this.#mark(i)
+      this.#o.local.addBlocks(this.#o.volume, indices)
+      this.#completed += indices.length
+      this.#o.onProgress?.(this.#completed, this.#total)
+    }).catch(err => this.#abort(err)).finally(() => {
+      this.#writes.delete(p)
+      this.#unwritten -= bytes
+      if (this.#done === this.#entries.length && this.#writes.size === 0) this.#finish()
+      else if (this.#unwritten < MAX_UNWRITTEN_BYTES) this.#pumpAll()
+    })
+    this.#writes.add(p)
+    void blocks
+  }
+
+  #abort (err: unknown): void {
+    if (this.#failure) return
+    this.#failure = err instanceof Error ? err : new Error(String(err))
+    this.#stopRemote()
+    this.#fail(this.#failure)
+  }
+
+  #checkStall (): void {
+    const busy = [...this.#peers.values()].some(p => p.inflight.size > 0)
+    if (busy || this.#done === this.#entries.length || this.#failure) {
+      clearTimeout(this.#waitTimer)
+      this.#waitTimer = undefined
+      return
+    }
+    this.#waitTimer ??= setTimeout(() => {
+      this.#waitTimer = undefined
+      const busyNow = [...this.#peers.values()].some(p => p.inflight.size > 0)
+      if (!busyNow && this.#done < this.#entries.length) {
+        this.#abort(NO_PEERS(`no reachable peer holds the ${this.#entries.length - this.#done} missing blocks of ${this.#rootHex.slice(0, 16)}`))
+      }
+    }, this.#o.peerWaitMs ?? PEER_WAIT_MS)
+  }
+
+  // ---- writes and progress ----
+
+  #mark (i: number): void {
+    this.#o.progress.set(i)
+    this.#dirty = true
+  }
+
+  async #flush (): Promise<void> {
+    if (!this.#dirty) return
+    this.#dirty = false
+    const snapshot = Buffer.from(this.#o.progress.bits)
+    await this.#fh.datasync()
+    await this.#o.progress.save(snapshot)
+    this.#o.onFlush?.(snapshot)
+  }
+
+  async #writeRuns (writes: Array<[number, Buffer]>): Promise<void> {
+    writes.sort((a, b) => a[0] - b[0])
+    const runs: Array<Promise<void>> = []
+    for (let k = 0; k < writes.length;) {
+      const pos = writes[k]![0]
+      const bufs = [writes[k]![1]]
+      let end = pos + writes[k]![1].length
+      let n = 1
+      while (k + n < writes.length && writes[k + n]![0] === end && bufs.length < 1024) {
+        bufs.push(writes[k + n]![1])
+        end += writes[k + n]![1].length
+        n++
+      }
+      runs.push(this.#writev(bufs, pos, end - pos))
+      k += n
+    }
+    await Promise.all(runs)
+  }
+
+  async #writev (bufs: Buffer[], pos: number, len: number): Promise<void> {
+    const { bytesWritten } = await this.#fh.writev(bufs, pos)
+    if (bytesWritten === len) return
+    // Short write (rare): finish it plainly.
+    await this.#writeAll(Buffer.concat(bufs).subarray(bytesWritten), pos + bytesWritten)
+  }
+
+  async #writeAll (buf: Buffer, pos: number): Promise<void> {
+    let off = 0
+    while (off < buf.length) {
+      const { bytesWritten } = await this.#fh.write(buf, off, buf.length - off, pos + off)
+      off += bytesWritten
+    }
+  }
+}
+
+export function emptyStats (m: Manifest): FetchStats {
+  return {
+    blocks: blockCount(m.size, m.blockSize),
+    zeroBlocks: 0,
+    inPlace: 0,
+    copiedLocal: 0,
+    received: 0,
+    resumed: 0,
+    rawBytes: 0,
+    wireBytes: 0,
+    manifestBytes: 0,
+    badBlocks: 0,
+    droppedPeers: [],
+    peers: {},
+    elapsedMs: 0,
+    rate: 0
+  }
+}

@@ -1,0 +1,208 @@
+// Which local volume holds a block, in memory: the hot-path view of the catalog's locator, for
+// planning fetches and serving peers (a level lookup per hash is too slow at 1 Gbit). Filled from
+// the catalog at start, from registrations, and block by block from fetches in progress, so a
+// host part-way through a fetch serves what it has. Serves batches with coalesced reads.
+
+import fs from 'node:fs/promises'
+import { HASH_BYTES } from '../blocks/hash.js'
+import { blockCount, blockLength, encodeManifest, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import type { BlockBatch } from '../swarm/peer-session.js'
+
+// An idle file handle is closed after this long.
+const HANDLE_IDLE_MS = 10_000
+const VOLUME_SHIFT = 2 ** 32
+
+interface Volume {
+  id: number
+  key: string
+  path: string
+  manifest: Manifest
+  complete: boolean
+  handle?: Promise<fs.FileHandle>
+  lastUse: number
+}
+
+export interface Location {
+  volume: string
+  path: string
+  index: number
+  length: number
+}
+
+export class LocalBlocks {
+  // Hash (as a 32-char latin1 string) → volume id × 2^32 + block index.
+  #where = new Map<string, number>()
+  #volumes = new Map<number, Volume>()
+  #byKey = new Map<string, Volume>()
+  #manifests = new Map<string, { manifest: Manifest, encoded?: Buffer }>()
+  #nextId = 1
+  #sweeper: NodeJS.Timeout
+
+  constructor () {
+    this.#sweeper = setInterval(() => this.#closeIdle(), HANDLE_IDLE_MS)
+    this.#sweeper.unref()
+  }
+
+  get size (): number { return this.#where.size }
+
+  // A committed image's volume: every non-zero block becomes servable.
+  addVolume (key: string, path: string, manifest: Manifest): void {
+    const v = this.#volume(key, path, manifest, true)
+    const count = blockCount(manifest.size, manifest.blockSize)
+    for (let i = 0; i < count; i++) this.#add(v, i)
+    this.#manifests.set(manifest.root.toString('hex'), { manifest })
+  }
+
+  // A fetch target: blocks become servable as they are verified and written (addBlocks).
+  addPartial (key: string, path: string, manifest: Manifest): void {
+    this.#volume(key, path, manifest, false)
+    if (!this.#manifests.has(manifest.root.toString('hex'))) this.#manifests.set(manifest.root.toString('hex'), { manifest })
+  }
+
+  addBlocks (key: string, indices: Iterable<number>): void {
+    const v = this.#byKey.get(key)
+    if (!v) return
+    for (const i of indices) this.#add(v, i)
+  }
+
+  // After commit a file-backed volume has a new path; open handles stay valid.
+  movePath (key: string, path: string, complete = true): void {
+    const v = this.#byKey.get(key)
+    if (!v) return
+    v.path = path
+    v.complete = complete
+    void v.handle?.then(h => h.close()).catch(() => {})
+    v.handle = undefined
+  }
+
+  removeVolume (key: string): void {
+    const v = this.#byKey.get(key)
+    if (!v) return
+    this.#byKey.delete(key)
+    this.#volumes.delete(v.id)
+    void v.handle?.then(h => h.close()).catch(() => {})
+    for (const [h, packed] of this.#where) if (Math.floor(packed / VOLUME_SHIFT) === v.id) this.#where.delete(h)
+    // Blocks that other volumes also hold come back.
+    for (const other of this.#volumes.values()) {
+      const count = blockCount(other.manifest.size, other.manifest.blockSize)
+      if (other.complete) for (let i = 0; i < count; i++) this.#add(other, i)
+    }
+    const rootHex = v.manifest.root.toString('hex')
+    if (![...this.#volumes.values()].some(o => o.manifest.root.equals(v.manifest.root))) this.#manifests.delete(rootHex)
+  }
+
+  volumes (): Array<{ key: string, manifest: Manifest, complete: boolean }> {
+    return [...this.#volumes.values()].map(v => ({ key: v.key, manifest: v.manifest, complete: v.complete }))
+  }
+
+  locate (hash: Buffer): Location | undefined {
+    const packed = this.#where.get(hash.toString('latin1'))
+    if (packed === undefined) return undefined
+    const v = this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
+    if (!v) return undefined
+    const index = packed % VOLUME_SHIFT
+    return { volume: v.key, path: v.path, index, length: blockLength(v.manifest, index) }
+  }
+
+  manifest (root: Buffer): Manifest | undefined {
+    return this.#manifests.get(root.toString('hex'))?.manifest
+  }
+
+  async readManifest (root: Buffer): Promise<Buffer | undefined> {
+    const m = this.#manifests.get(root.toString('hex'))
+    if (!m) return undefined
+    m.encoded ??= encodeManifest(m.manifest)
+    return m.encoded
+  }
+
+  // Reads the blocks in request order into one buffer; runs contiguous in a file and in the
+  // output are read with one call.
+  async readBlocks (hashes: Buffer): Promise<BlockBatch> {
+    const count = hashes.length / HASH_BYTES
+    const sizes: number[] = new Array(count)
+    const locs: Array<{ v: Volume, pos: number, len: number, out: number } | undefined> = new Array(count)
+    let total = 0
+    for (let i = 0; i < count; i++) {
+      const packed = this.#where.get(hashes.toString('latin1', i * HASH_BYTES, (i + 1) * HASH_BYTES))
+      const v = packed === undefined ? undefined : this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
+      if (!v) { sizes[i] = 0; continue }
+      const index = packed! % VOLUME_SHIFT
+      const len = blockLength(v.manifest, index)
+      sizes[i] = len
+      locs[i] = { v, pos: index * v.manifest.blockSize, len, out: total }
+      total += len
+    }
+    const data = Buffer.allocUnsafe(total)
+    const runs: Array<{ v: Volume, pos: number, len: number, out: number }> = []
+    for (const l of locs) {
+      if (!l) continue
+      const last = runs[runs.length - 1]
+      if (last && last.v === l.v && last.pos + last.len === l.pos && last.out + last.len === l.out) last.len += l.len
+      else runs.push({ ...l })
+    }
+    const failed = new Set<Volume>()
+    await Promise.all(runs.map(async r => {
+      try {
+        const fh = await this.#handle(r.v)
+        let got = 0
+        while (got < r.len) {
+          const { bytesRead } = await fh.read(data, r.out + got, r.len - got, r.pos + got)
+          if (bytesRead === 0) throw new Error('short read')
+          got += bytesRead
+        }
+      } catch {
+        failed.add(r.v)
+      }
+    }))
+    if (!failed.size) return { sizes, data }
+    // A volume that could not be read (removed, moved): report its blocks missing.
+    const parts: Buffer[] = []
+    for (let i = 0; i < count; i++) {
+      const l = locs[i]
+      if (!l || failed.has(l.v)) { sizes[i] = 0; continue }
+      parts.push(data.subarray(l.out, l.out + l.len))
+    }
+    return { sizes, data: Buffer.concat(parts) }
+  }
+
+  close (): void {
+    clearInterval(this.#sweeper)
+    for (const v of this.#volumes.values()) void v.handle?.then(h => h.close()).catch(() => {})
+  }
+
+  #volume (key: string, path: string, manifest: Manifest, complete: boolean): Volume {
+    const old = this.#byKey.get(key)
+    if (old) {
+      old.path = path
+      old.complete = complete
+      return old
+    }
+    const v: Volume = { id: this.#nextId++, key, path, manifest, complete, lastUse: 0 }
+    this.#volumes.set(v.id, v)
+    this.#byKey.set(key, v)
+    return v
+  }
+
+  #add (v: Volume, i: number): void {
+    if (isZeroSlot(v.manifest.hashes, i)) return
+    const k = v.manifest.hashes.toString('latin1', i * HASH_BYTES, (i + 1) * HASH_BYTES)
+    if (!this.#where.has(k)) this.#where.set(k, v.id * VOLUME_SHIFT + i)
+  }
+
+  #handle (v: Volume): Promise<fs.FileHandle> {
+    v.lastUse = Date.now()
+    v.handle ??= fs.open(v.path, 'r')
+    v.handle.catch(() => { v.handle = undefined })
+    return v.handle
+  }
+
+  #closeIdle (): void {
+    const now = Date.now()
+    for (const v of this.#volumes.values()) {
+      if (v.handle && now - v.lastUse > HANDLE_IDLE_MS) {
+        void v.handle.then(h => h.close()).catch(() => {})
+        v.handle = undefined
+      }
+    }
+  }
+}

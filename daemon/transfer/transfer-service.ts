@@ -1,0 +1,488 @@
+// Transfers: the daemon's fleet side. Opens the swarm when a fleet is configured, serves this
+// host's images to peers, advertises them, and runs fetch jobs (plan, snapshot, local copies,
+// remote blocks, whole-image check, registration), resuming unfinished ones at start.
+
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import type { KeyPair } from 'hyperdht'
+import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, VERIFY_FAILED } from '../../protocol/errors.js'
+import type { FleetInfo, FetchResult, ImageInfo, JobInfo, PeerInfo } from '../../protocol/rpc.js'
+import { advertSigningBytes, type Advert } from '../../protocol/wire.js'
+import { HASH_BYTES } from '../blocks/hash.js'
+import { blockCount, decodeManifest, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import type { BlockHasher } from '../blocks/block-hasher.js'
+import type { Catalog } from '../catalog/catalog.js'
+import type { ImageService } from '../images/images.js'
+import type { JobContext, JobManager } from '../jobs/jobs.js'
+import type { LayerStore } from '../store/layer-store.js'
+import type { Logger } from '../log.js'
+import { FleetSwarm } from '../swarm/fleet-swarm.js'
+import { loadIdentity, sign } from '../swarm/identity.js'
+import { fleetTopic, newFleetConfig, parseHostPort, parseKey, readFleetConfig, writeFleetConfig, type FleetConfig } from '../swarm/fleet-config.js'
+import { chooseParent, planFetch } from './fetch-planner.js'
+import { emptyStats, Fetcher, type FetchStats } from './fetcher.js'
+import { LocalBlocks } from './local-blocks.js'
+import { Progress } from './progress.js'
+
+const PEER_WAIT_MS = 30_000
+const MAX_MANIFEST_BYTES = 256 << 20
+export const FETCH_VOLUME_PREFIX = 'fetch-'
+
+interface FetchState {
+  root: string
+  name: string
+  volume: string
+  parent?: string
+  advert?: SerializedAdvert
+}
+
+type SerializedAdvert = Record<keyof Advert, string | number | null>
+
+export interface TransferDeps {
+  dataDir: string
+  catalog: Catalog
+  store: LayerStore
+  images: ImageService
+  jobs: JobManager
+  hasher: BlockHasher
+  log: Logger
+}
+
+export interface FetchOptions {
+  from?: string
+  // Bytes per second the fetch may receive at most is not enforced by peers; it caps our
+  // own upload while fetching (0: unlimited). Reserved for a later receive limiter.
+  limit?: number
+  name?: string
+  peerWaitMs?: number
+}
+
+export class TransferService {
+  readonly local = new LocalBlocks()
+  swarm: FleetSwarm | undefined
+  #d: TransferDeps
+  #keyPair!: KeyPair
+  #adverts
+  #running = new Map<string, Promise<JobInfo>>()
+  #partialBits = new Map<string, Buffer>()
+
+  constructor (deps: TransferDeps) {
+    this.#d = deps
+    this.#adverts = deps.catalog.sublevel<SerializedAdvert>('adverts')
+  }
+
+  get #stateDir (): string { return path.join(this.#d.dataDir, 'transfers') }
+
+  async start (): Promise<void> {
+    this.#d.images.subscribe({
+      registered: (image, manifest) => { this.onImage(image, manifest).catch(err => this.#d.log.warn('cannot advertise image', { image: image.id, error: (err as Error).message })) },
+      removed: image => this.onImageRemoved(image)
+    })
+    this.#keyPair = await loadIdentity(this.#d.dataDir)
+    for (const image of await this.#d.catalog.listImages()) await this.#addImage(image).catch(() => {})
+    const config = await readFleetConfig(this.#d.dataDir)
+    if (config) await this.#openSwarm(config)
+    await this.#resumeAll()
+  }
+
+  async stop (): Promise<void> {
+    await this.swarm?.close()
+    this.swarm = undefined
+    this.local.close()
+  }
+
+  // Active volumes that belong to unfinished fetches survive crash recovery.
+  static keepOnRecover (key: string): boolean {
+    return key.startsWith(FETCH_VOLUME_PREFIX)
+  }
+
+  async #openSwarm (config: FleetConfig): Promise<void> {
+    const self = this.#keyPair.publicKey.toString('hex')
+    if (!config.allow.includes(self)) config.allow = [self, ...config.allow]
+    this.swarm = await FleetSwarm.open({
+      keyPair: this.#keyPair,
+      config,
+      source: this.local,
+      log: (msg, fields) => this.#d.log.info(msg, fields as Record<string, string>)
+    })
+    this.swarm.advertise(await this.#allAdverts())
+    this.#d.log.info('fleet swarm open', { key: self, dht: JSON.stringify(this.swarm.address()), peers: config.allow.length - 1 })
+  }
+
+  // ---- images ----
+
+  // Called when an image is registered (import, build, fetch).
+  async onImage (image: ImageInfo, manifest?: Manifest): Promise<void> {
+    await this.#addImage(image, manifest)
+    const advert = await this.#advertFor(image)
+    this.swarm?.advertise([advert])
+  }
+
+  onImageRemoved (image: ImageInfo): void {
+    this.local.removeVolume(image.volume)
+    this.swarm?.withdraw(Buffer.from(image.root, 'hex'))
+  }
+
+  async #addImage (image: ImageInfo, manifest?: Manifest): Promise<void> {
+    const m = manifest ?? await this.#d.catalog.manifest(image.root)
+    const vol = await this.#d.store.stat(image.volume)
+    if (!m || !vol) return
+    this.local.addVolume(image.volume, vol.path, m)
+  }
+
+  async #advertFor (image: ImageInfo): Promise<Advert> {
+    const saved = await this.#adverts.get(image.root)
+    if (saved) return parseAdvert(saved)
+    const body = { root: Buffer.from(image.root, 'hex'), name: image.name, size: image.size, blockSize: image.blockSize, specKey: null, builder: this.#keyPair.publicKey }
+    const advert: Advert = { ...body, signature: sign(advertSigningBytes(body), this.#keyPair) }
+    await this.#adverts.put(image.root, serializeAdvert(advert))
+    return advert
+  }
+
+  async #allAdverts (): Promise<Advert[]> {
+    const out: Advert[] = []
+    for (const image of await this.#d.catalog.listImages()) out.push(await this.#advertFor(image))
+    return out
+  }
+
+  // ---- fleet ----
+
+  async fleetInit (opts: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number }): Promise<FleetInfo> {
+    const old = await readFleetConfig(this.#d.dataDir)
+    const list = (s?: string) => s ? s.split(',').map(x => x.trim()).filter(Boolean) : undefined
+    const bootstrap = list(opts.bootstrap)
+    bootstrap?.forEach(parseHostPort)
+    const peers = list(opts.peers)?.map(k => parseKey(k).toString('hex'))
+    const self = this.#keyPair.publicKey.toString('hex')
+    const config = newFleetConfig({
+      secret: opts.secret ?? old?.secret,
+      allow: [...new Set([self, ...(old?.allow ?? []), ...(peers ?? [])])],
+      bootstrap: bootstrap ?? old?.bootstrap ?? [],
+      peers: peers ?? old?.peers ?? [],
+      ...(opts.dhtHost || opts.dhtPort ? { dht: { host: opts.dhtHost, port: opts.dhtPort } } : old?.dht ? { dht: old.dht } : {})
+    })
+    if (opts.secret !== undefined && !/^[0-9a-f]{64}$/.test(opts.secret)) throw BAD_PARAMS('secret must be 64 hex digits')
+    await writeFleetConfig(this.#d.dataDir, config)
+    await this.swarm?.close()
+    this.swarm = undefined
+    await this.#openSwarm(config)
+    return { ...this.#fleetInfo(config), secret: config.secret }
+  }
+
+  async fleetShow (): Promise<FleetInfo> {
+    return this.#fleetInfo(await readFleetConfig(this.#d.dataDir))
+  }
+
+  async fleetAllow (key: string, allow: boolean): Promise<FleetInfo> {
+    const hex = parseKey(key).toString('hex')
+    const config = await readFleetConfig(this.#d.dataDir)
+    if (!config) throw FLEET_NOT_CONFIGURED()
+    if (allow && !config.allow.includes(hex)) config.allow.push(hex)
+    if (!allow) {
+      if (hex === this.#keyPair.publicKey.toString('hex')) throw BAD_PARAMS('a host cannot deny itself')
+      config.allow = config.allow.filter(k => k !== hex)
+      config.peers = config.peers.filter(k => k !== hex)
+    }
+    await writeFleetConfig(this.#d.dataDir, config)
+    this.swarm?.reconfigure(config)
+    return this.#fleetInfo(config)
+  }
+
+  #fleetInfo (config: FleetConfig | undefined): FleetInfo {
+    return {
+      configured: !!config,
+      publicKey: this.#keyPair.publicKey.toString('hex'),
+      allow: config?.allow ?? [],
+      bootstrap: config?.bootstrap ?? [],
+      peers: config?.peers ?? [],
+      topic: config ? fleetTopic(config.secret).toString('hex') : null,
+      dht: this.swarm?.address() ?? null
+    }
+  }
+
+  peerList (): PeerInfo[] {
+    return this.swarm?.peers() ?? []
+  }
+
+  // ---- fetch ----
+
+  async fetch (ref: string, opts: FetchOptions = {}): Promise<JobInfo> {
+    const swarm = this.swarm
+    if (!swarm) throw FLEET_NOT_CONFIGURED()
+    if (opts.from) parseKey(opts.from)
+    const { root, advert } = await this.#resolve(ref, opts.peerWaitMs ?? PEER_WAIT_MS)
+    const name = opts.name ?? advert?.name ?? `fetched-${root.slice(0, 12)}`
+    return this.#startJob(root, name, advert, opts)
+  }
+
+  #startJob (root: string, name: string, advert: Advert | undefined, opts: FetchOptions): JobInfo {
+    return this.#d.jobs.start('fetch', name, async ctx => {
+      const prev = this.#running.get(root)
+      if (prev) await prev.catch(() => {})
+      let release!: () => void
+      const mine = new Promise<JobInfo>(resolve => { release = () => resolve(undefined as unknown as JobInfo) })
+      this.#running.set(root, mine)
+      try {
+        return await this.#fetchJob(root, name, advert, opts, ctx)
+      } finally {
+        if (this.#running.get(root) === mine) this.#running.delete(root)
+        release()
+      }
+    })
+  }
+
+  // A root (64 hex digits) or an image name advertised by peers.
+  async #resolve (ref: string, waitMs: number): Promise<{ root: string, advert?: Advert }> {
+    const swarm = this.swarm!
+    const deadline = Date.now() + waitMs
+    const isRoot = /^[0-9a-f]{64}$/.test(ref)
+    for (;;) {
+      if (isRoot) {
+        const holder = swarm.peerAdverts().find(a => a.advert.root.toString('hex') === ref)
+        return { root: ref, advert: holder?.advert }
+      }
+      const byRoot = new Map<string, { advert: Advert, holders: number }>()
+      for (const { advert } of swarm.peerAdverts()) {
+        if (advert.name !== ref) continue
+        const hex = advert.root.toString('hex')
+        const e = byRoot.get(hex)
+        if (e) e.holders++
+        else byRoot.set(hex, { advert, holders: 1 })
+      }
+      if (byRoot.size === 1) {
+        const [hex, e] = [...byRoot][0]!
+        return { root: hex, advert: e.advert }
+      }
+      if (byRoot.size > 1) throw AMBIGUOUS_ID(`peers advertise ${byRoot.size} images named "${ref}": ${[...byRoot.keys()].map(r => r.slice(0, 16)).join(', ')}; fetch one by root`)
+      if (Date.now() > deadline) throw IMAGE_NOT_FOUND(`no peer advertises an image named "${ref}"`)
+      await new Promise(resolve => setTimeout(resolve, 200))
+    }
+  }
+
+  async #fetchJob (rootHex: string, name: string, advert: Advert | undefined, opts: FetchOptions, ctx: JobContext): Promise<FetchResult> {
+    const started = performance.now()
+    const swarm = this.swarm
+    if (!swarm) throw FLEET_NOT_CONFIGURED()
+    const have = (await this.#d.catalog.listImages()).find(i => i.root === rootHex)
+    if (have) return { image: have, stats: undefined, alreadyPresent: true }
+    const root = Buffer.from(rootHex, 'hex')
+    const dir = path.join(this.#stateDir, rootHex)
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 })
+    const stopLooking = swarm.lookFor(root)
+    try {
+      // 1. The manifest: from disk when resuming, else from a holder, checked against the root.
+      ctx.progress('manifest', 0, 1, 'steps')
+      let state = await readState(dir)
+      let manifest: Manifest
+      let manifestBytes = 0
+      const saved = await fs.readFile(path.join(dir, 'manifest')).catch(() => undefined)
+      if (saved) {
+        manifest = decodeManifest(saved, root)
+      } else {
+        const enc = await this.#getManifest(root, opts, ctx)
+        manifest = decodeManifest(enc, root)
+        manifestBytes = enc.length
+        await fs.writeFile(path.join(dir, 'manifest'), enc, { mode: 0o600 })
+      }
+      const stats: FetchStats = emptyStats(manifest)
+      stats.manifestBytes = manifestBytes
+      const count = blockCount(manifest.size, manifest.blockSize)
+      for (let i = 0; i < count; i++) if (isZeroSlot(manifest.hashes, i)) stats.zeroBlocks++
+
+      // 2. The target: resumed, or a snapshot of the best local volume (or empty).
+      const progress = await Progress.open(path.join(dir, 'progress'), count)
+      let vol = state ? await this.#d.store.stat(state.volume) : undefined
+      let plan
+      if (state && vol?.kind === 'active') {
+        stats.resumed = progress.countSet()
+        plan = planFetch(manifest, undefined, h => this.local.locate(h), progress.bits)
+        this.#d.log.info('fetch resumed', { root: rootHex, blocks: stats.resumed })
+      } else {
+        if (vol) await this.#d.store.remove(vol.key).catch(() => {})
+        progress.bits.fill(0)
+        const candidates = this.local.volumes().filter(v => v.complete)
+        const parent = chooseParent(manifest, candidates.map(c => ({ volume: c.key, manifest: c.manifest })))
+        const volume = `${FETCH_VOLUME_PREFIX}${rootHex.slice(0, 16)}-${randomBytes(3).toString('hex')}`
+        state = { root: rootHex, name, volume, parent: parent?.volume, ...(advert ? { advert: serializeAdvert(advert) } : {}) }
+        await writeState(dir, state)
+        vol = await this.#d.store.prepare(volume, parent ? { parent: parent.volume, size: manifest.size } : { size: manifest.size })
+        if (vol.size > manifest.size) {
+          await fs.truncate(vol.path, manifest.size)
+          vol = { ...vol, size: manifest.size }
+        }
+        plan = planFetch(manifest, parent, h => this.local.locate(h))
+        // What the snapshot already holds, and zero blocks that are holes already, are done.
+        for (const i of plan.inPlace) progress.set(i)
+        const over = new Set(plan.zeroOverParent)
+        for (let i = 0; i < count; i++) if (isZeroSlot(manifest.hashes, i) && !over.has(i)) progress.set(i)
+        await progress.save()
+        stats.inPlace = plan.inPlace.length
+        this.#d.log.info('fetch planned', { root: rootHex, parent: parent?.volume ?? '-', inPlace: plan.inPlace.length, local: plan.local.length, remote: plan.remoteBlocks, zeroOverParent: plan.zeroOverParent.length })
+      }
+      const target = vol
+      if (state.advert && !advert) advert = parseAdvert(state.advert)
+
+      // 3–4. Local copies and remote blocks, at once; the target serves what it has meanwhile.
+      this.local.addPartial(state.volume, target.path, manifest)
+      const doneNow: number[] = []
+      for (let i = 0; i < count; i++) if (progress.has(i) && !isZeroSlot(manifest.hashes, i)) doneNow.push(i)
+      this.local.addBlocks(state.volume, doneNow)
+      const fetcher = new Fetcher({
+        manifest,
+        volume: state.volume,
+        path: target.path,
+        plan,
+        progress,
+        pool: swarm,
+        local: this.local,
+        stats,
+        from: opts.from ? new Set([parseKey(opts.from).toString('hex')]) : undefined,
+        signal: ctx.signal,
+        peerWaitMs: opts.peerWaitMs,
+        onFlush: bits => {
+          this.#partialBits.set(rootHex, bits)
+          swarm.broadcastHave(root, bits)
+        },
+        onProgress: (done, total) => ctx.progress(`fetch ${(stats.rate / 1e6).toFixed(1)} MB/s from ${Object.keys(stats.peers).length} peer(s)`, done, total, 'blocks')
+      })
+      await fetcher.run()
+
+      // 5. The whole image, hashed again, must be the manifest.
+      ctx.progress('verify', 0, manifest.size, 'bytes')
+      const check = await this.#d.hasher.indexFile(target.path, {
+        blockSize: manifest.blockSize,
+        size: manifest.size,
+        signal: ctx.signal,
+        onProgress: (d, t) => ctx.progress('verify', d, t)
+      })
+      if (!check.root.equals(manifest.root)) {
+        const bad: number[] = []
+        for (let i = 0; i < count; i++) {
+          if (manifest.hashes.compare(check.hashes, i * HASH_BYTES, (i + 1) * HASH_BYTES, i * HASH_BYTES, (i + 1) * HASH_BYTES) !== 0) {
+            progress.bits[i >> 3]! &= ~(1 << (i & 7))
+            bad.push(i)
+          }
+        }
+        await progress.save()
+        throw VERIFY_FAILED(`${bad.length} blocks of the fetched image do not match the manifest (${bad.slice(0, 5).join(', ')}${bad.length > 5 ? ', ...' : ''}); fetch again to repair them`)
+      }
+
+      // Registered at once, so it serves (and is advertised) as a whole image.
+      ctx.progress('register', 0, 1, 'steps')
+      const committed = await this.#d.store.commit(state.volume)
+      this.local.movePath(state.volume, committed.path)
+      if (advert) await this.#adverts.put(rootHex, serializeAdvert(advert))
+      // Registration tells this service (subscribe), which serves and advertises it whole.
+      const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex), origin: 'fetch', manifest, ctx })
+      await fs.rm(dir, { recursive: true, force: true })
+      this.#partialBits.delete(rootHex)
+      stats.elapsedMs = Math.round(performance.now() - started)
+      this.#d.log.info('fetch done', { root: rootHex, ms: stats.elapsedMs, inPlace: stats.inPlace, local: stats.copiedLocal, received: stats.received, wire: stats.wireBytes, bad: stats.badBlocks })
+      return { image, stats, alreadyPresent: false }
+    } finally {
+      stopLooking()
+    }
+  }
+
+  async #getManifest (root: Buffer, opts: FetchOptions, ctx: JobContext): Promise<Buffer> {
+    const swarm = this.swarm!
+    const deadline = Date.now() + (opts.peerWaitMs ?? PEER_WAIT_MS)
+    const rootHex = root.toString('hex')
+    const tried = new Set<string>()
+    let lastErr: unknown
+    while (Date.now() < deadline) {
+      if (ctx.signal.aborted) throw new OsfarmError('JOB_CANCELLED')
+      const holders = swarm.holders(rootHex).filter(s => !tried.has(s.remoteHex) && (!opts.from || s.remoteHex === opts.from))
+      const s = holders[0]
+      if (!s) {
+        if (tried.size && !swarm.holders(rootHex).length) tried.clear()
+        await new Promise(resolve => setTimeout(resolve, 200))
+        continue
+      }
+      tried.add(s.remoteHex)
+      try {
+        const enc = await s.getManifest(root, MAX_MANIFEST_BYTES)
+        decodeManifest(enc, root)
+        return enc
+      } catch (err) {
+        lastErr = err
+        this.#d.log.warn('manifest from peer failed', { peer: s.remoteHex.slice(0, 16), error: (err as Error).message })
+      }
+    }
+    throw NO_PEERS(`no peer sent the manifest of ${rootHex.slice(0, 16)}${lastErr ? `: ${(lastErr as Error).message}` : ''}`)
+  }
+
+  async #freeName (name: string, rootHex: string): Promise<string> {
+    try {
+      await this.#d.images.checkName(name)
+      return name
+    } catch {
+      return `${name}@${rootHex.slice(0, 12)}`
+    }
+  }
+
+  // Fetches a crash interrupted go on as new jobs (they keep their verified blocks).
+  async #resumeAll (): Promise<void> {
+    const names = await fs.readdir(this.#stateDir).catch(() => [] as string[])
+    const keep = new Set<string>()
+    for (const rootHex of names) {
+      const state = await readState(path.join(this.#stateDir, rootHex))
+      if (!state) { await fs.rm(path.join(this.#stateDir, rootHex), { recursive: true, force: true }); continue }
+      keep.add(state.volume)
+      if (!this.swarm) continue
+      const job = this.#startJob(state.root, state.name, state.advert ? parseAdvert(state.advert) : undefined, {})
+      this.#d.log.info('resuming fetch', { root: state.root, job: job.id })
+    }
+    // Fetch volumes no state refers to are leftovers.
+    for (const v of await this.#d.store.list()) {
+      if (v.kind === 'active' && v.key.startsWith(FETCH_VOLUME_PREFIX) && !keep.has(v.key)) await this.#d.store.remove(v.key).catch(() => {})
+    }
+  }
+}
+
+// The store's crash recovery, except for the volumes `keep` names (unfinished fetches).
+export async function recoverVolumes (store: LayerStore, keep: (key: string) => boolean): Promise<string[]> {
+  const orphans = (await store.list()).filter(v => v.kind === 'active' && !keep(v.key))
+  for (const v of orphans) await store.remove(v.key)
+  return orphans.map(v => v.key)
+}
+
+async function readState (dir: string): Promise<FetchState | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(path.join(dir, 'state.json'), 'utf8'))
+  } catch {
+    return undefined
+  }
+}
+
+async function writeState (dir: string, state: FetchState): Promise<void> {
+  const file = path.join(dir, 'state.json')
+  await fs.writeFile(`${file}.tmp`, JSON.stringify(state))
+  await fs.rename(`${file}.tmp`, file)
+}
+
+function serializeAdvert (a: Advert): SerializedAdvert {
+  return {
+    root: a.root.toString('hex'),
+    name: a.name,
+    size: a.size,
+    blockSize: a.blockSize,
+    specKey: a.specKey ? a.specKey.toString('hex') : null,
+    builder: a.builder.toString('hex'),
+    signature: a.signature.toString('hex')
+  }
+}
+
+function parseAdvert (s: SerializedAdvert): Advert {
+  return {
+    root: Buffer.from(s.root as string, 'hex'),
+    name: s.name as string,
+    size: s.size as number,
+    blockSize: s.blockSize as number,
+    specKey: s.specKey ? Buffer.from(s.specKey as string, 'hex') : null,
+    builder: Buffer.from(s.builder as string, 'hex'),
+    signature: Buffer.from(s.signature as string, 'hex')
+  }
+}
+
