@@ -183,7 +183,7 @@ export class Builder {
           const step = { ...ctx, root }
           switch (layer.kind) {
             case 'packages':
-              await this.#serialApt(() => packagesStep(spec, layer.step.packages as string[], step))
+              await this.#serialApt(() => packagesStep(spec, layer.step.packages as string[], layer.step.initramfs as string[] | undefined, step))
               break
             case 'files': await filesStep(spec, plan.contents, step); break
             case 'scripts': await scriptsStep(spec, step); break
@@ -213,8 +213,7 @@ export class Builder {
       await fs.mkdir(dir)
       progress('bootstrap', 0, 1)
       await plan.base.build({ dir, epoch: BUILD_EPOCH, signal, onLine: log })
-      await clampTimes(dir, BUILD_EPOCH)
-      const bytes = await treeBytes(dir)
+      const bytes = await clampTimes(dir, BUILD_EPOCH)
       // ext4 needs room for its metadata too: refuse early, with numbers, rather than half-way.
       if (bytes * 1.05 + (16 << 20) > plan.spec.size) {
         throw SIZE_TOO_SMALL(`the base needs about ${Math.ceil((bytes * 1.05 + (16 << 20)) / 2 ** 20)} MiB; size is ${Math.floor(plan.spec.size / 2 ** 20)} MiB`)
@@ -262,19 +261,4 @@ export function derivedUuid (key: string, purpose: string): string {
   b[8] = (b[8]! & 0x3f) | 0x80
   const h = b.toString('hex')
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
-}
-
-async function treeBytes (dir: string): Promise<number> {
-  let total = 0
-  const walk = async (d: string): Promise<void> => {
-    for (const e of await fs.readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name)
-      if (e.isDirectory()) { total += 4096; await walk(p) } else if (e.isFile()) {
-        const st = await fs.lstat(p)
-        total += Math.ceil(st.size / 4096) * 4096
-      }
-    }
-  }
-  await walk(dir)
-  return total
 }

@@ -102,24 +102,19 @@ async function placeFile (file: string, content: string | Buffer, mode: number):
 }
 
 // Sets every mtime later than `epoch` back to it (without following symlinks), so what a step
-// touched carries the build's time, not the clock's.
+// touched carries the build's time, not the clock's. Returns the bytes the tree's files and
+// directories take in 4 KiB blocks (an estimate of the filesystem they need).
 export async function clampTimes (root: string, epoch: number): Promise<number> {
-  let n = 0
-  const walk = async (dir: string): Promise<void> => {
-    const entries = await fs.readdir(dir, { withFileTypes: true })
-    for (const e of entries) {
-      const p = path.join(dir, e.name)
-      const st = await fs.lstat(p)
-      if (st.mtimeMs > epoch * 1000) {
-        await fs.lutimes(p, epoch, epoch)
-        n++
-      }
-      if (e.isDirectory()) await walk(p)
-    }
+  let bytes = 0
+  const limit = epoch * 1000
+  const visit = async (p: string, isDir: boolean): Promise<void> => {
+    const st = await fs.lstat(p)
+    if (st.mtimeMs > limit) await fs.lutimes(p, epoch, epoch)
+    bytes += Math.ceil(st.size / 4096) * 4096
+    if (!isDir) return
+    const entries = await fs.readdir(p, { withFileTypes: true })
+    await Promise.all(entries.map(e => visit(path.join(p, e.name), e.isDirectory())))
   }
-  await walk(root)
-  const st = await fs.lstat(root)
-  if (st.mtimeMs > epoch * 1000) { await fs.lutimes(root, epoch, epoch); n++ }
-  return n
+  await visit(root, true)
+  return bytes
 }
-

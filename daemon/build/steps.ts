@@ -44,10 +44,11 @@ const VOLATILE = [
   'var/cache/debconf/config.dat-old', 'var/cache/debconf/templates.dat-old', 'var/lib/dbus/machine-id'
 ]
 
-export async function packagesStep (spec: ImageSpec, packages: string[], ctx: StepContext): Promise<void> {
+export async function packagesStep (spec: ImageSpec, packages: string[], initramfs: string[] | undefined, ctx: StepContext): Promise<void> {
   const tool = await packageTool(ctx.root)
   if (tool !== 'apt') throw BUILD_FAILED(`the image has ${tool === 'none' ? 'no package manager osfarm knows' : tool}; only apt is supported for package steps yet`)
   await writeRepositories(ctx.root, spec.repositories)
+  if (initramfs) await configureInitramfs(ctx.root, initramfs)
   await withChroot(ctx.root, { network: true, aptCache: ctx.aptCache }, async () => {
     const env = chrootEnv(ctx.epoch)
     ctx.progress('apt update', 0, 1)
@@ -65,6 +66,16 @@ export async function packagesStep (spec: ImageSpec, packages: string[], ctx: St
     if (inst.exitCode !== 0) throw aptFailure(inst.tail, 'apt-get install')
   })
   await removeVolatile(ctx.root)
+}
+
+// Before the kernel is installed: initramfs-tools then builds a small initrd with just these
+// modules (and what they depend on) instead of most of the kernel's drivers.
+async function configureInitramfs (root: string, modules: string[]): Promise<void> {
+  const o = { mode: 0o644, uid: 0, gid: 0, epoch: 0 }
+  await writeInRoot(root, '/etc/initramfs-tools/conf.d/osfarm.conf', Buffer.from('# osfarm: a small initramfs for a virtio disk\nMODULES=list\n'), o)
+  // Read by mkinitramfs (like /etc/initramfs-tools/modules, which is a conffile of the
+  // package not yet installed): the modules are copied in and loaded at boot.
+  await writeInRoot(root, '/usr/share/initramfs-tools/modules.d/osfarm', Buffer.from(modules.join('\n') + '\n'), o)
 }
 
 async function writeRepositories (root: string, repos: RepositorySpec[]): Promise<void> {

@@ -61,16 +61,21 @@ export async function check (device: string, time: number, signal?: AbortSignal)
 }
 
 // Puts back the superblock fields a mount changes (times, mount count, last mount point,
-// bytes written), so a layer's superblock depends on its content only.
+// bytes written) and sets the layer's UUID, so a layer's superblock depends on its key only.
 export async function resetSuperblock (device: string, time: number, uuid: string): Promise<void> {
   const cmds = [
     'ssv mtime 0', `ssv wtime @${time}`, `ssv lastcheck @${time}`, 'ssv mnt_count 0',
-    'ssv kbytes_written 0', 'ssv last_mounted ""', 'ssv state 1', `ssv uuid ${uuid}`
+    'ssv kbytes_written 0', 'ssv last_mounted ""', 'ssv state 1'
   ]
   const r = await run('debugfs', ['-w', '-f', '-', device], { env: e2fsEnv(time), input: cmds.join('\n') + '\n', pkg: 'e2fsprogs' })
   if (r.exitCode !== 0 || r.tail.some(l => /^debugfs: .*(error|invalid|Unknown)/i.test(l) || /set_super_value: /.test(l))) {
     throw IO_ERROR(`debugfs could not reset the superblock: ${lastLines(r.tail)}`)
   }
+  // tune2fs, not debugfs, for the UUID: it rewrites the backup superblocks too (e2fsck would
+  // otherwise find them different and "repair" the image on its first boot). With
+  // metadata_csum_seed no checksum depends on the UUID, so nothing else is rewritten.
+  const t = await run('tune2fs', ['-U', uuid, device], { env: e2fsEnv(time), pkg: 'e2fsprogs' })
+  if (t.exitCode !== 0) throw IO_ERROR(`tune2fs -U failed: ${lastLines(t.tail)}`)
 }
 
 // Reads a file out of an unmounted filesystem (no mount needed); undefined if it is absent.
