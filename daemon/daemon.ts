@@ -46,14 +46,18 @@ export class Daemon {
   async start (): Promise<void> {
     const { dataDir, socket } = this.config
     await fs.mkdir(dataDir, { recursive: true, mode: 0o700 })
-    this.catalog = await Catalog.open(path.join(dataDir, 'catalog'))
+    this.catalog = await Catalog.open(dataDir)
     try {
       this.store = await openStore(this.config)
       const orphans = await recoverVolumes(this.store, TransferService.keepOnRecover)
       if (orphans.length) this.log.warn('removed unfinished volumes left by a crash', { volumes: orphans.join(',') })
+      const unregistered = await this.catalog.recoverPending()
+      if (unregistered.length) this.log.warn('removed index entries of unfinished registrations', { volumes: unregistered.join(',') })
       this.jobs = new JobManager(this.catalog, this.log)
       await this.jobs.load()
+      // Hashing threads start with the daemon: their memory is part of its steady state.
       this.hasher = new BlockHasher(this.config.hashThreads)
+      this.hasher.start()
       this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log })
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
       await this.transfers.start()

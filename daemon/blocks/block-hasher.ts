@@ -37,10 +37,12 @@ export class BlockHasher {
     this.threads = threads
   }
 
-  #start (): void {
+  start (): void {
     if (this.#workers.length) return
     for (let i = 0; i < this.threads; i++) {
-      const w = new Worker(new URL('./hash-worker.js', import.meta.url))
+      // A small young generation: the hash loop makes only short-lived garbage, and each
+      // worker's heap would otherwise grow by tens of MiB while indexing.
+      const w = new Worker(new URL('./hash-worker.js', import.meta.url), { resourceLimits: { maxYoungGenerationSizeMb: 2 } })
       w.on('message', (reply: HashReply) => {
         const p = this.#pending.get(reply.id)
         this.#pending.delete(reply.id)
@@ -87,7 +89,7 @@ export class BlockHasher {
     const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE
     checkBlockSize(blockSize)
     const size = options.size ?? await deviceSize(path)
-    this.#start()
+    this.start()
     const hashes = Buffer.alloc(blockCount(size, blockSize) * HASH_BYTES)
     const segment = Math.max(blockSize, SEGMENT_BYTES - (SEGMENT_BYTES % blockSize))
     let done = 0

@@ -4,7 +4,7 @@
 
 import fs from 'node:fs'
 import { parentPort } from 'node:worker_threads'
-import { blake3 } from '@napi-rs/blake-hash'
+import { hashInto } from './hash.js'
 
 export interface HashTask {
   id: number
@@ -17,12 +17,13 @@ export interface HashTask {
 
 export interface HashReply {
   id: number
+  // One 32-byte slot per block of the range; transferred, not copied.
   hashes?: ArrayBuffer
   error?: { message: string, code?: string }
 }
 
 const HASH_BYTES = 32
-const CHUNK_BYTES = 4 << 20
+const CHUNK_BYTES = 1 << 20
 
 let chunk = Buffer.alloc(CHUNK_BYTES)
 let zero = Buffer.alloc(4096)
@@ -31,8 +32,8 @@ function hashRange (task: HashTask): ArrayBuffer {
   const { blockSize, start, end } = task
   if (chunk.length % blockSize !== 0) chunk = Buffer.alloc(Math.max(CHUNK_BYTES, blockSize))
   if (zero.length !== blockSize) zero = Buffer.alloc(blockSize)
-  const count = Math.ceil((end - start) / blockSize)
-  const out = Buffer.alloc(count * HASH_BYTES)
+  const table = new ArrayBuffer(Math.ceil((end - start) / blockSize) * HASH_BYTES)
+  const out = Buffer.from(table)
   const fd = fs.openSync(task.path, 'r')
   try {
     let pos = start
@@ -50,14 +51,14 @@ function hashRange (task: HashTask): ArrayBuffer {
         const isZero = len === blockSize
           ? chunk.compare(zero, 0, blockSize, o, o + blockSize) === 0
           : chunk.subarray(o, o + len).every(b => b === 0)
-        if (!isZero) blake3(chunk.subarray(o, o + len)).copy(out, slot * HASH_BYTES)
+        if (!isZero) hashInto(chunk.subarray(o, o + len), out, slot * HASH_BYTES)
       }
       pos += got
     }
   } finally {
     fs.closeSync(fd)
   }
-  return out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength) as ArrayBuffer
+  return table
 }
 
 parentPort?.on('message', (task: HashTask) => {

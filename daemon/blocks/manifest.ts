@@ -21,6 +21,8 @@ export interface Manifest {
   // blockCount(size, blockSize) × 32 bytes; an all-zero slot marks a zero block.
   hashes: Buffer
   root: Buffer
+  // The canonical encoding, kept from when the root was computed.
+  encoded?: Buffer
 }
 
 export function blockCount (size: number, blockSize: number): number {
@@ -58,10 +60,12 @@ export function blockLength (m: Pick<Manifest, 'size' | 'blockSize'>, i: number)
 export function createManifest (blockSize: number, size: number, hashes: Buffer): Manifest {
   checkBlockSize(blockSize)
   if (hashes.length !== blockCount(size, blockSize) * HASH_BYTES) throw BAD_PARAMS('hash table does not match the size')
-  return { blockSize, size, hashes, root: hash(encodeManifest({ blockSize, size, hashes })) }
+  const encoded = encodeManifest({ blockSize, size, hashes })
+  return { blockSize, size, hashes, root: hash(encoded), encoded }
 }
 
-export function encodeManifest (m: Pick<Manifest, 'blockSize' | 'size' | 'hashes'>): Buffer {
+export function encodeManifest (m: Pick<Manifest, 'blockSize' | 'size' | 'hashes' | 'encoded'>): Buffer {
+  if (m.encoded) return m.encoded
   const count = blockCount(m.size, m.blockSize)
   const bitfield = Buffer.alloc(Math.ceil(count / 8))
   let nonZero = 0
@@ -111,5 +115,5 @@ export function decodeManifest (data: Buffer, expectedRoot?: Uint8Array): Manife
   if (expectedRoot && !root.equals(Buffer.from(expectedRoot))) {
     throw VERIFY_FAILED(`manifest root ${toHex(root)} is not the expected ${toHex(expectedRoot)}`)
   }
-  return { blockSize, size, hashes, root }
+  return { blockSize, size, hashes, root, encoded: data }
 }

@@ -3,19 +3,31 @@
 //
 //   images     id → ImageInfo (JSON)
 //   names      name → id
-//   manifests  root (hex) → canonical manifest encoding
-//   locator    hash ‖ volume key → block index   (which local volume holds a block)
+//   locator    0x01 ‖ hash ‖ volume key → block index (u48)   (which local volume holds a block)
+//              raw binary keys outside the sublevels: a big image has hundreds of thousands
 //   jobs       id → JobInfo (JSON)
-// An image, its name, its manifest and its locator entries are written in one atomic batch, so a
-// crash never leaves a listed image without its index, nor an index without its image.
+//   pending    volume key → root, while an image's locator entries are being written
+// An image is listed only once its manifest and locator entries are all written. Manifests are
+// blobs (16 MiB for a 2 GiB image at 4 KiB blocks): they live as files, `manifests/<root>`, written
+// and synced before the records that name them.
 
+import fs from 'node:fs/promises'
+import path from 'node:path'
 import { Level } from 'level'
 import { DAEMON_ALREADY_RUNNING, IMAGE_NOT_FOUND, AMBIGUOUS_ID } from '../../protocol/errors.js'
 import type { ImageInfo, JobInfo } from '../../protocol/rpc.js'
 import { decodeManifest, encodeManifest, isZeroSlot, type Manifest } from '../blocks/manifest.js'
-import { HASH_BYTES } from '../blocks/hash.js'
+import { HASH_BYTES, toHex } from '../blocks/hash.js'
 
-type Json = Level<string, any>
+// The root database speaks raw buffers (the locator's keys); sublevels name their encodings.
+type Db = Level<Buffer, Buffer>
+
+// Locator entries written per batch: bounds the memory a big image's registration takes.
+const LOCATOR_BATCH = 4096
+// Sublevel keys start with '!'; locator keys with this byte.
+const LOCATOR_PREFIX = 0x01
+// A block index, big-endian: 2^48 blocks is far beyond any volume.
+const LOCATOR_VALUE_BYTES = 6
 
 export interface BlockLocation {
   volume: string
@@ -23,24 +35,29 @@ export interface BlockLocation {
 }
 
 export class Catalog {
-  readonly #db: Json
+  readonly #db: Db
   readonly images
   readonly names
-  readonly manifests
-  readonly locator
   readonly jobs
+  readonly pending
 
-  private constructor (db: Json) {
+  readonly #manifestDir: string
+
+  private constructor (db: Db, manifestDir: string) {
     this.#db = db
-    this.images = db.sublevel<string, ImageInfo>('images', { valueEncoding: 'json' })
-    this.names = db.sublevel<string, string>('names', { valueEncoding: 'utf8' })
-    this.manifests = db.sublevel<string, Buffer>('manifests', { valueEncoding: 'buffer' })
-    this.locator = db.sublevel<Buffer, string>('locator', { keyEncoding: 'buffer', valueEncoding: 'utf8' })
-    this.jobs = db.sublevel<string, JobInfo>('jobs', { valueEncoding: 'json' })
+    this.#manifestDir = manifestDir
+    this.images = db.sublevel<string, ImageInfo>('images', { keyEncoding: 'utf8', valueEncoding: 'json' })
+    this.names = db.sublevel<string, string>('names', { keyEncoding: 'utf8', valueEncoding: 'utf8' })
+    this.jobs = db.sublevel<string, JobInfo>('jobs', { keyEncoding: 'utf8', valueEncoding: 'json' })
+    this.pending = db.sublevel<string, string>('pending', { keyEncoding: 'utf8', valueEncoding: 'utf8' })
   }
 
-  static async open (dir: string): Promise<Catalog> {
-    const db: Json = new Level(dir, { valueEncoding: 'json' })
+  // Opens (creating) the catalog under a daemon's data dir.
+  static async open (dataDir: string): Promise<Catalog> {
+    const dir = path.join(dataDir, 'catalog')
+    const manifestDir = path.join(dataDir, 'manifests')
+    await fs.mkdir(manifestDir, { recursive: true, mode: 0o700 })
+    const db: Db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' })
     try {
       await db.open()
     } catch (err) {
@@ -48,12 +65,12 @@ export class Catalog {
       if (cause?.code === 'LEVEL_LOCKED') throw DAEMON_ALREADY_RUNNING(`the catalog in ${dir} is locked by another osfarmd`)
       throw err
     }
-    return new Catalog(db)
+    return new Catalog(db, manifestDir)
   }
 
   // A sublevel for another service's own records (fleet, builds, ...).
   sublevel<V> (name: string) {
-    return this.#db.sublevel<string, V>(name, { valueEncoding: 'json' })
+    return this.#db.sublevel<string, V>(name, { keyEncoding: 'utf8', valueEncoding: 'json' })
   }
 
   async close (): Promise<void> {
@@ -82,18 +99,64 @@ export class Catalog {
   }
 
   async manifest (root: string): Promise<Manifest | undefined> {
-    const data = await this.manifests.get(root)
+    if (!/^[0-9a-f]{64}$/.test(root)) return undefined
+    const data = await fs.readFile(path.join(this.#manifestDir, root)).catch(err => {
+      if (err.code === 'ENOENT') return undefined
+      throw err
+    })
     return data ? decodeManifest(data) : undefined
   }
 
-  // Registers an image with its manifest and locator entries, atomically.
+  async #writeManifest (manifest: Manifest): Promise<void> {
+    const file = path.join(this.#manifestDir, toHex(manifest.root))
+    if (await fs.stat(file).then(() => true, () => false)) return
+    const tmp = `${file}.tmp-${process.pid}`
+    const fh = await fs.open(tmp, 'w', 0o600)
+    try {
+      await fh.writeFile(encodeManifest(manifest))
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    await fs.rename(tmp, file)
+  }
+
+  async #dropManifestUnlessUsed (root: string): Promise<void> {
+    if ((await this.listImages()).some(i => i.root === root)) return
+    await fs.rm(path.join(this.#manifestDir, root), { force: true })
+  }
+
+  // Registers an image. The locator entries of a big image are many (one per non-zero block), so
+  // they go in bounded batches under a `pending` marker; the image, its name and the marker's
+  // removal then land in one atomic batch. recoverPending() undoes what a crash left between.
   async putImage (image: ImageInfo, manifest: Manifest): Promise<void> {
-    const batch = this.#db.batch()
-    batch.put(image.id, image, { sublevel: this.images })
-    batch.put(image.name, image.id, { sublevel: this.names })
-    batch.put(image.root, encodeManifest(manifest), { sublevel: this.manifests })
-    forEachLocatorKey(manifest, image.volume, (key, index) => batch.put(key, String(index), { sublevel: this.locator }))
-    await batch.write()
+    await this.#writeManifest(manifest)
+    await this.pending.put(image.volume, image.root)
+    await this.#forLocatorKeys(manifest, image.volume, (batch, key, value) => batch.put(key, value))
+    await this.#db.batch()
+      .put(image.id, image, { sublevel: this.images })
+      .put(image.name, image.id, { sublevel: this.names })
+      .del(image.volume, { sublevel: this.pending })
+      .write()
+  }
+
+  // Removes the locator entries and manifests of registrations a crash interrupted.
+  async recoverPending (): Promise<string[]> {
+    const volumes: string[] = []
+    const images = await this.listImages()
+    for await (const [volume, root] of this.pending.iterator()) {
+      const manifest = await this.manifest(root)
+      if (manifest && !images.some(i => i.volume === volume)) {
+        await this.#forLocatorKeys(manifest, volume, (batch, key) => batch.del(key))
+      }
+      await this.pending.del(volume)
+      await this.#dropManifestUnlessUsed(root)
+      volumes.push(volume)
+    }
+    for (const name of await fs.readdir(this.#manifestDir)) {
+      if (name.includes('.tmp-')) await fs.rm(path.join(this.#manifestDir, name), { force: true })
+    }
+    return volumes
   }
 
   async deleteImage (image: ImageInfo): Promise<void> {
@@ -102,20 +165,49 @@ export class Catalog {
     const batch = this.#db.batch()
     batch.del(image.id, { sublevel: this.images })
     if ((await this.names.get(image.name)) === image.id) batch.del(image.name, { sublevel: this.names })
-    if (!others.some(i => i.root === image.root)) batch.del(image.root, { sublevel: this.manifests })
+    await batch.write()
+    await this.#dropManifestUnlessUsed(image.root)
     if (manifest && !others.some(i => i.volume === image.volume)) {
-      forEachLocatorKey(manifest, image.volume, key => batch.del(key, { sublevel: this.locator }))
+      await this.#forLocatorKeys(manifest, image.volume, (b, key) => b.del(key))
+    }
+  }
+
+  // Calls `fn` for each locator key of a volume, writing the batches LOCATOR_BATCH entries at a time.
+  // Keys and values are views into one buffer per batch (level copies them as they are added).
+  async #forLocatorKeys (m: Manifest, volume: string, fn: (batch: ReturnType<Db['batch']>, key: Buffer, value: Buffer) => void): Promise<void> {
+    const vol = Buffer.from(volume, 'utf8')
+    const keyBytes = 1 + HASH_BYTES + vol.length
+    const entryBytes = keyBytes + LOCATOR_VALUE_BYTES
+    const count = m.hashes.length / HASH_BYTES
+    let batch = this.#db.batch()
+    let scratch = Buffer.allocUnsafe(LOCATOR_BATCH * entryBytes)
+    let o = 0
+    for (let i = 0; i < count; i++) {
+      if (isZeroSlot(m.hashes, i)) continue
+      scratch[o] = LOCATOR_PREFIX
+      m.hashes.copy(scratch, o + 1, i * HASH_BYTES, (i + 1) * HASH_BYTES)
+      vol.copy(scratch, o + 1 + HASH_BYTES)
+      scratch.writeUIntBE(i, o + keyBytes, LOCATOR_VALUE_BYTES)
+      fn(batch, scratch.subarray(o, o + keyBytes), scratch.subarray(o + keyBytes, o + entryBytes))
+      o += entryBytes
+      if (batch.length >= LOCATOR_BATCH) {
+        await batch.write()
+        batch = this.#db.batch()
+        scratch = Buffer.allocUnsafe(LOCATOR_BATCH * entryBytes)
+        o = 0
+      }
     }
     await batch.write()
   }
 
+
   // Local volumes that hold a block with this hash.
   async locate (blockHash: Uint8Array, limit = 4): Promise<BlockLocation[]> {
-    const prefix = Buffer.from(blockHash)
+    const prefix = Buffer.concat([Buffer.from([LOCATOR_PREFIX]), blockHash])
     const upper = Buffer.concat([prefix, Buffer.from([0xff])])
     const out: BlockLocation[] = []
-    for await (const [key, value] of this.locator.iterator({ gte: prefix, lt: upper, limit })) {
-      out.push({ volume: key.subarray(HASH_BYTES).toString('utf8'), index: Number(value) })
+    for await (const [key, value] of this.#db.iterator({ gte: prefix, lt: upper, limit })) {
+      out.push({ volume: key.subarray(1 + HASH_BYTES).toString('utf8'), index: value.readUIntBE(0, LOCATOR_VALUE_BYTES) })
     }
     return out
   }
@@ -128,16 +220,3 @@ export class Catalog {
     return this.jobs.values().all()
   }
 }
-
-function forEachLocatorKey (m: Manifest, volume: string, fn: (key: Buffer, index: number) => void): void {
-  const vol = Buffer.from(volume, 'utf8')
-  const count = m.hashes.length / HASH_BYTES
-  for (let i = 0; i < count; i++) {
-    if (isZeroSlot(m.hashes, i)) continue
-    const key = Buffer.allocUnsafe(HASH_BYTES + vol.length)
-    m.hashes.copy(key, 0, i * HASH_BYTES, (i + 1) * HASH_BYTES)
-    vol.copy(key, HASH_BYTES)
-    fn(key, i)
-  }
-}
-

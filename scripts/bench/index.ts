@@ -1,0 +1,92 @@
+// npm run bench:index — hashing speed of the block index on a 2 GiB image with ~50% non-zero
+// data, on one and on two cores, next to `cat FILE >/dev/null` (a page-cache read) in the same
+// run; and the daemon's RSS growth while it imports (copies + indexes) that image.
+//   OSFARM_BENCH_SIZE_MIB=2048 (default)  OSFARM_BENCH_DIR=/var/tmp (default)
+
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import os from 'node:os'
+import { randomBytes } from 'node:crypto'
+import { execa } from 'execa'
+import { BlockHasher } from '../../daemon/blocks/block-hasher.js'
+import { startDaemon } from '../../test/helpers/daemon.js'
+
+const SIZE = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 2048) * (1 << 20)
+const DIR = process.env.OSFARM_BENCH_DIR ?? '/var/tmp'
+const RUNS = 3
+
+async function makeImage (file: string): Promise<number> {
+  const fh = await fs.open(file, 'w')
+  const region = 1 << 20
+  let nonZero = 0
+  try {
+    // Every other 1 MiB region holds data; within data regions one 4 KiB block in 32 is zero.
+    for (let pos = 0; pos < SIZE; pos += region) {
+      if ((pos / region) % 2 === 1) continue
+      const buf = randomBytes(region)
+      for (let o = 0; o < region; o += 32 * 4096) buf.fill(0, o, o + 4096)
+      await fh.write(buf, 0, region, pos)
+      nonZero += region * 31 / 32
+    }
+    await fh.truncate(SIZE)
+  } finally {
+    await fh.close()
+  }
+  return nonZero
+}
+
+async function best (fn: () => Promise<unknown>): Promise<number> {
+  let min = Infinity
+  for (let i = 0; i < RUNS; i++) {
+    const t0 = process.hrtime.bigint()
+    await fn()
+    min = Math.min(min, Number(process.hrtime.bigint() - t0) / 1e9)
+  }
+  return min
+}
+
+function rssKiB (pid: number): Promise<number> {
+  return fs.readFile(`/proc/${pid}/status`, 'utf8').then(s => Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0))
+}
+
+async function main (): Promise<void> {
+  const work = await fs.mkdtemp(path.join(DIR, 'osfarm-bench-index-'))
+  try {
+    const file = path.join(work, 'image.raw')
+    const nonZero = await makeImage(file)
+    const gb = SIZE / 1e9
+    console.log(`image: ${(SIZE / 2 ** 30).toFixed(2)} GiB, ${(100 * nonZero / SIZE).toFixed(1)}% non-zero, 4 KiB blocks; ${os.availableParallelism()} cores; best of ${RUNS}`)
+    await execa('sh', ['-c', `cat '${file}' >/dev/null`])
+    const catS = await best(() => execa('sh', ['-c', `cat '${file}' >/dev/null`]))
+    const rows: Array<[string, number]> = [['cat FILE >/dev/null (page cache)', catS]]
+    for (const threads of [1, 2]) {
+      const h = new BlockHasher(threads)
+      const s = await best(() => h.indexFile(file))
+      await h.close()
+      rows.push([`osfarm index, ${threads} core${threads > 1 ? 's' : ''}`, s])
+    }
+    console.log('\n| what | seconds | GB/s |\n|---|---:|---:|')
+    for (const [what, s] of rows) console.log(`| ${what} | ${s.toFixed(3)} | ${(gb / s).toFixed(2)} |`)
+
+    // The daemon's memory while it imports (copies, then indexes) the image.
+    const d = await startDaemon({ dir: work })
+    try {
+      const pid = d.proc.pid!
+      await new Promise(resolve => setTimeout(resolve, 500))
+      const before = await rssKiB(pid)
+      let peak = before
+      const sampler = setInterval(() => { rssKiB(pid).then(r => { peak = Math.max(peak, r) }, () => {}) }, 25)
+      const t0 = Date.now()
+      const r = await d.ctl('image', 'import', file, '--name', 'bench', '--json')
+      clearInterval(sampler)
+      if (r.exitCode !== 0) throw new Error(r.stderr)
+      console.log(`\ndaemon import (copy + index) of the image: ${((Date.now() - t0) / 1000).toFixed(2)} s; RSS ${(before / 1024).toFixed(0)} MiB before, peak ${(peak / 1024).toFixed(0)} MiB, growth ${((peak - before) / 1024).toFixed(1)} MiB (target ≤ 64 MiB)`)
+    } finally {
+      await d.stop()
+    }
+  } finally {
+    await fs.rm(work, { recursive: true, force: true })
+  }
+}
+
+main().catch(err => { console.error(err); process.exit(1) })
