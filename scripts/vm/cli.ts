@@ -1,11 +1,11 @@
 // osfarm-vm: run a command in the QEMU test guest from a shell.
-//   node dist/scripts/vm/cli.js [--disk SIZE[:PATH]]... [--timeout S] [--refresh] -- COMMAND...
+//   node dist/scripts/vm/cli.js [--disk SIZE[:PATH]]... [--env NAME=VALUE]... [--timeout S] [--refresh] -- COMMAND...
 // SIZE takes a K/M/G suffix. Prints the command's output as it comes; exits with its status.
 
 import { ensureGuestAssets } from './guest-assets.js'
 import { runInGuest, type GuestDisk } from './guest-runner.js'
 
-const USAGE = 'usage: osfarm-vm [--disk SIZE[:PATH]]... [--timeout SECONDS] [--refresh] [--verbose] -- COMMAND...'
+const USAGE = 'usage: osfarm-vm [--disk SIZE[:PATH]]... [--env NAME=VALUE]... [--timeout SECONDS] [--refresh] [--verbose] -- COMMAND...'
 
 function parseSize (text: string): number {
   const m = /^(\d+)([KMGT]?)$/i.exec(text)
@@ -16,6 +16,7 @@ function parseSize (text: string): number {
 
 async function main (argv: string[]): Promise<number> {
   const disks: GuestDisk[] = []
+  const env: Record<string, string> = {}
   let timeoutMs = 600_000
   let verbose = false
   let i = 0
@@ -25,6 +26,9 @@ async function main (argv: string[]): Promise<number> {
     if (a === '--disk') {
       const [size, file] = (argv[++i] ?? '').split(':', 2)
       disks.push({ size: parseSize(size!), path: file })
+    } else if (a === '--env') {
+      const [k, ...v] = (argv[++i] ?? '').split('=')
+      env[k!] = v.join('=')
     } else if (a === '--timeout') timeoutMs = Number(argv[++i]) * 1000
     else if (a === '--refresh') await ensureGuestAssets({ refresh: true })
     else if (a === '--verbose') verbose = true
@@ -35,6 +39,7 @@ async function main (argv: string[]): Promise<number> {
   const r = await runInGuest({
     command,
     disks,
+    env,
     timeoutMs,
     onStdout: s => process.stdout.write(s),
     onStderr: s => process.stderr.write(s)

@@ -121,7 +121,8 @@ export function layerStoreSuite (t: Test, fixture: StoreFixture): void {
     t.ok(after.bytesUsed >= before.bytesUsed + MiB, `bytes used grew (${before.bytesUsed} → ${after.bytesUsed})`)
     t.ok(after.bytesFree > 0, 'free space reported')
     const st = await store.stat('usage-1')
-    t.ok(st!.allocated >= 2 * MiB && st!.allocated <= size, `allocated counts written bytes (${st!.allocated})`)
+    // LVM reports use as a percentage with two decimals: allow that rounding.
+    t.ok(st!.allocated >= 2 * MiB - size / 5000 && st!.allocated <= size, `allocated counts written bytes (${st!.allocated})`)
     await store.remove('usage-1')
   })
 

@@ -7,7 +7,7 @@
 // is `lvchange -p r`, one atomic metadata update. So after a crash every writable tagged LV in
 // the pool is unfinished work, and recover() removes it; LVs without the tag are never touched.
 // Snapshots keep LVM's activation-skip flag, so a host's boot activates none of the layers;
-// the store activates a volume (`lvchange -ay -K`) when it hands out its path.
+// the store activates a volume (`-K`) when it makes it and when it hands out its path.
 
 import fs from 'node:fs/promises'
 import {
@@ -175,16 +175,15 @@ class LvmStore implements LayerStore {
       await lvm.createSnapshot(this.#ctx, this.#vg, parent.name, name, TAG)
       size = parent.size
       allocated = this.#info(options.parent, parent).allocated
-      try {
-        if (options.size !== undefined && options.size > parent.size) {
-          size = this.#roundUp(options.size)
+      if (options.size !== undefined && options.size > parent.size) {
+        size = this.#roundUp(options.size)
+        try {
           await lvm.extend(this.#ctx, this.#vg, name, size)
+        } catch (err) {
+          // Left writable, it would be recovered later anyway; remove it now so the key is free.
+          await lvm.remove(this.#ctx, this.#vg, [name]).catch(() => {})
+          throw err
         }
-        await lvm.activate(this.#ctx, this.#vg, [name])
-      } catch (err) {
-        // Left writable, it would be recovered later anyway; remove it now so the key is free.
-        await lvm.remove(this.#ctx, this.#vg, [name]).catch(() => {})
-        throw err
       }
     } else {
       if (options.size === undefined || !Number.isSafeInteger(options.size) || options.size <= 0) {
