@@ -84,6 +84,9 @@ export interface FleetInfo {
   topic: string | null
   // Where this host's DHT node listens (others may list it as a bootstrap node).
   dht: { host: string, port: number } | null
+  // Upload limits in bytes per second, all peers and each peer (0: none).
+  uploadLimit: number
+  peerUploadLimit: number
   // Only in the answer to fleet.init: give it to the hosts that join.
   secret?: string
 }
@@ -148,7 +151,7 @@ export interface Methods {
   'job.watch': { params: { id: string }, result: JobInfo }
   // Fetches an image (by root, or by a name peers advertise) from the fleet; the job's result is a FetchResult.
   'image.fetch': { params: { ref: string, from?: string, name?: string, wait?: number }, result: JobInfo }
-  'fleet.init': { params: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number }, result: FleetInfo }
+  'fleet.init': { params: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number, uploadLimit?: number, peerUploadLimit?: number }, result: FleetInfo }
   'fleet.show': { params: Record<string, never>, result: FleetInfo }
   'fleet.allow': { params: { key: string }, result: FleetInfo }
   'fleet.deny': { params: { key: string }, result: FleetInfo }

@@ -15,6 +15,8 @@ export function register (program: Command, ctx: CliContext): void {
     .option('--peer <keys>', 'hosts to allow and connect to directly, key,...')
     .option('--dht-host <address>', 'address this host\'s DHT node binds')
     .option('--dht-port <port>', 'UDP port of this host\'s DHT node', Number)
+    .option('--upload-limit <bytes>', 'upload limit to all peers, bytes per second', Number)
+    .option('--peer-upload-limit <bytes>', 'upload limit to each peer, bytes per second', Number)
     .option('--json', 'print JSON')
     .action(opts => withClient(ctx, async c => {
       const info = await c.call('fleet.init', {
@@ -22,7 +24,9 @@ export function register (program: Command, ctx: CliContext): void {
         ...(opts.bootstrap ? { bootstrap: opts.bootstrap } : {}),
         ...(opts.peer ? { peers: opts.peer } : {}),
         ...(opts.dhtHost ? { dhtHost: opts.dhtHost } : {}),
-        ...(opts.dhtPort ? { dhtPort: opts.dhtPort } : {})
+        ...(opts.dhtPort ? { dhtPort: opts.dhtPort } : {}),
+        ...(opts.uploadLimit ? { uploadLimit: opts.uploadLimit } : {}),
+        ...(opts.peerUploadLimit ? { peerUploadLimit: opts.peerUploadLimit } : {})
       })
       if (opts.json) return printJson(info)
       show(info)
@@ -66,6 +70,8 @@ function show (info: FleetInfo): void {
     ['dht', info.dht ? `${info.dht.host}:${info.dht.port}` : '-'],
     ['bootstrap', info.bootstrap.join(', ') || '-'],
     ['allowed', info.allow.join('\n           ') || '-'],
-    ['direct', info.peers.join(', ') || '-']
+    ['direct', info.peers.join(', ') || '-'],
+    ['upload limit', info.uploadLimit ? `${info.uploadLimit} B/s` : 'none'],
+    ['per peer', info.peerUploadLimit ? `${info.peerUploadLimit} B/s` : 'none']
   ])
 }

@@ -59,7 +59,7 @@ export function methodTable (d: Daemon): MethodTable {
       handler: p => d.transfers.fetch(p.ref, { from: p.from, name: p.name, peerWaitMs: p.wait })
     },
     'fleet.init': {
-      params: { secret: { type: 'string', optional: true }, bootstrap: { type: 'string', optional: true }, peers: { type: 'string', optional: true }, dhtHost: { type: 'string', optional: true }, dhtPort: { type: 'number', optional: true } },
+      params: { secret: { type: 'string', optional: true }, bootstrap: { type: 'string', optional: true }, peers: { type: 'string', optional: true }, dhtHost: { type: 'string', optional: true }, dhtPort: { type: 'number', optional: true }, uploadLimit: { type: 'number', optional: true }, peerUploadLimit: { type: 'number', optional: true } },
       write: true,
       handler: p => d.transfers.fleetInit(p)
     },

@@ -148,7 +148,7 @@ export class TransferService {
 
   // ---- fleet ----
 
-  async fleetInit (opts: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number }): Promise<FleetInfo> {
+  async fleetInit (opts: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number, uploadLimit?: number, peerUploadLimit?: number }): Promise<FleetInfo> {
     const old = await readFleetConfig(this.#d.dataDir)
     const list = (s?: string) => s ? s.split(',').map(x => x.trim()).filter(Boolean) : undefined
     const bootstrap = list(opts.bootstrap)
@@ -163,6 +163,10 @@ export class TransferService {
       ...(opts.dhtHost || opts.dhtPort ? { dht: { host: opts.dhtHost, port: opts.dhtPort } } : old?.dht ? { dht: old.dht } : {})
     })
     if (opts.secret !== undefined && !/^[0-9a-f]{64}$/.test(opts.secret)) throw BAD_PARAMS('secret must be 64 hex digits')
+    const uploadLimit = opts.uploadLimit ?? old?.uploadLimit
+    const peerUploadLimit = opts.peerUploadLimit ?? old?.peerUploadLimit
+    if (uploadLimit) config.uploadLimit = uploadLimit
+    if (peerUploadLimit) config.peerUploadLimit = peerUploadLimit
     await writeFleetConfig(this.#d.dataDir, config)
     await this.swarm?.close()
     this.swarm = undefined
@@ -197,6 +201,8 @@ export class TransferService {
       bootstrap: config?.bootstrap ?? [],
       peers: config?.peers ?? [],
       topic: config ? fleetTopic(config.secret).toString('hex') : null,
+      uploadLimit: config?.uploadLimit ?? 0,
+      peerUploadLimit: config?.peerUploadLimit ?? 0,
       dht: this.swarm?.address() ?? null
     }
   }
@@ -295,7 +301,7 @@ export class TransferService {
       let vol = state ? await this.#d.store.stat(state.volume) : undefined
       let plan
       if (state && vol?.kind === 'active') {
-        stats.resumed = progress.countSet()
+        for (let i = 0; i < count; i++) if (progress.has(i) && !isZeroSlot(manifest.hashes, i)) stats.resumed++
         plan = planFetch(manifest, undefined, h => this.local.locate(h), progress.bits)
         this.#d.log.info('fetch resumed', { root: rootHex, blocks: stats.resumed })
       } else {
