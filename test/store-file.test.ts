@@ -48,7 +48,7 @@ async function extents (file: string): Promise<Array<{ logical: number, physical
 
 t.test('file backend, copy path (tmp dir)', async t => {
   const dir = await tmpdir()
-  const st = await execa('stat', ['-f', '-c', '%T', dir])
+  const st = await execa('findmnt', ['-no', 'FSTYPE', '--target', dir])
   t.comment(`store on ${st.stdout.trim()}`)
   layerStoreSuite(t, { open: () => createFileStore({ dir: path.join(dir, 'store') }), size: SIZE, enforcesReadOnly: !isRoot })
 })
