@@ -13,6 +13,7 @@ import { Catalog } from './catalog/catalog.js'
 import { JobManager } from './jobs/jobs.js'
 import { BlockHasher } from './blocks/block-hasher.js'
 import { ImageService } from './images/images.js'
+import { BuildService } from './build/build-service.js'
 import { openStore } from './store/open-store.js'
 import type { LayerStore } from './store/layer-store.js'
 import { RpcServer } from './rpc/server.js'
@@ -35,6 +36,7 @@ export class Daemon {
   jobs!: JobManager
   hasher!: BlockHasher
   images!: ImageService
+  builds!: BuildService
   transfers!: TransferService
   #rpc: RpcServer | undefined
 
@@ -59,6 +61,7 @@ export class Daemon {
       this.hasher = new BlockHasher(this.config.hashThreads)
       this.hasher.start()
       this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log })
+      this.builds = new BuildService({ store: this.store, images: this.images, jobs: this.jobs, log: this.log, workDir: path.join(dataDir, 'build') })
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
       await this.transfers.start()
       await prepareSocket(socket)

@@ -127,6 +127,33 @@ export interface TransferStats {
   rate: number
 }
 
+// image.build: a spec's text (with its format, else guessed) or the path of a spec file on the
+// daemon's host. The job's result is a BuildResultInfo.
+export interface BuildParams {
+  spec?: string
+  path?: string
+  format?: 'xml' | 'json'
+  // Where a spec text's relative file sources are found (absolute); a path's own directory by default.
+  baseDir?: string
+  // The image's name; the spec's name by default.
+  name?: string
+}
+
+export interface BuildLayerInfo {
+  key: string
+  step: string
+  cached: boolean
+  seconds: number
+}
+
+export interface BuildResultInfo {
+  image: ImageInfo
+  key: string
+  layers: BuildLayerInfo[]
+  // Every layer came from the cache.
+  cached: boolean
+}
+
 export interface FetchResult {
   image: ImageInfo
   stats: TransferStats | undefined
@@ -141,6 +168,8 @@ export interface Methods {
   'image.list': { params: Record<string, never>, result: ImageInfo[] }
   'image.get': { params: { id: string }, result: ImageInfo }
   'image.import': { params: { path: string, name: string }, result: JobInfo }
+  // Builds an image from a spec (layers cached by key); the job's result is a BuildResultInfo.
+  'image.build': { params: BuildParams, result: JobInfo }
   'image.export': { params: { id: string, path: string, format?: 'raw' | 'qcow2' }, result: JobInfo }
   'image.remove': { params: { id: string }, result: { id: string, removed: boolean } }
   'image.verify': { params: { id: string }, result: JobInfo }

@@ -30,6 +30,11 @@ export function methodTable (d: Daemon): MethodTable {
     'daemon.version': { params: {}, write: false, handler: () => ({ version: d.version, apiVersion: API_VERSION }) },
     'image.list': { params: {}, write: false, handler: () => d.images.list() },
     'image.get': { params: id, write: false, handler: p => d.images.get(p.id) },
+    'image.build': {
+      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true } },
+      write: true,
+      handler: p => d.builds.build(p)
+    },
     'image.import': {
       params: { path: { type: 'string' }, name: { type: 'string' } },
       write: true,

@@ -1,0 +1,107 @@
+// The daemon's side of `image.build`: reads and checks the spec at once (a bad spec is an
+// error of the call, not a failed job), runs the Builder in a job, and registers the top layer
+// as an image through the image service, like an import (indexed into a manifest). A request
+// whose image is already registered under the same name answers with it at once.
+
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { BAD_PARAMS, NAME_IN_USE, SPEC_INVALID } from '../../protocol/errors.js'
+import type { BuildParams, BuildResultInfo, ImageInfo, JobInfo } from '../../protocol/rpc.js'
+import type { JobContext, JobManager } from '../jobs/jobs.js'
+import type { ImageService } from '../images/images.js'
+import type { Logger } from '../log.js'
+import { Builder } from './builder.js'
+import { detectFormat, MAX_SPEC_BYTES, parseSpec, type ImageSpec } from './spec.js'
+import type { LayerStore } from '../store/layer-store.js'
+
+export interface BuildServiceOptions {
+  store: LayerStore
+  images: ImageService
+  jobs: JobManager
+  log: Logger
+  // Scratch space for builds (mount points, bootstrap trees, apt's cache).
+  workDir: string
+}
+
+export class BuildService {
+  readonly builder: Builder
+  readonly #images: ImageService
+  readonly #jobs: JobManager
+  readonly #log: Logger
+  // Builds running per image name, with the key they build, so one name is registered once.
+  readonly #running = new Map<string, { key: string, done: Promise<BuildResultInfo> }>()
+
+  constructor (options: BuildServiceOptions) {
+    this.builder = new Builder({ store: options.store, workDir: options.workDir })
+    this.#images = options.images
+    this.#jobs = options.jobs
+    this.#log = options.log
+  }
+
+  async build (params: BuildParams): Promise<JobInfo> {
+    const spec = await this.#readSpec(params)
+    const name = params.name ?? spec.name
+    const plan = await this.builder.plan(spec)
+    const running = this.#running.get(name)
+    if (running) {
+      if (running.key !== plan.key) throw NAME_IN_USE(`an image named "${name}" is being built from another spec`)
+      return this.#jobs.start('build', name, () => running.done)
+    }
+    const existing = (await this.#images.list()).find(i => i.name === name)
+    if (existing) {
+      if (existing.volume !== plan.key) throw NAME_IN_USE(`an image named "${name}" exists (built from another spec); remove it or build with another name`)
+      return this.#jobs.start('build', name, async () => cachedResult(existing, plan.layers.map(l => ({ key: l.key, step: l.kind }))))
+    }
+    await this.#images.checkName(name)
+    let settle!: (p: Promise<BuildResultInfo>) => void
+    const done = new Promise<BuildResultInfo>(resolve => { settle = resolve })
+    this.#running.set(name, { key: plan.key, done })
+    try {
+      return this.#jobs.start('build', name, ctx => {
+        const work = this.#run(spec, name, ctx).finally(() => this.#running.delete(name))
+        settle(work)
+        return work
+      })
+    } catch (err) {
+      this.#running.delete(name)
+      throw err
+    }
+  }
+
+  async #run (spec: ImageSpec, name: string, ctx: JobContext): Promise<BuildResultInfo> {
+    let count = 0
+    const result = await this.builder.build(spec, {
+      signal: ctx.signal,
+      onLog: line => ctx.log(line),
+      onProgress: (i, phase, done, total) => {
+        count = Math.max(count, i + 1)
+        ctx.progress(`layer ${i + 1} ${phase}`, done, total, 'steps')
+      }
+    })
+    const layers = result.layers.map(l => ({ key: l.key, step: l.step, cached: l.cached, seconds: l.seconds }))
+    const image = await this.#images.register({ volume: result.volumeKey, name, origin: 'build', layers: layers.map(l => l.key), ctx })
+    this.#log.info('image built', { image: image.id, name, key: result.key, built: layers.filter(l => !l.cached).length })
+    return { image, key: result.key, layers, cached: layers.every(l => l.cached) }
+  }
+
+  async #readSpec (params: BuildParams): Promise<ImageSpec> {
+    if ((params.spec === undefined) === (params.path === undefined)) throw BAD_PARAMS('give either spec (its text) or path (a spec file)')
+    let text = params.spec
+    let baseDir = params.baseDir
+    if (params.path !== undefined) {
+      if (!path.isAbsolute(params.path)) throw BAD_PARAMS('the spec path must be absolute')
+      const st = await fs.stat(params.path).catch(err => { throw SPEC_INVALID(`cannot read ${params.path}: ${err.code ?? err.message}`) })
+      if (!st.isFile()) throw SPEC_INVALID(`${params.path} is not a file`)
+      if (st.size > MAX_SPEC_BYTES) throw SPEC_INVALID(`${params.path} is larger than ${MAX_SPEC_BYTES} bytes`)
+      text = await fs.readFile(params.path, 'utf8')
+      baseDir ??= path.dirname(params.path)
+    }
+    if (baseDir !== undefined && !path.isAbsolute(baseDir)) throw BAD_PARAMS('baseDir must be absolute')
+    const format = params.format ?? detectFormat(text!, params.path)
+    return parseSpec(text!, format, baseDir !== undefined ? { baseDir } : {})
+  }
+}
+
+function cachedResult (image: ImageInfo, layers: Array<{ key: string, step: string }>): BuildResultInfo {
+  return { image, key: image.volume, layers: layers.map(l => ({ ...l, cached: true, seconds: 0 })), cached: true }
+}
