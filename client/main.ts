@@ -7,6 +7,7 @@ import { cliContext } from './context.js'
 import { VERSION } from './version.js'
 import * as status from './commands/status.js'
 import * as image from './commands/image.js'
+import * as build from './commands/build.js'
 import * as job from './commands/job.js'
 import * as fetch from './commands/fetch.js'
 import * as fleet from './commands/fleet.js'
@@ -19,7 +20,7 @@ const program = new Command('osfarmctl')
   .showHelpAfterError()
 
 const ctx = cliContext(program)
-for (const command of [status, image, job, fetch, fleet, peer]) command.register(program, ctx)
+for (const command of [status, image, build, job, fetch, fleet, peer]) command.register(program, ctx)
 
 program.parseAsync().then(() => process.exit(0), err => {
   const e = OsfarmError.from(err)

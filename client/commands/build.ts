@@ -1,0 +1,44 @@
+// osfarmctl build SPEC [--wait]: build an image from an XML or JSON spec. The spec's text is
+// sent (so the daemon need not see the client's files); file sources named in it are read by
+// the daemon, relative to the spec's directory.
+
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { Option, type Command } from 'commander'
+import type { BuildParams, BuildResultInfo } from '../../protocol/rpc.js'
+import { withClient, type CliContext } from '../context.js'
+import { printJson, printTable, shortId } from '../output.js'
+import { watchJob } from '../progress.js'
+
+export function register (program: Command, ctx: CliContext): void {
+  program.command('build <spec>')
+    .description('build an image from a spec file (XML or JSON; - reads stdin)')
+    .option('-n, --name <name>', 'image name (default: the spec\'s name)')
+    .addOption(new Option('--format <format>', 'spec format (default: from the file name or content)').choices(['xml', 'json']))
+    .option('-w, --wait', 'wait for the build, with progress, and print its layers')
+    .option('--logs', 'with --wait: print the build log')
+    .option('--json', 'print JSON')
+    .action((spec: string, opts) => withClient(ctx, async c => {
+      const params: BuildParams = spec === '-'
+        ? { spec: await readStdin(), baseDir: process.cwd() }
+        : { spec: await fs.readFile(spec, 'utf8'), baseDir: path.dirname(path.resolve(spec)) }
+      const format = opts.format ?? (spec.endsWith('.xml') ? 'xml' : spec.endsWith('.json') ? 'json' : undefined)
+      if (format) params.format = format
+      if (opts.name) params.name = opts.name
+      const job = await c.call('image.build', params)
+      if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+      const end = await watchJob(c, job, { bar: !opts.json, logs: Boolean(opts.logs) })
+      const r = end.result as BuildResultInfo
+      if (opts.json) return printJson(r)
+      console.log(`${r.cached ? 'cached' : 'built'} ${r.image.name}: image ${shortId(r.image.id)}, key ${shortId(r.key)}, root ${shortId(r.image.root)}`)
+      printTable(['#', 'STEP', 'LAYER', 'CACHED', 'SECONDS'], r.layers.map((l, i) => [
+        i + 1, l.step, shortId(l.key), l.cached ? 'cached' : '-', l.cached ? '-' : l.seconds.toFixed(1)
+      ]))
+    }))
+}
+
+async function readStdin (): Promise<string> {
+  const chunks: Buffer[] = []
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
+  return Buffer.concat(chunks).toString('utf8')
+}
