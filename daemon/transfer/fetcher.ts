@@ -114,6 +114,7 @@ export class Fetcher {
   #writes = new Set<Promise<void>>()
   #unwritten = 0
   #dirty = false
+  #flushing: Promise<void> = Promise.resolve()
   #failure: Error | undefined
   #finish!: () => void
   #fail!: (err: Error) => void
@@ -137,10 +138,12 @@ export class Fetcher {
   async run (): Promise<void> {
     const o = this.#o
     this.#fh = await fs.open(o.path, 'r+')
-    const flusher = setInterval(() => { void this.#flush() }, FLUSH_MS)
+    const flusher = setInterval(() => { this.#flush().catch(err => this.#abort(err)) }, FLUSH_MS)
     const onAbort = () => this.#fail(JOB_CANCELLED())
     try {
       const remote = new Promise<void>((resolve, reject) => { this.#finish = resolve; this.#fail = reject })
+      // Rejections are read through Promise.all below or not at all (an earlier step failed).
+      remote.catch(() => {})
       o.signal?.addEventListener('abort', onAbort, { once: true })
       if (o.signal?.aborted) throw JOB_CANCELLED()
       await this.#zeroOverParent()
@@ -161,6 +164,7 @@ export class Fetcher {
       o.signal?.removeEventListener('abort', onAbort)
       this.#o.pool.off('holder', this.#onHolder)
       this.#o.pool.off('peer-closed', this.#onClosed)
+      await this.#flushing
       await this.#fh.close()
     }
   }
@@ -512,13 +516,19 @@ export class Fetcher {
     this.#dirty = true
   }
 
-  async #flush (): Promise<void> {
-    if (!this.#dirty) return
-    this.#dirty = false
-    const snapshot = Buffer.from(this.#o.progress.bits)
-    await this.#fh.datasync()
-    await this.#o.progress.save(snapshot)
-    this.#o.onFlush?.(snapshot)
+  // One flush at a time; a call during a flush waits for it and then flushes again if needed.
+  #flush (): Promise<void> {
+    const run = async () => {
+      if (!this.#dirty) return
+      this.#dirty = false
+      const snapshot = Buffer.from(this.#o.progress.bits)
+      await this.#fh.datasync()
+      await this.#o.progress.save(snapshot)
+      this.#o.onFlush?.(snapshot)
+    }
+    const next = this.#flushing.then(run, run)
+    this.#flushing = next.catch(() => {})
+    return next
   }
 
   async #writeRuns (writes: Array<[number, Buffer]>): Promise<void> {

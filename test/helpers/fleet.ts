@@ -24,7 +24,7 @@ export async function startTestnet (teardown: Teardown): Promise<{ testnet: Test
 }
 
 // Starts `n` daemons (or adds to `dirs`), joins them into one fleet where all allow all.
-export async function startFleet (n: number, teardown: Teardown, options: { env?: Record<string, string> } = {}): Promise<Fleet> {
+export async function startFleet (n: number, teardown: Teardown, options: { env?: Record<string, string>, uploadLimit?: number } = {}): Promise<Fleet> {
   const { testnet, bootstrap } = await startTestnet(teardown)
   const daemons: TestDaemon[] = []
   for (let i = 0; i < n; i++) {
@@ -32,11 +32,12 @@ export async function startFleet (n: number, teardown: Teardown, options: { env?
     teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
     daemons.push(d)
   }
-  const first = await daemons[0]!.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
+  const limit = options.uploadLimit ? ['--upload-limit', String(options.uploadLimit)] : []
+  const first = await daemons[0]!.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1', ...limit)
   const secret = first.secret as string
   const keys: string[] = [first.publicKey]
   for (const d of daemons.slice(1)) {
-    const info = await d.ctlJson('fleet', 'init', '--secret', secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
+    const info = await d.ctlJson('fleet', 'init', '--secret', secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1', ...limit)
     keys.push(info.publicKey)
   }
   for (const d of daemons) for (const k of keys) await d.ctlJson('fleet', 'allow', k)
