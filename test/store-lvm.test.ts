@@ -1,7 +1,7 @@
 // The LVM backend, for real: this file boots a QEMU guest (scripts/vm) with Debian's kernel and
-// runs itself inside it (OSFARM_IN_GUEST=1), where LVM has device-mapper and two virtio disks.
+// runs itself inside it (OSFARM_IN_GUEST=1), where LVM has device-mapper and three virtio disks.
 // Inside: the shared LayerStore suite, faults (missing VG and pool, full pool, name collision,
-// a process killed between snapshot and commit) and an import whose manifest root must equal the
+// a PV holding a filesystem, a process killed between snapshot and commit) and an import whose manifest root must equal the
 // one the file backend gave the same bytes on the host. The host re-reports the guest's results.
 
 import t from 'tap'
@@ -47,7 +47,7 @@ async function host (): Promise<void> {
 
     const r = await runInGuest({
       command: `exec ${process.execPath} ${fileURLToPath(import.meta.url)}`,
-      disks: [{ size: 4 * 1024 * MiB }, { size: 64 * MiB }],
+      disks: [{ size: 4 * 1024 * MiB }, { size: 64 * MiB }, { size: 16 * MiB }],
       env: { OSFARM_IMPORT_IMAGE: image, OSFARM_IMPORT_ROOT: root },
       timeoutMs: GUEST_TIMEOUT_MS,
       // OSFARM_TEST_VERBOSE=1 shows the guest's TAP as it runs.
@@ -141,8 +141,8 @@ function parseTap (text: string): TapResult[] {
 // ─── in the guest ───────────────────────────────────────────────────────────────────────────
 
 async function guest (): Promise<void> {
-  const [disk, smallDisk] = (process.env.OSFARM_VM_DISKS ?? '').split(' ')
-  if (!disk || !smallDisk) throw new Error('the guest needs two disks')
+  const [disk, smallDisk, fsDisk] = (process.env.OSFARM_VM_DISKS ?? '').split(' ')
+  if (!disk || !smallDisk || !fsDisk) throw new Error('the guest needs three disks')
   const main: LvmStoreOptions = { vg: 'osfarm', pool: 'layers', pvs: [disk], udev: false }
 
   t.test('shared LayerStore suite', async t => {
@@ -159,6 +159,13 @@ async function guest (): Promise<void> {
     await rawLvm(['lvcreate', '-y', '-V', '8m', '-T', 'osfarm/layers', '-n', 'not-a-pool'])
     await rejectsCode(t, createLvmStore({ vg: 'osfarm', pool: 'not-a-pool', udev: false }), 'BAD_CONFIG', 'an LV that is not a thin pool')
     await rawLvm(['lvremove', '-y', 'osfarm/not-a-pool'])
+  })
+
+  t.test('a PV that holds a filesystem is not wiped', async t => {
+    await execa('mkfs.ext4', ['-q', '-F', fsDisk])
+    await rejectsCode(t, createLvmStore({ vg: 'wiped', pool: 'p', pvs: [fsDisk], udev: false }), 'BAD_CONFIG', 'making a VG on it')
+    const probe = await execa('blkid', ['-o', 'value', '-s', 'TYPE', fsDisk], { reject: false })
+    t.equal(probe.stdout.trim(), 'ext4', 'the filesystem is still there')
   })
 
   t.test('an LV name collision is refused and a foreign LV is never touched', async t => {

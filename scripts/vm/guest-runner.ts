@@ -156,8 +156,10 @@ function shellQuote (s: string): string {
 }
 
 // The guest's TSC runs at the host's rate under TCG; telling the kernel saves it calibrating
-// against a clock microvm does not have (it can hang there).
+// against a clock microvm does not have (it can hang there). "cpu MHz" is the TSC rate on
+// constant-TSC hosts; OSFARM_VM_TSC_KHZ overrides it where it is not.
 async function hostTscKhz (): Promise<number> {
+  if (process.env.OSFARM_VM_TSC_KHZ) return Number(process.env.OSFARM_VM_TSC_KHZ)
   const cpuinfo = await fs.readFile('/proc/cpuinfo', 'utf8')
   const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo)
   if (!m) throw TOOL_FAILED('cannot read the host CPU frequency from /proc/cpuinfo')

@@ -44,9 +44,12 @@ export async function createLvmStore (options: LvmStoreOptions): Promise<LayerSt
     throw BAD_CONFIG(`bad volume group or pool name ${options.vg}/${options.pool}`)
   }
   const ctx: lvm.LvmContext = { udev: options.udev ?? true, config: options.lvmConfig }
-  await checkHost(ctx)
+  await checkHost()
 
-  let vg = await lvm.listVg(ctx, options.vg).catch(notFoundAs(undefined))
+  let vg = await lvm.listVg(ctx, options.vg).catch(err => {
+    if (err instanceof OsfarmError && err.code === 'TOOL_MISSING') throw BACKEND_UNAVAILABLE('lvm: lvm2 is not installed')
+    return notFoundAs(undefined)(err)
+  })
   if (!vg) {
     if (!options.pvs?.length) throw BAD_CONFIG(`volume group ${options.vg} does not exist (give PVs to create it)`, { vg: options.vg })
     await lvm.createPv(ctx, options.pvs)
@@ -65,13 +68,9 @@ export async function createLvmStore (options: LvmStoreOptions): Promise<LayerSt
 }
 
 // device-mapper is a kernel feature; the tools alone are not enough.
-async function checkHost (ctx: lvm.LvmContext): Promise<void> {
+async function checkHost (): Promise<void> {
   const misc = await fs.readFile('/proc/misc', 'utf8').catch(() => '')
   if (!/\bdevice-mapper\b/.test(misc)) throw BACKEND_UNAVAILABLE('lvm: this kernel has no device-mapper (dm-mod)')
-  await lvm.version(ctx).catch(err => {
-    if (err instanceof OsfarmError && err.code === 'TOOL_MISSING') throw BACKEND_UNAVAILABLE('lvm: lvm2 is not installed')
-    throw err
-  })
 }
 
 function notFoundAs<T> (value: T) {
@@ -235,10 +234,20 @@ class LvmStore implements LayerStore {
     return { backend: this.backend, volumes: ours.size, bytesUsed: used, bytesFree: pool.size - used }
   }
 
+  // One LV at a time, so one that something still holds open (left for the next start) does
+  // not keep the others.
   async recover (): Promise<string[]> {
-    const orphans = [...(await this.#scan()).ours].filter(([, row]) => row.attr[1] === 'w')
-    await lvm.remove(this.#ctx, this.#vg, orphans.map(([, row]) => row.name))
-    return orphans.map(([key]) => key)
+    const removed: string[] = []
+    for (const [key, row] of (await this.#scan()).ours) {
+      if (row.attr[1] !== 'w') continue
+      try {
+        await lvm.remove(this.#ctx, this.#vg, [row.name])
+        removed.push(key)
+      } catch (err) {
+        if (!(err instanceof OsfarmError && err.code === 'VOLUME_BUSY')) throw err
+      }
+    }
+    return removed
   }
 
   async close (): Promise<void> {

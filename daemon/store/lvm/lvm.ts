@@ -43,6 +43,7 @@ export interface VgRow {
 const STDERR_CODES: Array<[RegExp, ErrorCode]> = [
   [/already exists in volume group/i, 'VOLUME_EXISTS'],
   [/Volume group "[^"]*" not found/i, 'BAD_CONFIG'],
+  [/existing signature|Aborted wiping|Device \S+ excluded|Cannot use \S+: device/i, 'BAD_CONFIG'],
   [/Pool \S+ not found in Volume group/i, 'BAD_CONFIG'],
   [/Failed to find logical volume|not found in volume group|Snapshot origin LV \S+ not found/i, 'VOLUME_NOT_FOUND'],
   [/Insufficient (suitable allocatable extents|free space)|free space in thin pool|reached threshold|is full|out of data space/i, 'STORE_FULL'],
@@ -78,10 +79,6 @@ function configText (ctx: LvmContext): string {
   return [ctx.udev ? '' : NO_UDEV_CONFIG, ctx.config ?? ''].filter(Boolean).join(' ')
 }
 
-export async function version (ctx: LvmContext): Promise<string> {
-  return run(ctx, 'lvm', ['version'])
-}
-
 export async function listVg (ctx: LvmContext, vg: string): Promise<VgRow> {
   const json = await run(ctx, 'lvm', ['vgs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
     '-o', 'vg_name,vg_extent_size,vg_free', '--', vg])
@@ -109,12 +106,14 @@ export async function listLvs (ctx: LvmContext, vg: string): Promise<LvRow[]> {
   }))
 }
 
+// Without -y: LVM then refuses (stdin is closed, so every prompt is answered "no") to wipe a
+// device that holds a filesystem or other signature, rather than destroying it.
 export async function createPv (ctx: LvmContext, pvs: string[]): Promise<void> {
-  await run(ctx, 'lvm', ['pvcreate', '-y', '--', ...pvs])
+  await run(ctx, 'lvm', ['pvcreate', '--', ...pvs])
 }
 
 export async function createVg (ctx: LvmContext, vg: string, pvs: string[]): Promise<void> {
-  await run(ctx, 'lvm', ['vgcreate', '-y', '--', vg, ...pvs])
+  await run(ctx, 'lvm', ['vgcreate', '--', vg, ...pvs])
 }
 
 // A thin pool on `percentFree` of the VG's free space (LVM sizes the metadata LV and its spare).
