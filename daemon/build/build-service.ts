@@ -55,6 +55,8 @@ export class BuildService {
     await this.#images.checkName(name)
     let settle!: (p: Promise<BuildResultInfo>) => void
     const done = new Promise<BuildResultInfo>(resolve => { settle = resolve })
+    // Joiners see a failure through their own job; unjoined, it must not count as unhandled.
+    done.catch(() => {})
     this.#running.set(name, { key: plan.key, done })
     try {
       return this.#jobs.start('build', name, ctx => {
