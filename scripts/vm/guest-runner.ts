@@ -16,6 +16,7 @@ const DEFAULT_TIMEOUT_MS = 120_000
 const DEFAULT_MEMORY_MIB = 1024
 const MAX_DISKS = 16
 const CONSOLE_TAIL_BYTES = 4000
+const WORK_PREFIX = 'osfarm-vm-'
 
 export interface GuestDisk {
   // A sparse file backing the disk; made (or grown) to `size`. Without a path the runner makes a
@@ -60,7 +61,8 @@ export async function runInGuest (options: RunInGuestOptions): Promise<GuestResu
   if (disks.length > MAX_DISKS) throw BAD_PARAMS(`at most ${MAX_DISKS} guest disks`)
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS
   const assets = await ensureGuestAssets()
-  const work = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-vm-'))
+  await removeStaleWorkDirs()
+  const work = await fs.mkdtemp(path.join(os.tmpdir(), `${WORK_PREFIX}${process.pid}-`))
   try {
     const out = path.join(work, 'out')
     await fs.mkdir(out)
@@ -149,6 +151,26 @@ function jobScript (options: RunInGuestOptions, diskCount: number): string {
   }
   lines.push(`cd ${shellQuote(options.cwd ?? process.cwd())} || exit 125`, options.command, '')
   return lines.join('\n')
+}
+
+// A run killed with SIGKILL cannot clean up its work dir (and disk files); the next run removes
+// those whose process is gone.
+async function removeStaleWorkDirs (): Promise<void> {
+  const names = await fs.readdir(os.tmpdir()).catch(() => [] as string[])
+  for (const name of names) {
+    const m = new RegExp(`^${WORK_PREFIX}(\\d+)-`).exec(name)
+    if (!m || isAlive(Number(m[1]))) continue
+    await fs.rm(path.join(os.tmpdir(), name), { recursive: true, force: true }).catch(() => {})
+  }
+}
+
+function isAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
 }
 
 function shellQuote (s: string): string {
