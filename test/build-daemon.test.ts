@@ -56,6 +56,16 @@ t.test('build --wait registers the image with its layers; a repeat is cached', a
   const other = await d.ctlJson<BuildResultInfo>('build', await writeSpec('tiny2.json', { name: 'tiny2', files: [{ path: '/etc/motd', content: 'tiny\n' }], scripts: ['echo other > /copied'] }), '--wait')
   t.same(other.layers.map(l => l.cached), [true, true, false], 'lower layers reused across images')
   t.equal(other.layers[1]!.key, r.layers[1]!.key)
+
+  // image rm frees the layers only that image used; the shared ones stay for tiny.
+  const volumes = () => fs.readdir(path.join(d.dataDir, 'volumes'))
+  t.ok((await volumes()).includes(`${other.key}.img`))
+  const rm = await d.ctl('image', 'rm', 'tiny2')
+  t.equal(rm.exitCode, 0)
+  for (let i = 0; i < 50 && (await volumes()).includes(`${other.key}.img`); i++) await new Promise(resolve => setTimeout(resolve, 100))
+  const left = await volumes()
+  t.notOk(left.includes(`${other.key}.img`), 'the unshared scripts layer is freed')
+  for (const l of r.layers) t.ok(left.includes(`${l.key}.img`), `${l.step} layer of tiny kept`)
 })
 
 t.test('without --wait the job id comes back at once', async t => {

@@ -21,6 +21,8 @@ export interface BuildServiceOptions {
   log: Logger
   // Scratch space for builds (mount points, bootstrap trees, apt's cache).
   workDir: string
+  // With a cap, least recently used layers no image needs are evicted after each build.
+  cacheBytes?: number
 }
 
 export class BuildService {
@@ -30,12 +32,43 @@ export class BuildService {
   readonly #log: Logger
   // Builds running per image name, with the key they build, so one name is registered once.
   readonly #running = new Map<string, { key: string, done: Promise<BuildResultInfo> }>()
+  readonly #cacheBytes: number | undefined
 
   constructor (options: BuildServiceOptions) {
     this.builder = new Builder({ store: options.store, workDir: options.workDir })
     this.#images = options.images
     this.#jobs = options.jobs
     this.#log = options.log
+    this.#cacheBytes = options.cacheBytes
+    // `image rm` of a built image frees its layers that no other image uses.
+    this.#images.subscribe({
+      registered: () => {},
+      removed: image => {
+        if (image.origin !== 'build') return
+        void this.#freeLayers(image).catch(err => this.#log.warn('freeing layers failed', { image: image.id, error: String(err) }))
+      }
+    })
+  }
+
+  // Image volumes, and with layers, every layer some image was built from.
+  async #keep (layers: boolean): Promise<Set<string>> {
+    const keep = new Set<string>()
+    for (const i of await this.#images.list()) {
+      keep.add(i.volume)
+      if (layers) for (const l of i.layers) keep.add(l)
+    }
+    return keep
+  }
+
+  async #freeLayers (image: ImageInfo): Promise<void> {
+    const removed = await this.builder.removeLayers([...image.layers].reverse(), await this.#keep(true))
+    if (removed.length) this.#log.info('freed layers', { image: image.id, layers: removed.length })
+  }
+
+  // Evicts least recently used layers until the store holds at most maxBytes. An image's own
+  // volume is never evicted; the lower layers it was built from are only a cache and may be.
+  async prune (maxBytes: number): Promise<string[]> {
+    return this.builder.prune(maxBytes, await this.#keep(false))
   }
 
   async build (params: BuildParams): Promise<JobInfo> {
@@ -83,6 +116,10 @@ export class BuildService {
     const layers = result.layers.map(l => ({ key: l.key, step: l.step, cached: l.cached, seconds: l.seconds }))
     const image = await this.#images.register({ volume: result.volumeKey, name, origin: 'build', layers: layers.map(l => l.key), ctx })
     this.#log.info('image built', { image: image.id, name, key: result.key, built: layers.filter(l => !l.cached).length })
+    if (this.#cacheBytes !== undefined) {
+      const evicted = await this.prune(this.#cacheBytes)
+      if (evicted.length) this.#log.info('evicted layers', { layers: evicted.length })
+    }
     return { image, key: result.key, layers, cached: layers.every(l => l.cached) }
   }
 

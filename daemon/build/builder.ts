@@ -25,6 +25,10 @@ import { bootStep, filesStep, packagesStep, scriptsStep, type StepContext } from
 import { parseSpec, type ImageSpec, type SpecFormat, type ParseOptions } from './spec.js'
 import type { HostInfo } from './flavours/flavour.js'
 
+// Layer volumes are named by their key: 64 hex digits.
+const LAYER_KEY = /^[0-9a-f]{64}$/
+const USAGE_FILE = 'layer-use.json'
+
 export interface BuilderOptions {
   store: LayerStore
   // Scratch space: mount points, bootstrap trees, apt's cache. Must not be on a noexec mount.
@@ -69,6 +73,9 @@ export class Builder {
   #host: Promise<HostInfo> | undefined
   #inflight = new Map<string, Shared>()
   #aptQueue: Promise<unknown> = Promise.resolve()
+  // When each layer was last asked for (ms since the epoch), for LRU eviction; kept in workDir.
+  #used: Map<string, number> | undefined
+  #usedWrite: Promise<void> = Promise.resolve()
 
   constructor (options: BuilderOptions) {
     this.store = options.store
@@ -105,7 +112,74 @@ export class Builder {
       results[i] = { key: layer.key, step: layer.kind, cached: !built, seconds: Math.round(performance.now() - started) / 1000 }
       options.onProgress?.(i, built ? 'done' : 'cached', 1, 1)
     }
+    await this.#touch(plan.layers.map(l => l.key))
     return { key: plan.key, volumeKey: plan.key, layers: results }
+  }
+
+  // Removes least recently used layers until the store's volumes take at most maxBytes. Layers
+  // in `keep` (the volumes of registered images) and layers being built are never removed; a
+  // removed lower layer costs only a rebuild (children are independent volumes).
+  async prune (maxBytes: number, keep: Set<string>): Promise<string[]> {
+    const volumes = await this.store.list()
+    let total = volumes.reduce((n, v) => n + v.allocated, 0)
+    const used = await this.#usage()
+    const candidates = volumes
+      .filter(v => v.kind === 'committed' && LAYER_KEY.test(v.key) && !keep.has(v.key) && !this.#inflight.has(v.key))
+      .sort((a, b) => (used.get(a.key) ?? 0) - (used.get(b.key) ?? 0))
+    const removed: string[] = []
+    for (const v of candidates) {
+      if (total <= maxBytes) break
+      await this.store.remove(v.key)
+      used.delete(v.key)
+      total -= v.allocated
+      removed.push(v.key)
+    }
+    if (removed.length) await this.#saveUsage()
+    return removed
+  }
+
+  // Removes the given layers, except those in keep or being built; returns the removed keys.
+  async removeLayers (keys: string[], keep: Set<string>): Promise<string[]> {
+    const removed: string[] = []
+    for (const key of keys) {
+      if (keep.has(key) || this.#inflight.has(key) || !LAYER_KEY.test(key)) continue
+      const info = await this.store.stat(key)
+      if (info?.kind !== 'committed') continue
+      await this.store.remove(key)
+      ;(await this.#usage()).delete(key)
+      removed.push(key)
+    }
+    if (removed.length) await this.#saveUsage()
+    return removed
+  }
+
+  async #usage (): Promise<Map<string, number>> {
+    if (!this.#used) {
+      const text = await fs.readFile(path.join(this.workDir, USAGE_FILE), 'utf8').catch(() => '{}')
+      let parsed: Record<string, number> = {}
+      try { parsed = JSON.parse(text) } catch {}
+      this.#used ??= new Map(Object.entries(parsed).filter(([k, v]) => LAYER_KEY.test(k) && typeof v === 'number'))
+    }
+    return this.#used
+  }
+
+  async #touch (keys: string[]): Promise<void> {
+    const used = await this.#usage()
+    const now = Date.now()
+    for (const k of keys) used.set(k, now)
+    await this.#saveUsage()
+  }
+
+  // Written whole to a temporary file and renamed; writes are serialised.
+  #saveUsage (): Promise<void> {
+    const write = async () => {
+      await fs.mkdir(this.workDir, { recursive: true })
+      const file = path.join(this.workDir, USAGE_FILE)
+      await fs.writeFile(file + '.tmp', JSON.stringify(Object.fromEntries(this.#used ?? [])))
+      await fs.rename(file + '.tmp', file)
+    }
+    this.#usedWrite = this.#usedWrite.then(write, write)
+    return this.#usedWrite
   }
 
   // Resolves true if this call built the layer (or joined the job that did), false if the
