@@ -1,5 +1,8 @@
-// chroot, wrapped once: a command run inside an image's root with a clean environment.
+// chroot, wrapped once: a command run inside an image's root with a clean environment. On
+// cancel, everything running in that root is killed too: a child a script left in the
+// background would otherwise hold the output pipes (and the mount) open.
 
+import { killRootedIn } from './mount.js'
 import { run, type RunResult } from './run.js'
 
 export interface ChrootOptions {
@@ -10,5 +13,11 @@ export interface ChrootOptions {
 }
 
 export async function chroot (root: string, argv: string[], options: ChrootOptions = {}): Promise<RunResult> {
-  return run('chroot', [root, ...argv], { env: options.env, input: options.input, signal: options.signal, onLine: options.onLine, pkg: 'coreutils' })
+  const onAbort = () => { void killRootedIn(root) }
+  options.signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    return await run('chroot', [root, ...argv], { env: options.env, input: options.input, signal: options.signal, onLine: options.onLine, pkg: 'coreutils' })
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort)
+  }
 }

@@ -81,7 +81,7 @@ export async function resetSuperblock (device: string, time: number, uuid: strin
 // Reads a file out of an unmounted filesystem (no mount needed); undefined if it is absent.
 export async function readFile (device: string, file: string): Promise<Buffer | undefined> {
   const { execa } = await import('execa')
-  const r = await execa('debugfs', ['-R', `cat "${file.replace(/"/g, '')}"`, device], { encoding: 'buffer', reject: false, env: { LC_ALL: 'C', PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' } })
+  const r = await execa('debugfs', ['-R', `cat "${file.replace(/"/g, '')}"`, device], { encoding: 'buffer', reject: false, stripFinalNewline: false, env: { LC_ALL: 'C', PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' } })
   const err = Buffer.from(r.stderr as Uint8Array).toString()
   if (r.exitCode !== 0 || /File not found|not found by ext2_lookup/.test(err)) return undefined
   return Buffer.from(r.stdout as Uint8Array)
