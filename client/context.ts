@@ -1,7 +1,9 @@
 // What every osfarmctl command gets: a way to reach the daemon with the global options.
 
+import fs from 'node:fs'
 import type { Command } from 'commander'
-import { OsfarmClient } from './client.js'
+import { DEFAULT_SOCKET, OsfarmClient } from './client.js'
+import { adminSocketPath } from '../protocol/rpc.js'
 import { VERSION } from './version.js'
 
 export interface CliContext {
@@ -11,8 +13,10 @@ export interface CliContext {
 export function cliContext (program: Command): CliContext {
   return {
     async connect () {
-      const socket: string | undefined = program.opts().socket
-      const client = await OsfarmClient.connect(socket)
+      const socket: string = program.opts().socket ?? DEFAULT_SOCKET
+      // Root uses the admin socket where the daemon limits writes to root.
+      const admin = adminSocketPath(socket)
+      const client = await OsfarmClient.connect(process.getuid?.() === 0 && fs.existsSync(admin) ? admin : socket)
       const daemon = await client.call('daemon.version', {})
       if (daemon.version !== VERSION) {
         process.stderr.write(`osfarmctl: warning: client ${VERSION} and daemon ${daemon.version} differ\n`)

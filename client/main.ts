@@ -12,6 +12,9 @@ import * as job from './commands/job.js'
 import * as fetch from './commands/fetch.js'
 import * as fleet from './commands/fleet.js'
 import * as peer from './commands/peer.js'
+import * as stats from './commands/stats.js'
+import * as config from './commands/config.js'
+import * as completion from './commands/completion.js'
 
 const program = new Command('osfarmctl')
   .description('control osfarmd: build, store and move VM images')
@@ -20,7 +23,7 @@ const program = new Command('osfarmctl')
   .showHelpAfterError()
 
 const ctx = cliContext(program)
-for (const command of [status, image, build, job, fetch, fleet, peer]) command.register(program, ctx)
+for (const command of [status, image, build, job, fetch, fleet, peer, stats, config, completion]) command.register(program, ctx)
 
 program.parseAsync().then(() => process.exit(0), err => {
   const e = OsfarmError.from(err)

@@ -1,5 +1,6 @@
-// osfarmd's configuration: built-in defaults, then a JSON file, then command-line flags.
-// Every key is checked; an unknown key or a wrong type is an error that names it.
+// osfarmd's configuration: built-in defaults, then a JSON file (comments allowed: // and /* */),
+// then command-line flags. Every key is checked; an unknown key or a wrong type is an error
+// that names it.
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
@@ -16,6 +17,10 @@ export interface Config {
   // Socket file mode (octal string) and group; the group's members may use osfarmctl.
   socketMode: string
   socketGroup: string | null
+  // The web console and JSON-RPC over HTTP, off by default. `listen` is "host:port"; `token`, a
+  // bearer token, is required unless the host is a loopback address, where local users may
+  // instead use the rights they have on the socket.
+  http: HttpConfig
   // Layer store backend.
   store: 'file' | 'lvm'
   // Block size of new manifests (a power of two; 4096 matches filesystem blocks).
@@ -23,6 +28,16 @@ export interface Config {
   // Worker threads that hash blocks; 0 means one per core.
   hashThreads: number
   logLevel: LogLevel
+  // Limit methods that change state to root: the socket above then serves only reads, and a
+  // second socket, `<socket>-admin.sock` with mode 0600, serves everything.
+  writeRequiresRoot: boolean
+  // "host:port" on a loopback address for a Prometheus text endpoint (/metrics); null: off.
+  metricsListen: string | null
+}
+
+export interface HttpConfig {
+  listen: string | null
+  token?: string
 }
 
 export const DEFAULTS: Config = {
@@ -30,10 +45,13 @@ export const DEFAULTS: Config = {
   socket: '/run/osfarm/osfarmd.sock',
   socketMode: '0660',
   socketGroup: null,
+  http: { listen: null },
   store: 'file',
   blockSize: DEFAULT_BLOCK_SIZE,
   hashThreads: 0,
-  logLevel: 'info'
+  logLevel: 'info',
+  writeRequiresRoot: false,
+  metricsListen: null
 }
 
 type Check = (v: unknown, key: string) => unknown
@@ -43,10 +61,19 @@ const checks: Record<keyof Config, Check> = {
   socket: str,
   socketMode: (v, k) => { if (typeof v !== 'string' || !/^0?[0-7]{3}$/.test(v)) throw BAD_CONFIG(`${k} must be an octal mode like "0660"`); return v },
   socketGroup: (v, k) => v === null ? v : str(v, k),
+  http: (v, k) => checkHttp(v, k),
   store: (v, k) => { if (v !== 'file' && v !== 'lvm') throw BAD_CONFIG(`${k} must be "file" or "lvm"`); return v },
   blockSize: (v, k) => { try { checkBlockSize(v as number) } catch (e) { throw BAD_CONFIG(`${k}: ${(e as Error).message.replace(/^\w+: /, '')}`) } return v },
   hashThreads: (v, k) => { if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 256) throw BAD_CONFIG(`${k} must be an integer from 0 to 256`); return v },
-  logLevel: (v, k) => { if (!LOG_LEVELS.includes(v as LogLevel)) throw BAD_CONFIG(`${k} must be one of ${LOG_LEVELS.join(', ')}`); return v }
+  logLevel: (v, k) => { if (!LOG_LEVELS.includes(v as LogLevel)) throw BAD_CONFIG(`${k} must be one of ${LOG_LEVELS.join(', ')}`); return v },
+  writeRequiresRoot: (v, k) => { if (typeof v !== 'boolean') throw BAD_CONFIG(`${k} must be true or false`); return v },
+  metricsListen: (v, k) => {
+    if (v === null) return v
+    if (typeof v !== 'string' || !/^(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d{1,5}$/.test(v) || Number(v.split(':').pop()) > 65535) {
+      throw BAD_CONFIG(`${k} must be "host:port" on a loopback address, e.g. "127.0.0.1:9477"`)
+    }
+    return v
+  }
 }
 
 export function validateConfig (input: Record<string, unknown>, where = 'config'): Partial<Config> {
@@ -68,7 +95,7 @@ export async function readConfigFile (file: string): Promise<Partial<Config>> {
   }
   let parsed: unknown
   try {
-    parsed = JSON.parse(text)
+    parsed = JSON.parse(stripComments(text))
   } catch (err) {
     throw BAD_CONFIG(`${file} is not valid JSON: ${(err as Error).message}`)
   }
@@ -78,9 +105,59 @@ export async function readConfigFile (file: string): Promise<Partial<Config>> {
 
 export async function loadConfig (file: string | undefined, flags: Partial<Config>): Promise<Config> {
   const fromFile = file ? await readConfigFile(file) : {}
-  const merged = { ...DEFAULTS, ...fromFile, ...validateConfig(flags, 'flags') }
+  const fromFlags = validateConfig(flags, 'flags')
+  const merged = { ...DEFAULTS, ...fromFile, ...fromFlags }
+  merged.http = { ...DEFAULTS.http, ...fromFile.http, ...fromFlags.http }
+  if (merged.http.listen && !merged.http.token && !isLoopbackListen(merged.http.listen)) {
+    throw BAD_CONFIG(`http.listen ${merged.http.listen} is not a loopback address: set http.token too`)
+  }
   merged.dataDir = path.resolve(merged.dataDir)
   merged.socket = path.resolve(merged.socket)
   if (merged.hashThreads === 0) merged.hashThreads = os.availableParallelism()
   return merged
+}
+
+// Removes // and /* */ comments outside strings, so a config file can explain itself.
+export function stripComments (text: string): string {
+  let out = ''
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]
+    if (c === '"') {
+      const start = i
+      for (i++; i < text.length && text[i] !== '"'; i++) if (text[i] === '\\') i++
+      out += text.slice(start, i + 1)
+    } else if (c === '/' && text[i + 1] === '/') {
+      while (i < text.length && text[i] !== '\n') i++
+      out += '\n'
+    } else if (c === '/' && text[i + 1] === '*') {
+      const end = text.indexOf('*/', i + 2)
+      const comment = text.slice(i, end === -1 ? text.length : end + 2)
+      out += comment.replace(/[^\n]/g, ' ')
+      i = end === -1 ? text.length : end + 1
+    } else {
+      out += c
+    }
+  }
+  return out
+}
+
+const LISTEN = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9A-Fa-f:.]+)\]|(localhost)):(\d{1,5})$/
+
+function checkHttp (v: unknown, k: string): Partial<HttpConfig> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw BAD_CONFIG(`${k} must be an object like { "listen": "127.0.0.1:7480" }`)
+  const o = v as Record<string, unknown>
+  for (const key of Object.keys(o)) if (key !== 'listen' && key !== 'token') throw BAD_CONFIG(`${k}: unknown key "${key}" (listen, token)`)
+  if (o.listen !== undefined && o.listen !== null) {
+    const m = typeof o.listen === 'string' ? LISTEN.exec(o.listen) : null
+    if (!m || Number(m[4]) > 65535) throw BAD_CONFIG(`${k}.listen must be "host:port" with an IP address or localhost, e.g. "127.0.0.1:7480"`)
+  }
+  if (o.token !== undefined && (typeof o.token !== 'string' || !/^[\x21-\x7e]{16,256}$/.test(o.token))) {
+    throw BAD_CONFIG(`${k}.token must be 16 to 256 printable characters without spaces`)
+  }
+  return o as Partial<HttpConfig>
+}
+
+function isLoopbackListen (listen: string): boolean {
+  const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '')
+  return host === 'localhost' || host === '::1' || host.startsWith('127.')
 }

@@ -17,9 +17,15 @@ import { BuildService } from './build/build-service.js'
 import { openStore } from './store/open-store.js'
 import type { LayerStore } from './store/layer-store.js'
 import { RpcServer } from './rpc/server.js'
+import { HttpServer } from './http/http-server.js'
+import { PackageIndex } from './console/package-index.js'
 import { methodTable } from './rpc/methods.js'
 import { recoverVolumes, TransferService } from './transfer/transfer-service.js'
 import type { Logger } from './log.js'
+import { Metrics, serveMetrics } from './metrics.js'
+import { sdNotify } from './notify.js'
+import { adminSocketPath } from '../protocol/rpc.js'
+import type http from 'node:http'
 
 export const VERSION: string = createRequire(import.meta.url)('../../package.json').version
 
@@ -38,7 +44,11 @@ export class Daemon {
   images!: ImageService
   builds!: BuildService
   transfers!: TransferService
-  #rpc: RpcServer | undefined
+  readonly packages = new PackageIndex()
+  #http: HttpServer | undefined
+  readonly metrics = new Metrics()
+  #rpc: RpcServer[] = []
+  #metricsServer: http.Server | undefined
 
   constructor (config: Config, log: Logger) {
     this.config = config
@@ -55,7 +65,7 @@ export class Daemon {
       if (orphans.length) this.log.warn('removed unfinished volumes left by a crash', { volumes: orphans.join(',') })
       const unregistered = await this.catalog.recoverPending()
       if (unregistered.length) this.log.warn('removed index entries of unfinished registrations', { volumes: unregistered.join(',') })
-      this.jobs = new JobManager(this.catalog, this.log)
+      this.jobs = new JobManager(this.catalog, this.log, job => this.metrics.onJobEnd(job))
       await this.jobs.load()
       // Hashing threads start with the daemon: their memory is part of its steady state.
       this.hasher = new BlockHasher(this.config.hashThreads)
@@ -64,26 +74,46 @@ export class Daemon {
       this.builds = new BuildService({ store: this.store, images: this.images, jobs: this.jobs, log: this.log, workDir: path.join(dataDir, 'build') })
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
       await this.transfers.start()
-      await prepareSocket(socket)
-      this.#rpc = new RpcServer({
-        socket,
-        mode: parseInt(this.config.socketMode, 8),
-        group: this.config.socketGroup === null ? null : await groupId(this.config.socketGroup),
-        table: methodTable(this),
-        log: this.log
-      })
-      await this.#rpc.listen()
+      this.#addGauges()
+      const group = this.config.socketGroup === null ? null : await groupId(this.config.socketGroup)
+      const table = methodTable(this)
+      const sockets = [{ socket, mode: parseInt(this.config.socketMode, 8), group, readOnly: this.config.writeRequiresRoot }]
+      if (this.config.writeRequiresRoot) sockets.push({ socket: adminSocketPath(socket), mode: 0o600, group: null, readOnly: false })
+      for (const s of sockets) {
+        await prepareSocket(s.socket)
+        const server = new RpcServer({ ...s, table, log: this.log })
+        await server.listen()
+        this.#rpc.push(server)
+      }
+      if (this.config.metricsListen) this.#metricsServer = await serveMetrics(this.metrics, this.config.metricsListen, this.log)
+      if (this.config.http.listen) {
+        this.#http = new HttpServer({
+          listen: this.config.http.listen,
+          table,
+          daemon: this,
+          log: this.log,
+          scratchDir: path.join(dataDir, 'http'),
+          access: { token: this.config.http.token, socket, socketReadOnly: this.config.writeRequiresRoot }
+        })
+        await this.#http.listen()
+      }
     } catch (err) {
+      await this.#http?.close()
       await this.#closeAll()
       throw err
     }
     this.log.info('osfarmd ready', { version: VERSION, socket, data: dataDir, store: this.store.backend, pid: process.pid })
+    await sdNotify('READY=1', this.log)
   }
 
   async stop (): Promise<void> {
     this.log.info('osfarmd stopping')
-    await this.#rpc?.close()
-    this.#rpc = undefined
+    await sdNotify('STOPPING=1', this.log)
+    await this.#http?.close()
+    this.#http = undefined
+    await Promise.all(this.#rpc.map(s => s.close()))
+    this.#rpc = []
+    await new Promise(resolve => this.#metricsServer ? this.#metricsServer.close(resolve) : resolve(undefined))
     await this.jobs?.stopAll(STOP_JOBS_TIMEOUT_MS)
     await this.#closeAll()
     this.log.info('osfarmd stopped')
@@ -94,6 +124,22 @@ export class Daemon {
     await this.hasher?.close()
     await this.store?.close()
     await this.catalog?.close()
+  }
+
+  #addGauges (): void {
+    this.metrics.addGauges(async () => {
+      const usage = await this.store.usage()
+      const peers = this.transfers.peerList()
+      return [
+        { name: 'osfarm_images', help: 'Images in the catalog', samples: [{ labels: {}, value: (await this.catalog.listImages()).length }] },
+        { name: 'osfarm_jobs_running', help: 'Jobs running now', samples: [{ labels: {}, value: this.jobs.runningCount }] },
+        { name: 'osfarm_store_bytes', help: 'Layer store bytes, used and free', samples: [{ labels: { backend: usage.backend, kind: 'used' }, value: usage.bytesUsed }, { labels: { backend: usage.backend, kind: 'free' }, value: usage.bytesFree }] },
+        { name: 'osfarm_store_volumes', help: 'Volumes in the layer store', samples: [{ labels: { backend: usage.backend }, value: usage.volumes }] },
+        { name: 'osfarm_peers', help: 'Fleet peers connected now', samples: [{ labels: {}, value: peers.length }] },
+        { name: 'osfarm_peer_bytes', help: 'Bytes exchanged with each connected peer, in (received) and out (served)', samples: peers.flatMap(p => [{ labels: { peer: p.key, direction: 'in' }, value: p.bytesIn }, { labels: { peer: p.key, direction: 'out' }, value: p.bytesOut }]) },
+        { name: 'osfarm_peer_rate_bytes_per_second', help: 'Receive rate from each connected peer', samples: peers.map(p => ({ labels: { peer: p.key }, value: p.rateIn })) }
+      ]
+    })
   }
 
   async status (): Promise<DaemonStatus> {

@@ -1,8 +1,12 @@
 // Structured logs: one line per event on stdout (journald adds the time), `level=… msg=… k=v`.
-// Callers pass fields, never secrets: keys and fleet secrets are not logged anywhere.
+// Under systemd (JOURNAL_STREAM set) each line starts with a `<N>` syslog priority, which
+// journald turns into the entry's level. Callers pass fields, never secrets: keys and fleet
+// secrets are not logged anywhere.
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
 const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 }
+const SYSLOG_PRIORITY: Record<LogLevel, number> = { debug: 7, info: 6, warn: 4, error: 3 }
+const TO_JOURNAL = process.env.JOURNAL_STREAM !== undefined
 export const LOG_LEVELS = Object.keys(RANK) as LogLevel[]
 
 export type LogFields = Record<string, string | number | boolean | undefined | null>
@@ -19,7 +23,7 @@ export function createLogger (level: LogLevel = 'info', base: LogFields = {}, wr
   const min = RANK[level]
   const emit = (lvl: LogLevel, msg: string, fields?: LogFields) => {
     if (RANK[lvl] < min) return
-    let line = `level=${lvl} msg=${quote(msg)}`
+    let line = `${TO_JOURNAL ? `<${SYSLOG_PRIORITY[lvl]}>` : ''}level=${lvl} msg=${quote(msg)}`
     for (const [k, v] of Object.entries({ ...base, ...fields })) {
       if (v === undefined || v === null) continue
       line += ` ${k}=${typeof v === 'string' ? quote(v) : v}`

@@ -21,6 +21,7 @@ program.command('run', { isDefault: true })
   .option('--block-size <bytes>', 'block size of new manifests', Number)
   .option('--hash-threads <n>', 'hashing threads (0: one per core)', Number)
   .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']))
+  .option('--http <host:port>', 'serve the web console and JSON-RPC over HTTP (e.g. 127.0.0.1:7480)')
   .action(async opts => {
     const flags: Partial<Config> = {
       dataDir: opts.data,
@@ -28,7 +29,8 @@ program.command('run', { isDefault: true })
       store: opts.store,
       blockSize: opts.blockSize,
       hashThreads: opts.hashThreads,
-      logLevel: opts.logLevel
+      logLevel: opts.logLevel,
+      http: opts.http === undefined ? undefined : { listen: opts.http }
     }
     const config = await loadConfig(opts.config, flags)
     const log = createLogger(config.logLevel)

@@ -160,11 +160,67 @@ export interface FetchResult {
   alreadyPresent: boolean
 }
 
+export interface MetricSample {
+  labels: Record<string, string>
+  value: number
+}
+
+export interface MetricFamily {
+  name: string
+  help: string
+  type: 'counter' | 'gauge'
+  samples: MetricSample[]
+}
+
+// Where a daemon that limits writes to root serves them: mode 0600, next to the main socket.
+export function adminSocketPath (socket: string): string {
+  return socket.replace(/(\.sock)?$/, '-admin.sock')
+}
+
+// package.search: packages of one repository's Packages index whose name (first) or short
+// description matches the query; for the spec editor.
+export interface PackageSummary {
+  name: string
+  version: string
+  section: string
+  // KiB, as the index gives it.
+  installedSize: number
+  description: string
+}
+
+export interface PackageSearchResult {
+  uri: string
+  suite: string
+  component: string
+  arch: string
+  // Packages in the index, and how many matched (at most `limit` are listed).
+  total: number
+  matches: number
+  packages: PackageSummary[]
+}
+
+// spec.check: a spec's layer plan without building it; a bad spec is a SPEC_INVALID error whose
+// data.issues name each field (and XML line).
+export interface SpecCheckResult {
+  name: string
+  key: string
+  layers: Array<{ key: string, step: string, cached: boolean }>
+}
+
+// fleet.images: what peers advertise, by root, with the peers that hold each.
+export interface FleetImage {
+  root: string
+  name: string
+  size: number
+  holders: Array<{ key: string, host: string }>
+}
+
 // One entry per method: params and result types. The daemon's table and the typed client are
 // both checked against this map.
 export interface Methods {
   'daemon.status': { params: Record<string, never>, result: DaemonStatus }
   'daemon.version': { params: Record<string, never>, result: { version: string, apiVersion: number } }
+  'daemon.stats': { params: Record<string, never>, result: MetricFamily[] }
   'image.list': { params: Record<string, never>, result: ImageInfo[] }
   'image.get': { params: { id: string }, result: ImageInfo }
   'image.import': { params: { path: string, name: string }, result: JobInfo }
@@ -185,6 +241,9 @@ export interface Methods {
   'fleet.allow': { params: { key: string }, result: FleetInfo }
   'fleet.deny': { params: { key: string }, result: FleetInfo }
   'peer.list': { params: Record<string, never>, result: PeerInfo[] }
+  'package.search': { params: { query: string, suite: string, uri?: string, component?: string, arch?: string, limit?: number }, result: PackageSearchResult }
+  'spec.check': { params: { spec: string, format?: 'xml' | 'json' }, result: SpecCheckResult }
+  'fleet.images': { params: Record<string, never>, result: FleetImage[] }
 }
 
 export type MethodName = keyof Methods

@@ -36,9 +36,12 @@ export class JobManager {
   readonly #finished = new Map<string, JobInfo>()
   readonly #events = new EventEmitter()
 
-  constructor (catalog: Catalog, log: Logger) {
+  readonly #onEnd: (job: JobInfo) => void
+
+  constructor (catalog: Catalog, log: Logger, onEnd: (job: JobInfo) => void = () => {}) {
     this.#catalog = catalog
     this.#log = log
+    this.#onEnd = onEnd
     this.#events.setMaxListeners(0)
   }
 
@@ -95,6 +98,7 @@ export class JobManager {
       this.#trimFinished()
       await this.#catalog.putJob(info).catch(err => this.#log.error('cannot record job', { job: id, error: err.message }))
       this.#log.info('job ended', { job: id, kind, state: info.state, error: info.error?.message })
+      this.#onEnd({ ...info })
       this.#events.emit(id, { type: 'progress', job: info } satisfies JobEvent)
       return info
     })()

@@ -6,6 +6,8 @@ import { API_VERSION } from '../../protocol/rpc.js'
 import type { ParamSpec } from './params.js'
 import type { Daemon } from '../daemon.js'
 import type { JobEvent } from '../jobs/jobs.js'
+import { checkSpec } from '../console/spec-check.js'
+import { fleetImages } from '../console/fleet-images.js'
 
 export interface CallContext {
   // Sends a JSON-RPC notification to the calling connection.
@@ -28,6 +30,7 @@ export function methodTable (d: Daemon): MethodTable {
   return {
     'daemon.status': { params: {}, write: false, handler: () => d.status() },
     'daemon.version': { params: {}, write: false, handler: () => ({ version: d.version, apiVersion: API_VERSION }) },
+    'daemon.stats': { params: {}, write: false, handler: () => d.metrics.snapshot() },
     'image.list': { params: {}, write: false, handler: () => d.images.list() },
     'image.get': { params: id, write: false, handler: p => d.images.get(p.id) },
     'image.build': {
@@ -71,6 +74,14 @@ export function methodTable (d: Daemon): MethodTable {
     'fleet.show': { params: {}, write: false, handler: () => d.transfers.fleetShow() },
     'fleet.allow': { params: { key: { type: 'string' } }, write: true, handler: p => d.transfers.fleetAllow(p.key, true) },
     'fleet.deny': { params: { key: { type: 'string' } }, write: true, handler: p => d.transfers.fleetAllow(p.key, false) },
-    'peer.list': { params: {}, write: false, handler: () => d.transfers.peerList() }
+    'peer.list': { params: {}, write: false, handler: () => d.transfers.peerList() },
+    'package.search': {
+      params: { query: { type: 'string' }, suite: { type: 'string' }, uri: { type: 'string', optional: true }, component: { type: 'string', optional: true }, arch: { type: 'string', optional: true }, limit: { type: 'number', optional: true } },
+      write: false,
+      handler: p => d.packages.search(p)
+    },
+    // Planning hashes the host files a spec names, as the daemon's user: as guarded as image.build.
+    'spec.check': { params: { spec: { type: 'string' }, format: { type: ['xml', 'json'], optional: true } }, write: true, handler: p => checkSpec(d.builds, d.store, p.spec, p.format) },
+    'fleet.images': { params: {}, write: false, handler: () => fleetImages(d.transfers.swarm) }
   }
 }

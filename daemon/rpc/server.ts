@@ -4,50 +4,30 @@
 
 import net from 'node:net'
 import fs from 'node:fs/promises'
-import { JSONRPCServer, JSONRPCErrorException, createJSONRPCErrorResponse, type JSONRPCResponse } from 'json-rpc-2.0'
-import { ERRORS, OsfarmError, isErrorCode, type ErrorCode } from '../../protocol/errors.js'
 import { MAX_FRAME_BYTES } from '../../protocol/rpc.js'
-import { checkParams } from './params.js'
+import { Dispatcher, frameTooLarge } from './dispatcher.js'
 import type { CallContext, MethodTable } from './methods.js'
 import type { Logger } from '../log.js'
-
-const STANDARD_CODES: Record<number, ErrorCode> = {
-  [-32700]: 'BAD_REQUEST',
-  [-32600]: 'BAD_REQUEST',
-  [-32601]: 'UNKNOWN_METHOD',
-  [-32602]: 'BAD_PARAMS',
-  [-32603]: 'INTERNAL'
-}
 
 export interface RpcServerOptions {
   socket: string
   mode: number
   group: number | null
+  // Refuse methods marked `write` (this socket is open to a group; root has the admin socket).
+  readOnly: boolean
   table: MethodTable
   log: Logger
 }
 
 export class RpcServer {
   readonly #server: net.Server
-  // Handler errors are answered to the caller and logged here, not printed by the library.
-  readonly #rpc = new JSONRPCServer<CallContext>({ errorListener: () => {} })
+  readonly #rpc: Dispatcher
   readonly #connections = new Set<net.Socket>()
   readonly #opts: RpcServerOptions
 
   constructor (opts: RpcServerOptions) {
     this.#opts = opts
-    for (const [name, entry] of Object.entries(opts.table)) {
-      this.#rpc.addMethod(name, async (params, ctx) => {
-        try {
-          const checked = checkParams(entry.params, params)
-          return await (entry.handler as (p: unknown, c: CallContext) => unknown)(checked, ctx)
-        } catch (err) {
-          const e = OsfarmError.from(err)
-          if (e.code === 'INTERNAL') opts.log.error('method failed', { method: name, error: e.message })
-          throw new JSONRPCErrorException(e.text, e.rpcCode, { code: e.code, ...e.details })
-        }
-      })
-    }
+    this.#rpc = new Dispatcher({ table: opts.table, log: opts.log, readOnly: opts.readOnly, readOnlyHint: 'run osfarmctl as root' })
     this.#server = net.createServer(socket => this.#accept(socket))
   }
 
@@ -112,32 +92,6 @@ export class RpcServer {
 
   #handleLine (line: string, ctx: CallContext, send: (msg: unknown) => void): void {
     if (line.trim() === '') return
-    let request: unknown
-    try {
-      request = JSON.parse(line)
-    } catch {
-      send(createJSONRPCErrorResponse(null, -32700, 'parse error: not valid JSON', { code: 'BAD_REQUEST' }))
-      return
-    }
-    Promise.resolve(this.#rpc.receive(request as never, ctx)).then(response => {
-      if (response) send(withCodes(response))
-    }, err => {
-      this.#opts.log.error('rpc dispatch failed', { error: (err as Error).message })
-      send(createJSONRPCErrorResponse(null, ERRORS.INTERNAL.rpc, 'internal error', { code: 'INTERNAL' }))
-    })
+    this.#rpc.receiveText(line, ctx).then(response => { if (response) send(response) })
   }
-}
-
-function frameTooLarge () {
-  return createJSONRPCErrorResponse(null, ERRORS.FRAME_TOO_LARGE.rpc, `frame larger than ${MAX_FRAME_BYTES} bytes`, { code: 'FRAME_TOO_LARGE' })
-}
-
-// Errors the library makes itself (invalid request, unknown method) get a code in data too.
-function withCodes (response: JSONRPCResponse | JSONRPCResponse[]): JSONRPCResponse | JSONRPCResponse[] {
-  if (Array.isArray(response)) return response.map(r => withCodes(r) as JSONRPCResponse)
-  const error = (response as { error?: { code: number, data?: { code?: string } } }).error
-  if (error && !isErrorCode(error.data?.code)) {
-    error.data = { ...(typeof error.data === 'object' ? error.data : {}), code: STANDARD_CODES[error.code] ?? 'INTERNAL' }
-  }
-  return response
 }
