@@ -44,7 +44,7 @@ export async function createLvmStore (options: LvmStoreOptions): Promise<LayerSt
     throw BAD_CONFIG(`bad volume group or pool name ${options.vg}/${options.pool}`)
   }
   const ctx: lvm.LvmContext = { udev: options.udev ?? true, config: options.lvmConfig }
-  await checkHost()
+  await checkHost(ctx)
 
   let vg = await lvm.listVg(ctx, options.vg).catch(err => {
     if (err instanceof OsfarmError && err.code === 'TOOL_MISSING') throw BACKEND_UNAVAILABLE('lvm: lvm2 is not installed')
@@ -68,9 +68,13 @@ export async function createLvmStore (options: LvmStoreOptions): Promise<LayerSt
 }
 
 // device-mapper is a kernel feature; the tools alone are not enough.
-async function checkHost (): Promise<void> {
+async function checkHost (ctx: lvm.LvmContext): Promise<void> {
   const misc = await fs.readFile('/proc/misc', 'utf8').catch(() => '')
-  if (!/\bdevice-mapper\b/.test(misc)) throw BACKEND_UNAVAILABLE('lvm: this kernel has no device-mapper (dm-mod)')
+  if (/\bdevice-mapper\b/.test(misc)) return
+  await lvm.dmVersion(ctx).catch(err => {
+    const why = err instanceof OsfarmError && err.code === 'TOOL_MISSING' ? 'dmsetup is not installed (lvm2)' : 'this kernel has no device-mapper (dm-mod)'
+    throw BACKEND_UNAVAILABLE(`lvm: ${why}`)
+  })
 }
 
 function notFoundAs<T> (value: T) {

@@ -79,6 +79,11 @@ function configText (ctx: LvmContext): string {
   return [ctx.udev ? '' : NO_UDEV_CONFIG, ctx.config ?? ''].filter(Boolean).join(' ')
 }
 
+// Opening /dev/mapper/control also loads dm-mod where it is a module not loaded yet.
+export async function dmVersion (ctx: LvmContext): Promise<string> {
+  return run(ctx, 'dmsetup', ['version'])
+}
+
 export async function listVg (ctx: LvmContext, vg: string): Promise<VgRow> {
   const json = await run(ctx, 'lvm', ['vgs', '--reportformat', 'json', '--units', 'b', '--nosuffix',
     '-o', 'vg_name,vg_extent_size,vg_free', '--', vg])
