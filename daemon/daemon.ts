@@ -63,8 +63,8 @@ export class Daemon {
       this.store = await openStore(this.config)
       const orphans = await recoverVolumes(this.store, TransferService.keepOnRecover)
       if (orphans.length) this.log.warn('removed unfinished volumes left by a crash', { volumes: orphans.join(',') })
-      const unregistered = await this.catalog.recoverPending()
-      if (unregistered.length) this.log.warn('removed index entries of unfinished registrations', { volumes: unregistered.join(',') })
+      const stray = await this.catalog.sweepManifests()
+      if (stray.length) this.log.warn('removed manifests of unfinished registrations', { roots: stray.join(',') })
       this.jobs = new JobManager(this.catalog, this.log, job => this.metrics.onJobEnd(job))
       await this.jobs.load()
       // Hashing threads start with the daemon: their memory is part of its steady state.

@@ -3,53 +3,36 @@
 //
 //   images     id → ImageInfo (JSON)
 //   names      name → id
-//   locator    0x01 ‖ hash ‖ volume key → block index (u48)   (which local volume holds a block)
-//              raw binary keys outside the sublevels: a big image has hundreds of thousands
 //   jobs       id → JobInfo (JSON)
-//   pending    volume key → root, while an image's locator entries are being written
-// An image is listed only once its manifest and locator entries are all written. Manifests are
-// blobs (16 MiB for a 2 GiB image at 4 KiB blocks): they live as files, `manifests/<root>`, written
-// and synced before the records that name them.
+// Manifests are blobs (16 MiB for a 2 GiB image at 4 KiB blocks): they live as files,
+// `manifests/<root>`, written and synced before the record that names them; an image and its
+// name land in one atomic batch. The block locator (which volume holds a hash) is built in
+// memory from the manifests (daemon/transfer/local-blocks.ts).
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { Level } from 'level'
 import { DAEMON_ALREADY_RUNNING, IMAGE_NOT_FOUND, AMBIGUOUS_ID } from '../../protocol/errors.js'
 import type { ImageInfo, JobInfo } from '../../protocol/rpc.js'
-import { decodeManifest, encodeManifest, isZeroSlot, type Manifest } from '../blocks/manifest.js'
-import { HASH_BYTES, toHex } from '../blocks/hash.js'
+import { decodeManifest, encodeManifest, type Manifest } from '../blocks/manifest.js'
+import { toHex } from '../blocks/hash.js'
 
-// The root database speaks raw buffers (the locator's keys); sublevels name their encodings.
-type Db = Level<Buffer, Buffer>
-
-// Locator entries written per batch: bounds the memory a big image's registration takes.
-const LOCATOR_BATCH = 4096
-// Sublevel keys start with '!'; locator keys with this byte.
-const LOCATOR_PREFIX = 0x01
-// A block index, big-endian: 2^48 blocks is far beyond any volume.
-const LOCATOR_VALUE_BYTES = 6
-
-export interface BlockLocation {
-  volume: string
-  index: number
-}
+type Db = Level<string, unknown>
 
 export class Catalog {
   readonly #db: Db
   readonly images
   readonly names
   readonly jobs
-  readonly pending
 
   readonly #manifestDir: string
 
   private constructor (db: Db, manifestDir: string) {
     this.#db = db
     this.#manifestDir = manifestDir
-    this.images = db.sublevel<string, ImageInfo>('images', { keyEncoding: 'utf8', valueEncoding: 'json' })
-    this.names = db.sublevel<string, string>('names', { keyEncoding: 'utf8', valueEncoding: 'utf8' })
-    this.jobs = db.sublevel<string, JobInfo>('jobs', { keyEncoding: 'utf8', valueEncoding: 'json' })
-    this.pending = db.sublevel<string, string>('pending', { keyEncoding: 'utf8', valueEncoding: 'utf8' })
+    this.images = db.sublevel<string, ImageInfo>('images', { valueEncoding: 'json' })
+    this.names = db.sublevel<string, string>('names', { valueEncoding: 'utf8' })
+    this.jobs = db.sublevel<string, JobInfo>('jobs', { valueEncoding: 'json' })
   }
 
   // Opens (creating) the catalog under a daemon's data dir.
@@ -57,7 +40,7 @@ export class Catalog {
     const dir = path.join(dataDir, 'catalog')
     const manifestDir = path.join(dataDir, 'manifests')
     await fs.mkdir(manifestDir, { recursive: true, mode: 0o700 })
-    const db: Db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' })
+    const db: Db = new Level<string, unknown>(dir, { valueEncoding: 'json' })
     try {
       await db.open()
     } catch (err) {
@@ -70,7 +53,7 @@ export class Catalog {
 
   // A sublevel for another service's own records (fleet, builds, ...).
   sublevel<V> (name: string) {
-    return this.#db.sublevel<string, V>(name, { keyEncoding: 'utf8', valueEncoding: 'json' })
+    return this.#db.sublevel<string, V>(name, { valueEncoding: 'json' })
   }
 
   async close (): Promise<void> {
@@ -126,90 +109,33 @@ export class Catalog {
     await fs.rm(path.join(this.#manifestDir, root), { force: true })
   }
 
-  // Registers an image. The locator entries of a big image are many (one per non-zero block), so
-  // they go in bounded batches under a `pending` marker; the image, its name and the marker's
-  // removal then land in one atomic batch. recoverPending() undoes what a crash left between.
+  // Registers an image: its manifest file first, then the image and its name atomically.
   async putImage (image: ImageInfo, manifest: Manifest): Promise<void> {
     await this.#writeManifest(manifest)
-    await this.pending.put(image.volume, image.root)
-    await this.#forLocatorKeys(manifest, image.volume, (batch, key, value) => batch.put(key, value))
     await this.#db.batch()
       .put(image.id, image, { sublevel: this.images })
       .put(image.name, image.id, { sublevel: this.names })
-      .del(image.volume, { sublevel: this.pending })
       .write()
   }
 
-  // Removes the locator entries and manifests of registrations a crash interrupted.
-  async recoverPending (): Promise<string[]> {
-    const volumes: string[] = []
-    const images = await this.listImages()
-    for await (const [volume, root] of this.pending.iterator()) {
-      const manifest = await this.manifest(root)
-      if (manifest && !images.some(i => i.volume === volume)) {
-        await this.#forLocatorKeys(manifest, volume, (batch, key) => batch.del(key))
-      }
-      await this.pending.del(volume)
-      await this.#dropManifestUnlessUsed(root)
-      volumes.push(volume)
-    }
+  // Removes manifest files no image names: left by a crash between a manifest and its record.
+  async sweepManifests (): Promise<string[]> {
+    const roots = new Set((await this.listImages()).map(i => i.root))
+    const removed: string[] = []
     for (const name of await fs.readdir(this.#manifestDir)) {
-      if (name.includes('.tmp-')) await fs.rm(path.join(this.#manifestDir, name), { force: true })
+      if (roots.has(name)) continue
+      await fs.rm(path.join(this.#manifestDir, name), { force: true })
+      removed.push(name)
     }
-    return volumes
+    return removed
   }
 
   async deleteImage (image: ImageInfo): Promise<void> {
-    const manifest = await this.manifest(image.root)
-    const others = (await this.listImages()).filter(i => i.id !== image.id)
     const batch = this.#db.batch()
     batch.del(image.id, { sublevel: this.images })
     if ((await this.names.get(image.name)) === image.id) batch.del(image.name, { sublevel: this.names })
     await batch.write()
     await this.#dropManifestUnlessUsed(image.root)
-    if (manifest && !others.some(i => i.volume === image.volume)) {
-      await this.#forLocatorKeys(manifest, image.volume, (b, key) => b.del(key))
-    }
-  }
-
-  // Calls `fn` for each locator key of a volume, writing the batches LOCATOR_BATCH entries at a time.
-  // Keys and values are views into one buffer per batch (level copies them as they are added).
-  async #forLocatorKeys (m: Manifest, volume: string, fn: (batch: ReturnType<Db['batch']>, key: Buffer, value: Buffer) => void): Promise<void> {
-    const vol = Buffer.from(volume, 'utf8')
-    const keyBytes = 1 + HASH_BYTES + vol.length
-    const entryBytes = keyBytes + LOCATOR_VALUE_BYTES
-    const count = m.hashes.length / HASH_BYTES
-    let batch = this.#db.batch()
-    let scratch = Buffer.allocUnsafe(LOCATOR_BATCH * entryBytes)
-    let o = 0
-    for (let i = 0; i < count; i++) {
-      if (isZeroSlot(m.hashes, i)) continue
-      scratch[o] = LOCATOR_PREFIX
-      m.hashes.copy(scratch, o + 1, i * HASH_BYTES, (i + 1) * HASH_BYTES)
-      vol.copy(scratch, o + 1 + HASH_BYTES)
-      scratch.writeUIntBE(i, o + keyBytes, LOCATOR_VALUE_BYTES)
-      fn(batch, scratch.subarray(o, o + keyBytes), scratch.subarray(o + keyBytes, o + entryBytes))
-      o += entryBytes
-      if (batch.length >= LOCATOR_BATCH) {
-        await batch.write()
-        batch = this.#db.batch()
-        scratch = Buffer.allocUnsafe(LOCATOR_BATCH * entryBytes)
-        o = 0
-      }
-    }
-    await batch.write()
-  }
-
-
-  // Local volumes that hold a block with this hash.
-  async locate (blockHash: Uint8Array, limit = 4): Promise<BlockLocation[]> {
-    const prefix = Buffer.concat([Buffer.from([LOCATOR_PREFIX]), blockHash])
-    const upper = Buffer.concat([prefix, Buffer.from([0xff])])
-    const out: BlockLocation[] = []
-    for await (const [key, value] of this.#db.iterator({ gte: prefix, lt: upper, limit })) {
-      out.push({ volume: key.subarray(1 + HASH_BYTES).toString('utf8'), index: value.readUIntBE(0, LOCATOR_VALUE_BYTES) })
-    }
-    return out
   }
 
   async putJob (job: JobInfo): Promise<void> {
