@@ -22,8 +22,8 @@ import { qemuAvailable, runInGuest } from '../scripts/vm/guest-runner.js'
 
 const MiB = 1 << 20
 const SIZE = 64 * MiB
-const IMAGE_SIZE = 64 * MiB
-const GUEST_TIMEOUT_MS = 170_000
+const IMAGE_SIZE = 32 * MiB
+const GUEST_TIMEOUT_MS = 300_000
 const CHUNK = 64 * 1024
 
 t.setTimeout(GUEST_TIMEOUT_MS + 60_000)
@@ -72,7 +72,7 @@ async function importOnFileBackend (dir: string): Promise<{ image: string, root:
   const tree = path.join(dir, 'tree')
   await fs.mkdir(path.join(tree, 'etc'), { recursive: true })
   await fs.writeFile(path.join(tree, 'etc', 'hostname'), 'osfarm-lvm-test\n')
-  await fs.writeFile(path.join(tree, 'blob'), randomBytes(6 * MiB))
+  await fs.writeFile(path.join(tree, 'blob'), randomBytes(3 * MiB))
   for (let i = 0; i < 50; i++) await fs.writeFile(path.join(tree, 'etc', `file-${i}`), `line ${i}\n`.repeat(i * 20))
   const image = path.join(dir, 'image.ext4')
   await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', tree, '-U', 'clear', '-E', 'hash_seed=00000000-0000-0000-0000-000000000001',
