@@ -84,11 +84,11 @@ export async function runInGuest (options: RunInGuestOptions): Promise<GuestResu
       '-append', `console=ttyS0 quiet panic=-1 rdinit=/init tsc_early_khz=${await hostTscKhz()} no_timer_check`,
       '-fsdev', `local,id=r,path=/,security_model=none,readonly=on,multidevs=remap`,
       '-device', `virtio-9p-device,fsdev=r,mount_tag=${HOST_TAG}`,
-      '-fsdev', `local,id=o,path=${out},security_model=none`,
+      '-fsdev', `local,id=o,path=${qemuOpt(out)},security_model=none`,
       '-device', `virtio-9p-device,fsdev=o,mount_tag=${OUT_TAG}`
     ]
     for (const [i, file] of diskFiles.entries()) {
-      args.push('-drive', `if=none,id=d${i},file=${file},format=raw,cache=unsafe,discard=unmap`,
+      args.push('-drive', `if=none,id=d${i},file=${qemuOpt(file)},format=raw,cache=unsafe,discard=unmap`,
         '-device', `virtio-blk-device,drive=d${i},serial=osfarm-d${i}`)
     }
 
@@ -129,8 +129,8 @@ export async function runInGuest (options: RunInGuestOptions): Promise<GuestResu
   }
 }
 
-// The guest names disks by probe order, which is not the command-line order on virtio-mmio,
-// so each disk carries a serial and the job maps serials to devices.
+// The guest names disks by probe order, which virtio-mmio does not promise to match the
+// command line's, so each disk carries a serial and the job maps serials to devices.
 function jobScript (options: RunInGuestOptions, diskCount: number): string {
   const lines = [
     'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
@@ -171,6 +171,11 @@ function isAlive (pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
+}
+
+// QEMU option values escape a comma by doubling it.
+function qemuOpt (value: string): string {
+  return value.replace(/,/g, ',,')
 }
 
 function shellQuote (s: string): string {
