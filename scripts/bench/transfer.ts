@@ -24,7 +24,9 @@ const OSFARMCTL = path.join(ROOT, 'dist/client/main.js')
 const IMAGES = process.env.OUT ?? '/var/tmp/osfarm-bench'
 const WORK = path.join(IMAGES, 'run')
 const XFS_IMG = path.join(IMAGES, 'xfs.img')
-const DHT_ADDR = '10.201.1.1:49737'
+// Three DHT nodes: with a single one, announces across namespaces were not found here.
+const DHT_NODES = ['10.201.1.1:49737', '10.201.1.1:49738', '10.201.1.1:49739']
+const DHT_ADDR = DHT_NODES.join(',')
 const STEP_TIMEOUT_MS = 10 * 60_000
 const RATES = (process.env.BENCH_RATES ?? '100mbit,1gbit').split(',')
 const PAIRS = (process.env.BENCH_PAIRS ?? 'independent,layer').split(',')
@@ -245,8 +247,10 @@ async function main (): Promise<void> {
   const mS = await hasher.indexFile(files.S)
   await execa(LAB, ['up', '3', RATES[0]!])
   await setupStorage()
-  const dht = bg('h0', 'node', [OSFARMD, 'dht', '--host', '10.201.1.1', '--port', '49737'])
-  await waitFor(dht, 'dht ready')
+  for (const [i, node] of DHT_NODES.entries()) {
+    const dht = bg('h0', 'node', [OSFARMD, 'dht', '--host', '10.201.1.1', '--port', node.split(':')[1]!, ...(i ? ['--bootstrap', DHT_NODES[0]!] : [])])
+    await waitFor(dht, 'dht ready')
+  }
   try {
     for (const pairName of PAIRS) {
       const T = files[pairName as 'independent' | 'layer']
