@@ -21,8 +21,9 @@ export interface Config {
   // bearer token, is required unless the host is a loopback address, where local users may
   // instead use the rights they have on the socket.
   http: HttpConfig
-  // Layer store backend.
+  // Layer store backend, and where the lvm backend keeps its thin volumes.
   store: 'file' | 'lvm'
+  lvm: LvmConfig | null
   // Block size of new manifests (a power of two; 4096 matches filesystem blocks).
   blockSize: number
   // Worker threads that hash blocks; 0 means one per core.
@@ -33,6 +34,15 @@ export interface Config {
   writeRequiresRoot: boolean
   // "host:port" on a loopback address for a Prometheus text endpoint (/metrics); null: off.
   metricsListen: string | null
+}
+
+export interface LvmConfig {
+  // Volume group and thin pool; with `pvs`, both are created on those devices if missing.
+  vg: string
+  pool: string
+  pvs?: string[]
+  // Refuse new volumes once the pool's data or metadata use reaches this percentage (default 90).
+  maxFillPercent?: number
 }
 
 export interface HttpConfig {
@@ -47,6 +57,7 @@ export const DEFAULTS: Config = {
   socketGroup: null,
   http: { listen: null },
   store: 'file',
+  lvm: null,
   blockSize: DEFAULT_BLOCK_SIZE,
   hashThreads: 0,
   logLevel: 'info',
@@ -62,6 +73,17 @@ const checks: Record<keyof Config, Check> = {
   socketMode: (v, k) => { if (typeof v !== 'string' || !/^0?[0-7]{3}$/.test(v)) throw BAD_CONFIG(`${k} must be an octal mode like "0660"`); return v },
   socketGroup: (v, k) => v === null ? v : str(v, k),
   http: (v, k) => checkHttp(v, k),
+  lvm: (v, k) => {
+    if (v === null) return v
+    const o = v as Record<string, unknown>
+    if (typeof v !== 'object' || Array.isArray(v)) throw BAD_CONFIG(`${k} must be an object { vg, pool, pvs?, maxFillPercent? } or null`)
+    for (const key of Object.keys(o)) if (!['vg', 'pool', 'pvs', 'maxFillPercent'].includes(key)) throw BAD_CONFIG(`${k}: unknown key "${key}"`)
+    str(o.vg, `${k}.vg`)
+    str(o.pool, `${k}.pool`)
+    if (o.pvs !== undefined && (!Array.isArray(o.pvs) || !o.pvs.every(p => typeof p === 'string' && p.startsWith('/dev/')))) throw BAD_CONFIG(`${k}.pvs must be a list of /dev paths`)
+    if (o.maxFillPercent !== undefined && !(typeof o.maxFillPercent === 'number' && o.maxFillPercent > 0 && o.maxFillPercent <= 100)) throw BAD_CONFIG(`${k}.maxFillPercent must be a number in (0, 100]`)
+    return v
+  },
   store: (v, k) => { if (v !== 'file' && v !== 'lvm') throw BAD_CONFIG(`${k} must be "file" or "lvm"`); return v },
   blockSize: (v, k) => { try { checkBlockSize(v as number) } catch (e) { throw BAD_CONFIG(`${k}: ${(e as Error).message.replace(/^\w+: /, '')}`) } return v },
   hashThreads: (v, k) => { if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 256) throw BAD_CONFIG(`${k} must be an integer from 0 to 256`); return v },
@@ -108,6 +130,7 @@ export async function loadConfig (file: string | undefined, flags: Partial<Confi
   const fromFlags = validateConfig(flags, 'flags')
   const merged = { ...DEFAULTS, ...fromFile, ...fromFlags }
   merged.http = { ...DEFAULTS.http, ...fromFile.http, ...fromFlags.http }
+  if (merged.store === 'lvm' && !merged.lvm) throw BAD_CONFIG('store "lvm" needs lvm: { "vg": …, "pool": … }')
   if (merged.http.listen && !merged.http.token && !isLoopbackListen(merged.http.listen)) {
     throw BAD_CONFIG(`http.listen ${merged.http.listen} is not a loopback address: set http.token too`)
   }

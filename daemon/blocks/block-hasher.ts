@@ -121,12 +121,14 @@ export class BlockHasher {
   }
 }
 
-// Size of a regular file, or of a block device (whose stat size is 0) from sysfs.
+// Size of a regular file, or of a block device (whose stat size is 0) from sysfs, found by its
+// device number: without udev, /dev/mapper/* are plain nodes, not links to dm-N.
 export async function deviceSize (path: string): Promise<number> {
-  const st = await fs.stat(path)
-  if (st.isFile()) return st.size
+  const st = await fs.stat(path, { bigint: true })
+  if (st.isFile()) return Number(st.size)
   if (!st.isBlockDevice()) throw IO_ERROR(`${path} is neither a file nor a block device`)
-  const name = (await fs.realpath(path)).split('/').pop()!
-  const sectors = Number((await fs.readFile(`/sys/class/block/${name}/size`, 'utf8')).trim())
+  const major = ((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn)
+  const minor = (st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn)
+  const sectors = Number((await fs.readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim())
   return sectors * 512
 }

@@ -4,11 +4,14 @@ import path from 'node:path'
 import type { Config } from '../config.js'
 import type { LayerStore } from './layer-store.js'
 import { createFileStore } from './file/file-store.js'
-import { BACKEND_UNAVAILABLE } from '../../protocol/errors.js'
+import { BAD_CONFIG } from '../../protocol/errors.js'
+import { createLvmStore } from './lvm/lvm-store.js'
 
 export async function openStore (config: Config): Promise<LayerStore> {
   switch (config.store) {
     case 'file': return createFileStore({ dir: path.join(config.dataDir, 'volumes') })
-    case 'lvm': throw BACKEND_UNAVAILABLE('the lvm store is not configured on this host')
+    case 'lvm':
+      if (!config.lvm) throw BAD_CONFIG('store "lvm" needs lvm: { "vg": …, "pool": … }')
+      return createLvmStore(config.lvm)
   }
 }
