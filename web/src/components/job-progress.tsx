@@ -17,19 +17,27 @@ export function percent (job: JobInfo): number {
   return total > 0 ? Math.min(100, (done / total) * 100) : 0
 }
 
+// A step counted as 0 of 1 (a build layer's phase) says nothing a bar could show.
+function indeterminate (job: JobInfo): boolean {
+  return job.state === 'running' && job.progress.unit === 'steps' && job.progress.total <= 1
+}
+
 function amount (n: number, unit: JobInfo['progress']['unit']): string {
   return unit === 'bytes' ? bytes(n) : String(n)
 }
 
 export function JobProgress ({ job, bytesPerSecond, size = 'md' }: { job: JobInfo, bytesPerSecond?: number, size?: 'sm' | 'md' | 'lg' }) {
   const { phase, done, total, unit } = job.progress
+  const busy = indeterminate(job)
+  const counted = total > 0 && !busy && (job.state === 'running' || unit === 'bytes')
   return (
     <div data-testid={`progress-${job.id}`}>
-      <Progress value={percent(job)} color={stateColor(job.state)} animated={job.state === 'running'} striped={job.state === 'running'} size={size} />
+      <Progress value={busy ? 100 : percent(job)} color={stateColor(job.state)} animated={job.state === 'running'} striped={job.state === 'running'}
+        size={size} opacity={busy ? 0.45 : 1} transitionDuration={200} />
       <Group justify='space-between' gap='xs' mt={2}>
         <Text size='xs' c='dimmed'>{job.state === 'running' ? phase : job.state}</Text>
         <Text size='xs' c='dimmed'>
-          {total > 0 ? `${amount(done, unit)} / ${amount(total, unit)}${unit === 'steps' ? ' steps' : ''}` : ''}
+          {counted ? `${amount(done, unit)} / ${amount(total, unit)}${unit === 'steps' ? ' steps' : ''}` : ''}
           {bytesPerSecond !== undefined && job.state === 'running' ? ` · ${rate(bytesPerSecond)}` : ''}
         </Text>
       </Group>
