@@ -8,6 +8,7 @@
 import t, { type Test } from 'tap'
 import fs from 'node:fs/promises'
 import http from 'node:http'
+import zlib from 'node:zlib'
 import { existsSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -166,6 +167,43 @@ t.test('the HTTP endpoint: the socket\'s method table, access and refusals', asy
   t.equal(missing.status, 404)
   t.equal((await missing.json() as any).error.code, 'IMAGE_NOT_FOUND')
   t.equal((await fetch(new URL('images/nope/download?format=vmdk', base))).status, 400)
+})
+
+t.test('package.search reads the chosen repository\'s Packages index', async t => {
+  const dir = await tempDir('osfarm-web-repo-')
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const index = path.join(dir, 'repo/dists/stable/main/binary-amd64')
+  await fs.mkdir(index, { recursive: true })
+  const stanza = (name: string, description: string) => `Package: ${name}\nVersion: 1.0-1\nSection: net\nInstalled-Size: 42\nDescription: ${description}\n continued long description\n`
+  await fs.writeFile(path.join(index, 'Packages.gz'), zlib.gzipSync([
+    stanza('curl-extra', 'more curl'), stanza('curl', 'command line tool for transferring data'), stanza('libfoo', 'uses curl inside'), stanza('wget', 'retrieves files')
+  ].join('\n')))
+  const d = await startDaemon({ args: ['--http', '127.0.0.1:0'] })
+  t.teardown(async () => { await d.stop(); await fs.rm(d.dir, { recursive: true, force: true }) })
+  const uri = `file://${dir}/repo`
+  const r = (await rpc(urlOf(d), 'package.search', { query: 'curl', suite: 'stable', uri, arch: 'amd64' })).body.result
+  t.equal(r.total, 4)
+  t.same(r.packages.map((p: any) => p.name), ['curl', 'curl-extra', 'libfoo'], 'exact name, then prefix, then description')
+  t.match(r.packages[0], { version: '1.0-1', section: 'net', installedSize: 42, description: 'command line tool for transferring data' })
+  const wrong = (await rpc(urlOf(d), 'package.search', { query: 'curl', suite: 'oldstable', uri, arch: 'amd64' })).body.error
+  t.equal(wrong.data.code, 'NOT_FOUND')
+  t.equal(wrong.data.field, 'suite', 'a missing index names the suite')
+  t.equal((await rpc(urlOf(d), 'package.search', { query: 'x', suite: '../../etc', uri })).body.error.data.field, 'suite')
+})
+
+t.test('a read-only socket makes loopback users read-only here too', async t => {
+  const dir = await tempDir()
+  const config = path.join(dir, 'osfarmd.json')
+  await fs.writeFile(config, JSON.stringify({ socketMode: '0666', writeRequiresRoot: true, http: { listen: '127.0.0.1:0' } }))
+  const d = await startDaemon({ dir, args: ['-c', config] })
+  t.teardown(async () => { await d.stop(); await fs.rm(dir, { recursive: true, force: true }) })
+  const rpcUrl = new URL('rpc', urlOf(d)).href
+  const call = (method: string, params: unknown) => fetchAs(NOBODY, rpcUrl, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }) })
+  t.equal(JSON.parse((await call('daemon.version', {})).text).result.apiVersion, 1, 'reads are served')
+  const write = JSON.parse((await call('image.remove', { id: 'x' })).text)
+  t.equal(write.error.data.code, 'PERMISSION_DENIED', 'a write method is refused')
+  t.match(write.error.message, /limits that to root/)
+  t.equal((await rpc(urlOf(d), 'image.remove', { id: 'x' })).body.error.data.code, 'IMAGE_NOT_FOUND', 'root may write')
 })
 
 t.test('with a token: bearer or cookie, and loopback users keep their socket rights', async t => {
