@@ -16,6 +16,9 @@ import { RateLimiter } from './rate-limiter.js'
 // Images whose root topics we announce; past this only the fleet topic finds us.
 const MAX_ROOT_TOPICS = 256
 const MAX_ADVERTS_PER_PEER = 10_000
+// While an allowed host is not connected, the fleet topic is announced and looked up again this
+// often (a young DHT can store an announce where a later lookup does not look).
+const REDISCOVER_MS = 10_000
 
 // What the swarm serves from: manifests and blocks of this host.
 export interface BlockSource {
@@ -60,6 +63,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   #source: BlockSource
   #log: NonNullable<FleetSwarmOptions['log']>
   #closed = false
+  #rediscover: NodeJS.Timeout | undefined
 
   private constructor (options: FleetSwarmOptions) {
     super()
@@ -106,6 +110,11 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     this.#fleet = this.#swarm.join(fleetTopic(this.config.secret), { server: true, client: true })
     for (const peer of this.config.peers) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
     await this.#fleet.flushed()
+    this.#rediscover = setInterval(() => {
+      const missing = [...this.#allow].some(k => k !== this.publicKey && !this.sessions.has(k))
+      if (missing && !this.#closed) this.#fleet?.refresh({ client: true, server: true }).catch(() => {})
+    }, REDISCOVER_MS)
+    this.#rediscover.unref()
   }
 
   // Applies a changed config: allow-list (denied peers are disconnected), direct peers, limits.
@@ -276,6 +285,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    clearInterval(this.#rediscover)
     for (const s of this.sessions.values()) s.destroy()
     await this.#swarm.destroy()
     await this.#dht.destroy().catch(() => {})

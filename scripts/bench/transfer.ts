@@ -251,6 +251,8 @@ async function main (): Promise<void> {
     const dht = bg('h0', 'node', [OSFARMD, 'dht', '--host', '10.201.1.1', '--port', node.split(':')[1]!, ...(i ? ['--bootstrap', DHT_NODES[0]!] : [])])
     await waitFor(dht, 'dht ready')
   }
+  // Let the DHT nodes find each other before any host announces.
+  await new Promise(resolve => setTimeout(resolve, 5000))
   try {
     for (const pairName of PAIRS) {
       const T = files[pairName as 'independent' | 'layer']
