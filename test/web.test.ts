@@ -40,6 +40,16 @@ const urlOf = (d: TestDaemon): string => {
   return m[1]!
 }
 
+// Stops a daemon and removes its directory. A build cancelled half-way must not leave mounts
+// behind; any it did are a failure, unmounted so the directory can go.
+async function cleanup (t: Test, d: TestDaemon): Promise<void> {
+  await d.stop()
+  const mounts = (await fs.readFile('/proc/mounts', 'utf8')).split('\n').map(l => l.split(' ')[1] ?? '').filter(m => m.startsWith(d.dir + '/'))
+  if (mounts.length) t.fail(`mounts left behind: ${mounts.join(', ')}`)
+  for (const m of mounts.reverse()) await execa('umount', ['-l', m], { reject: false })
+  await fs.rm(d.dir, { recursive: true, force: true })
+}
+
 async function rpc (base: string, method: string, params: unknown = {}, headers: Record<string, string> = {}) {
   const res = await fetch(new URL('rpc', base), {
     method: 'POST',
@@ -232,7 +242,7 @@ t.test('with a token: bearer or cookie, and loopback users keep their socket rig
 
 t.test('the console: a bad spec, a real build, the repository, downloads', async t => {
   const d = await startDaemon({ args: ['--http', '127.0.0.1:0'] })
-  t.teardown(async () => { await d.stop(); await fs.rm(d.dir, { recursive: true, force: true }) })
+  t.teardown(() => cleanup(t, d))
   const base = urlOf(d)
   const { page, errors } = await browser(t)
 

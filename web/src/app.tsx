@@ -28,7 +28,7 @@ export function App () {
 
 function Shell () {
   const [location] = useLocation()
-  const status = usePoll(() => call('daemon.status', {}), 5000)
+  const status = usePoll(() => call('daemon.status', {}), 2000)
   const { session } = useSession()
   const s = status.data
   return (
