@@ -3,13 +3,17 @@
 // already committed is reused at once (`cached`), and two builds that need the same layer at
 // the same time share one job.
 //
-//   base      flavour's bootstrap into a directory → mtimes clamped → mke2fs -d onto the volume
+//   base      flavour's bootstrap into a directory → mke2fs -d onto the volume (pinned config,
+//             fake time, UUID and hash seed from the key) → every inode's times set to the epoch
 //   packages  snapshot → loop mount → apt-get in a chroot (proc, sys, dev, policy-rc.d) → umount
 //   files     snapshot → mount → files written through a chroot-safe path resolver → umount
 //   scripts   snapshot → mount → each script with /bin/sh -e in the chroot → umount
 //   boot      snapshot → mount → fstab, hostname, /etc/osfarm/boot.json → umount
-// After a mounted step the superblock fields a mount changes are reset and the UUID set from
-// the layer key, so one spec gives the same blocks wherever it is built.
+// Determinism (one spec, the same blocks wherever it is built): mounts are noatime and
+// nodelalloc with stream allocation; before a mounted layer is unmounted its free blocks are
+// trimmed; afterwards the inodes it touched get the epoch's times and generation 0 (checksums
+// redone by e2fsck), deleted inodes are cleared, and the superblock fields a mount changes are
+// reset. Two builds of the same step on the same parent give byte-identical layers.
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
@@ -18,8 +22,10 @@ import { hashParts } from '../blocks/hash.js'
 import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
 import { readHostSources } from './host-mirror.js'
 import { hasMmdebstrap } from './tools/mmdebstrap.js'
-import { makeFs, resetSuperblock } from './tools/mke2fs.js'
-import { clampTimes, withMountedVolume } from './mounted-root.js'
+import { fixChecksums, makeFs, normalizeTimes, resetSuperblock } from './tools/mke2fs.js'
+import { strayTimes, treeBytes, withMountedVolume } from './mounted-root.js'
+import { detach, mountsUnder, trim, umount } from './tools/mount.js'
+import { scanInodes } from './ext4-inodes.js'
 import { BUILD_EPOCH, planBuild, type Plan, type PlannedLayer, type StepKind } from './plan.js'
 import { bootStep, filesStep, packagesStep, scriptsStep, type StepContext } from './steps.js'
 import { parseSpec, type ImageSpec, type SpecFormat, type ParseOptions } from './spec.js'
@@ -72,6 +78,7 @@ export class Builder {
   #aptDir: string
   #host: Promise<HostInfo> | undefined
   #inflight = new Map<string, Shared>()
+  #recovered: Promise<string[]> | undefined
   #aptQueue: Promise<unknown> = Promise.resolve()
   // When each layer was last asked for (ms since the epoch), for LRU eviction; kept in workDir.
   #used: Map<string, number> | undefined
@@ -91,7 +98,32 @@ export class Builder {
     return planBuild(spec, await this.#hostInfo())
   }
 
+  // Takes down what a crashed build left in the work dir: mounts (deepest first), their loop
+  // devices, mount points and bootstrap trees. The store's recover() removes the volumes.
+  recover (): Promise<string[]> {
+    this.#recovered ??= (async () => {
+      const left: string[] = []
+      const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
+      const sources = new Map(info.split('\n').filter(Boolean).map(l => {
+        const f = l.split(' ')
+        return [f[4]!, f[f.indexOf('-') + 2]!] as const
+      }))
+      for (const point of await mountsUnder(this.workDir)) {
+        const source = sources.get(point)
+        await umount(point)
+        left.push(point)
+        if (source?.startsWith('/dev/loop')) await detach(source).catch(() => {})
+      }
+      for (const name of await fs.readdir(this.workDir).catch(() => [] as string[])) {
+        if (/^(mnt|base)-/.test(name)) await fs.rm(path.join(this.workDir, name), { recursive: true, force: true })
+      }
+      return left
+    })()
+    return this.#recovered
+  }
+
   async build (spec: ImageSpec, options: BuildOptions = {}): Promise<BuildResult> {
+    await this.recover()
     const plan = await this.plan(spec)
     const { signal } = options
     if (signal?.aborted) throw JOB_CANCELLED()
@@ -253,7 +285,7 @@ export class Builder {
         await this.#base(plan, vol, signal, log, progress)
       } else {
         const ctx: Omit<StepContext, 'root'> = { epoch: BUILD_EPOCH, signal, log, progress, aptCache: await this.#aptCache() }
-        await withMountedVolume(vol.path, this.workDir, async root => {
+        const stray = await withMountedVolume(vol.path, this.workDir, async root => {
           const step = { ...ctx, root }
           switch (layer.kind) {
             case 'packages':
@@ -263,8 +295,12 @@ export class Builder {
             case 'scripts': await scriptsStep(spec, step); break
             case 'boot': await bootStep(step); break
           }
-          await clampTimes(root, BUILD_EPOCH)
+          // Deleted files' blocks become holes (zeros): never part of the image's content.
+          await trim(root)
+          return strayTimes(root, BUILD_EPOCH)
         })
+        await normalizeTimes(vol.path, BUILD_EPOCH, stray, (await scanInodes(vol.path)).dirtyFree)
+        await fixChecksums(vol.path, BUILD_EPOCH, signal)
         await resetSuperblock(vol.path, BUILD_EPOCH, derivedUuid(layer.key, 'uuid'))
       }
       if (signal.aborted) throw JOB_CANCELLED()
@@ -287,7 +323,7 @@ export class Builder {
       await fs.mkdir(dir)
       progress('bootstrap', 0, 1)
       await plan.base.build({ dir, epoch: BUILD_EPOCH, signal, onLine: log })
-      const bytes = await clampTimes(dir, BUILD_EPOCH)
+      const bytes = await treeBytes(dir, BUILD_EPOCH)
       // ext4 needs room for its metadata too: refuse early, with numbers, rather than half-way.
       if (bytes * 1.05 + (16 << 20) > plan.spec.size) {
         throw SIZE_TOO_SMALL(`the base needs about ${Math.ceil((bytes * 1.05 + (16 << 20)) / 2 ** 20)} MiB; size is ${Math.floor(plan.spec.size / 2 ** 20)} MiB`)
@@ -302,6 +338,11 @@ export class Builder {
         signal,
         onLine: log
       })
+      // mke2fs -d copies each file's atime and ctime: set them (and crtime) to the epoch.
+      progress('normalize', 0, 1)
+      const { used } = await scanInodes(vol.path)
+      await normalizeTimes(vol.path, BUILD_EPOCH, used.map(ino => ({ ino, late: false })))
+      await resetSuperblock(vol.path, BUILD_EPOCH, derivedUuid(plan.layers[0]!.key, 'uuid'))
     } finally {
       await fs.rm(scratch, { recursive: true, force: true })
     }

@@ -17,15 +17,16 @@ export interface ChrootSetup {
   network?: boolean
 }
 
-export async function withMountedVolume<T> (volumePath: string, workDir: string, work: (root: string) => Promise<T>): Promise<T> {
+export async function withMountedVolume<T> (volumePath: string, workDir: string, work: (root: string) => Promise<T>, options: { readOnly?: boolean } = {}): Promise<T> {
   await fs.mkdir(workDir, { recursive: true })
   const root = await fs.mkdtemp(path.join(workDir, 'mnt-'))
   let device: { device: string, loop: boolean } | undefined
   let mounted = false
   return settle(async () => {
     device = await attach(volumePath)
-    await mount(device.device, root, { type: 'ext4', options: MOUNT_OPTIONS })
+    await mount(device.device, root, { type: 'ext4', options: options.readOnly ? ['ro', ...MOUNT_OPTIONS] : MOUNT_OPTIONS })
     mounted = true
+    if (!options.readOnly) await streamAllocation(device.device)
     return work(root)
   }, async attempt => {
     if (mounted) {
@@ -35,6 +36,14 @@ export async function withMountedVolume<T> (volumePath: string, workDir: string,
     if (device?.loop) await attempt(() => detach(device!.device))
     await attempt(() => fs.rmdir(root))
   })
+}
+
+// ext4 places small files in per-CPU preallocation groups, so where a file lands depends on
+// which CPU wrote it. Treating every file as a stream (placed by its inode's goal) makes the
+// layout follow the order of writes only, the same on every build.
+async function streamAllocation (device: string): Promise<void> {
+  const name = path.basename(await fs.realpath(device))
+  await fs.writeFile(`/sys/fs/ext4/${name}/mb_stream_req`, '0').catch(() => {})
 }
 
 // The kernel filesystems, a policy-rc.d that keeps services from starting, and DNS.
@@ -101,15 +110,13 @@ async function placeFile (file: string, content: string | Buffer, mode: number):
   }
 }
 
-// Sets every mtime later than `epoch` back to it (without following symlinks), so what a step
-// touched carries the build's time, not the clock's. Returns the bytes the tree's files and
-// directories take in 4 KiB blocks (an estimate of the filesystem they need).
-export async function clampTimes (root: string, epoch: number): Promise<number> {
+// The bytes a tree's files and directories take in 4 KiB blocks (what its filesystem needs);
+// mtimes later than the epoch are set back to it on the way.
+export async function treeBytes (root: string, epoch: number): Promise<number> {
   let bytes = 0
-  const limit = epoch * 1000
   const visit = async (p: string, isDir: boolean): Promise<void> => {
     const st = await fs.lstat(p)
-    if (st.mtimeMs > limit) await fs.lutimes(p, epoch, epoch)
+    if (st.mtimeMs > epoch * 1000) await fs.lutimes(p, st.atime, epoch)
     bytes += Math.ceil(st.size / 4096) * 4096
     if (!isDir) return
     const entries = await fs.readdir(p, { withFileTypes: true })
@@ -117,4 +124,28 @@ export async function clampTimes (root: string, epoch: number): Promise<number> 
   }
   await visit(root, true)
   return bytes
+}
+
+export interface StrayTimes {
+  ino: number
+  // The mtime is later than the epoch (else it is kept: a packaged file's own time).
+  late: boolean
+}
+
+// The inodes of a mounted tree whose times are not the build's: atime, ctime and crtime must be
+// the epoch, mtime at most the epoch. The kernel's clock cannot be set per mount, so these are
+// put right afterwards on the unmounted filesystem (normalizeTimes in tools/mke2fs.ts).
+export async function strayTimes (root: string, epoch: number): Promise<StrayTimes[]> {
+  const limit = epoch * 1000
+  const out: StrayTimes[] = []
+  const visit = async (p: string, isDir: boolean): Promise<void> => {
+    const st = await fs.lstat(p)
+    const late = st.mtimeMs > limit
+    if (late || st.atimeMs !== limit || st.ctimeMs !== limit || st.birthtimeMs !== limit) out.push({ ino: st.ino, late })
+    if (!isDir) return
+    const entries = await fs.readdir(p, { withFileTypes: true })
+    await Promise.all(entries.map(e => visit(path.join(p, e.name), e.isDirectory())))
+  }
+  await visit(root, true)
+  return out.sort((a, b) => a.ino - b.ino)
 }

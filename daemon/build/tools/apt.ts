@@ -16,6 +16,8 @@ export const APT_OPTIONS = [
   '-o', 'Dpkg::Use-Pty=false',
   '-o', 'Dpkg::Options::=--force-confdef',
   '-o', 'Dpkg::Options::=--force-confold',
+  // No fsync per file: the layer's volume is synced once, when it is committed.
+  '-o', 'Dpkg::Options::=--force-unsafe-io',
   '-o', 'Acquire::Retries=1',
   '-o', 'Acquire::http::Timeout=20'
 ]

@@ -54,6 +54,13 @@ export async function makeFs (device: string, options: MakeFsOptions): Promise<v
   throw TOOL_FAILED(`mke2fs failed (exit ${r.exitCode}): ${lastLines(r.tail)}`)
 }
 
+// After inode generations are reset, directory and extent blocks carry checksums made with
+// the old ones: e2fsck -fy recomputes them. Exit 1 means it changed something, as expected.
+export async function fixChecksums (device: string, time: number, signal?: AbortSignal): Promise<void> {
+  const r = await run('e2fsck', ['-f', '-y', device], { env: e2fsEnv(time), signal, pkg: 'e2fsprogs' })
+  if (r.exitCode !== 0 && r.exitCode !== 1) throw IO_ERROR(`e2fsck could not settle the layer (exit ${r.exitCode}): ${lastLines(r.tail)}`)
+}
+
 // A forced, read-only check.
 export async function check (device: string, time: number, signal?: AbortSignal): Promise<void> {
   const r = await run('e2fsck', ['-f', '-n', device], { env: e2fsEnv(time), signal, pkg: 'e2fsprogs' })
@@ -65,7 +72,7 @@ export async function check (device: string, time: number, signal?: AbortSignal)
 export async function resetSuperblock (device: string, time: number, uuid: string): Promise<void> {
   const cmds = [
     'ssv mtime 0', `ssv wtime @${time}`, `ssv lastcheck @${time}`, 'ssv mnt_count 0',
-    'ssv kbytes_written 0', 'ssv last_mounted ""', 'ssv state 1'
+    'ssv kbytes_written 0', 'ssv state 1'
   ]
   const r = await run('debugfs', ['-w', '-f', '-', device], { env: e2fsEnv(time), input: cmds.join('\n') + '\n', pkg: 'e2fsprogs' })
   if (r.exitCode !== 0 || r.tail.some(l => /^debugfs: .*(error|invalid|Unknown)/i.test(l) || /set_super_value: /.test(l))) {
@@ -74,8 +81,30 @@ export async function resetSuperblock (device: string, time: number, uuid: strin
   // tune2fs, not debugfs, for the UUID: it rewrites the backup superblocks too (e2fsck would
   // otherwise find them different and "repair" the image on its first boot). With
   // metadata_csum_seed no checksum depends on the UUID, so nothing else is rewritten.
-  const t = await run('tune2fs', ['-U', uuid, device], { env: e2fsEnv(time), pkg: 'e2fsprogs' })
+  // -M '' zero-fills the last mount point (debugfs would leave the tail of the old path).
+  const t = await run('tune2fs', ['-U', uuid, '-M', '', device], { env: e2fsEnv(time), pkg: 'e2fsprogs' })
   if (t.exitCode !== 0) throw IO_ERROR(`tune2fs -U failed: ${lastLines(t.tail)}`)
+}
+
+// Sets atime, ctime and crtime of the given inodes to `time` (and mtime, where it is later), and
+// their change counter and generation to 0, on
+// the unmounted filesystem: what mke2fs -d copies from the source tree and what a mounted step
+// stamps with the clock, made the same on every build.
+export async function normalizeTimes (device: string, time: number, inodes: Array<{ ino: number, late: boolean }>, clear: number[] = []): Promise<void> {
+  if (!inodes.length && !clear.length) return
+  // Free inodes that still hold a deleted file's record are zeroed, as mke2fs left them.
+  // clri zeroes the first 128 bytes only; the extra fields' times and counter go too.
+  const lines: string[] = clear.flatMap(ino => [`clri <${ino}>`, ...['ctime_extra', 'mtime_extra', 'atime_extra', 'crtime_extra', 'version'].map(f => `sif <${ino}> ${f} 0`), `sif <${ino}> crtime @0`])
+  for (const { ino, late } of inodes) {
+    for (const f of ['atime', 'ctime', 'crtime']) lines.push(`sif <${ino}> ${f} @${time}`, `sif <${ino}> ${f}_extra 0`)
+    if (late) lines.push(`sif <${ino}> mtime @${time}`, `sif <${ino}> mtime_extra 0`)
+    // The change counter and the (random) generation of a new inode vary from run to run too;
+    // checksums that include the generation are redone by fixChecksums.
+    lines.push(`sif <${ino}> version 0`, `sif <${ino}> generation 0`)
+  }
+  const r = await run('debugfs', ['-w', '-f', '-', device], { env: e2fsEnv(time), input: lines.join('\n') + '\n', pkg: 'e2fsprogs' })
+  const bad = r.tail.find(l => /^(set_inode|debugfs:.*(error|invalid|Unknown))/i.test(l) || /: (Bad|Illegal|Invalid|Unknown) /.test(l))
+  if (r.exitCode !== 0 || bad) throw IO_ERROR(`debugfs could not set inode times: ${bad ?? lastLines(r.tail)}`)
 }
 
 // Reads a file out of an unmounted filesystem (no mount needed); undefined if it is absent.

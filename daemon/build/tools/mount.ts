@@ -43,6 +43,14 @@ export async function umount (target: string): Promise<void> {
   }
 }
 
+// Discards the free blocks of a mounted filesystem (on a loop device: holes in the file).
+export async function trim (target: string): Promise<void> {
+  const r = await run('fstrim', ['--', target], { pkg: 'util-linux' })
+  if (r.exitCode !== 0 && !/not supported|the discard operation is not supported/i.test(r.tail.join('\n'))) {
+    throw IO_ERROR(`fstrim ${target} failed: ${lastLines(r.tail)}`)
+  }
+}
+
 // Mount points at or under dir, deepest first (from /proc/self/mountinfo).
 export async function mountsUnder (dir: string): Promise<string[]> {
   const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
