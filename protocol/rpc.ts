@@ -18,6 +18,8 @@ export interface ImageInfo {
   volume: string
   origin: 'import' | 'build' | 'fetch'
   layers: string[]
+  // "key=value" labels, set by the builder (import --label) and carried in its signed advert.
+  labels?: string[]
 }
 
 export type JobState = 'running' | 'done' | 'failed' | 'cancelled'
@@ -39,6 +41,8 @@ export interface JobInfo {
   finishedAt?: string
   result?: unknown
   error?: { code: string, message: string }
+  // 'background': work the daemon started itself (seeding); absent for a user's jobs.
+  priority?: 'background'
 }
 
 export interface StoreUsage {
@@ -158,6 +162,9 @@ export interface FetchResult {
   image: ImageInfo
   stats: TransferStats | undefined
   alreadyPresent: boolean
+  // A fetch into a volume that is not registered as an image (pre-staging): `image` then only
+  // describes the content, and this names the committed volume.
+  volume?: string
 }
 
 export interface MetricSample {
@@ -223,7 +230,8 @@ export interface Methods {
   'daemon.stats': { params: Record<string, never>, result: MetricFamily[] }
   'image.list': { params: Record<string, never>, result: ImageInfo[] }
   'image.get': { params: { id: string }, result: ImageInfo }
-  'image.import': { params: { path: string, name: string }, result: JobInfo }
+  // labels: "key=value,key=value" (values without commas).
+  'image.import': { params: { path: string, name: string, labels?: string }, result: JobInfo }
   // Builds an image from a spec (layers cached by key); the job's result is a BuildResultInfo.
   'image.build': { params: BuildParams, result: JobInfo }
   'image.export': { params: { id: string, path: string, format?: 'raw' | 'qcow2' }, result: JobInfo }

@@ -28,16 +28,30 @@ export interface Advert {
   specKey?: Buffer | null
   builder: Buffer
   signature: Buffer
+  // Appended (fields 8–10): trusted only with a valid extSignature (advertExtSigningBytes).
+  created?: number | null
+  labels?: string[]
+  extSignature?: Buffer | null
 }
-export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[] }
+export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[], features?: string[] }
 export interface Adverts { adverts: Advert[] }
-export interface ManifestRequest { id: number, root: Buffer, offset?: number | null }
-export interface ManifestResponse { id: number, total: number, offset: number, data: Buffer }
+export interface ManifestRequest { id: number, root: Buffer, offset?: number | null, base?: Buffer | null }
+export interface ManifestResponse { id: number, total: number, offset: number, data: Buffer, delta?: boolean | null }
 export interface Have { root: Buffer, start: number, bitfield: Buffer, complete?: boolean | null }
-export interface BlockRequest { id: number, hashes: Buffer }
+export interface BlockRequest { id: number, hashes: Buffer, background?: boolean | null }
 export interface BlockResponse { id: number, codec: CodecId, sizes: number[], data: Buffer }
 export interface WireError { id?: number | null, code: string, message?: string | null }
 export interface Cancel { id: number }
+export interface Withdraw { roots: Buffer[] }
+export interface Stage { id: string, seq: number, root?: Buffer | null, name?: string | null, size?: number | null, base?: Buffer | null, image?: Buffer | null, cancel?: boolean | null }
+export interface StageStatus { id: string, seq: number, state: string, done?: number | null, total?: number | null, message?: string | null, stats?: string | null, root?: Buffer | null }
+export interface SeedDefaults { version: number, policies: string, author: Buffer, signature: Buffer }
+
+// What this version understands beyond wire version 1 (sent in Hello.features).
+export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta'] as const
+export type Feature = typeof FEATURES[number]
+export const MAX_LABELS = 32
+export const MAX_SEED_DEFAULTS_BYTES = 64 << 10
 
 // Type numbers are only ever appended.
 export const TYPES = {
@@ -49,7 +63,11 @@ export const TYPES = {
   BlockRequest: 6,
   BlockResponse: 7,
   Error: 8,
-  Cancel: 9
+  Cancel: 9,
+  Withdraw: 10,
+  Stage: 11,
+  StageStatus: 12,
+  SeedDefaults: 13
 } as const
 
 export interface MessageMap {
@@ -62,6 +80,10 @@ export interface MessageMap {
   BlockResponse: BlockResponse
   Error: WireError
   Cancel: Cancel
+  Withdraw: Withdraw
+  Stage: Stage
+  StageStatus: StageStatus
+  SeedDefaults: SeedDefaults
 }
 export type MessageName = keyof MessageMap
 export type Message = { [K in MessageName]: { type: K, body: MessageMap[K] } }[MessageName]
@@ -159,12 +181,32 @@ function check (msg: Message): void {
     case 'Error':
     case 'Cancel':
       break
+    case 'Withdraw':
+      if (msg.body.roots.length > MAX_ADVERTS_PER_FRAME || !msg.body.roots.every(isHash)) throw bad('roots')
+      break
+    case 'Stage':
+      if (!/^[0-9a-f]{8,32}$/.test(msg.body.id)) throw bad('id')
+      for (const r of [msg.body.root, msg.body.base, msg.body.image]) if (r && !isHash(r)) throw bad('root')
+      if (!msg.body.cancel && (!msg.body.root || !Number.isSafeInteger(msg.body.size ?? 0))) throw bad('root or size')
+      if ((msg.body.name ?? '').length > 255) throw bad('name')
+      break
+    case 'StageStatus':
+      if (!/^[0-9a-f]{8,32}$/.test(msg.body.id) || msg.body.state.length > 16) throw bad('id or state')
+      if ((msg.body.message ?? '').length > 1024 || (msg.body.stats ?? '').length > 64 << 10) throw bad('too long')
+      if (msg.body.root && !isHash(msg.body.root)) throw bad('root')
+      break
+    case 'SeedDefaults':
+      if (msg.body.author.length !== 32 || msg.body.signature.length !== 64) throw bad('key lengths')
+      if (msg.body.policies.length > MAX_SEED_DEFAULTS_BYTES || !Number.isSafeInteger(msg.body.version)) throw bad('policies')
+      break
   }
 }
 
 function checkAdvert (a: Advert): void {
   if (a.root.length !== HASH_BYTES || a.builder.length !== 32 || a.signature.length !== 64) throw PROTOCOL_ERROR('bad advert: key lengths')
   if (!Number.isSafeInteger(a.size) || a.name.length > 255) throw PROTOCOL_ERROR('bad advert: size or name')
+  if ((a.labels?.length ?? 0) > MAX_LABELS || a.labels?.some(l => l.length > 255)) throw PROTOCOL_ERROR('bad advert: labels')
+  if (a.extSignature && a.extSignature.length !== 64) throw PROTOCOL_ERROR('bad advert: key lengths')
 }
 
 // Bytes the builder signs for an advert: everything but the signature, in a fixed layout.
@@ -182,6 +224,29 @@ export function advertSigningBytes (a: Omit<Advert, 'signature'>): Buffer {
   o += spec.copy(out, o)
   a.builder.copy(out, o)
   return out
+}
+
+// Bytes the builder signs for an advert's appended fields: the v1 bytes, then created and labels.
+export function advertExtSigningBytes (a: Omit<Advert, 'signature' | 'extSignature'>): Buffer {
+  const parts: Buffer[] = [advertSigningBytes(a), Buffer.from('osfarm-advert-ext-v1', 'latin1')]
+  const head = Buffer.alloc(10)
+  head.writeBigUInt64BE(BigInt(a.created ?? 0), 0)
+  head.writeUInt16BE(a.labels?.length ?? 0, 8)
+  parts.push(head)
+  for (const l of a.labels ?? []) {
+    const b = Buffer.from(l, 'utf8')
+    const len = Buffer.alloc(2)
+    len.writeUInt16BE(b.length, 0)
+    parts.push(len, b)
+  }
+  return Buffer.concat(parts)
+}
+
+// Bytes an allowed host signs for the fleet's default seed policies.
+export function seedDefaultsSigningBytes (d: Omit<SeedDefaults, 'signature'>): Buffer {
+  const head = Buffer.alloc(8)
+  head.writeBigUInt64BE(BigInt(d.version), 0)
+  return Buffer.concat([Buffer.from('osfarm-seed-defaults-v1', 'latin1'), head, d.author, Buffer.from(d.policies, 'utf8')])
 }
 
 // Splits a byte stream into frames. Refuses a length over the cap before buffering its body.

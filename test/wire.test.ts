@@ -84,7 +84,7 @@ t.test('frames round-trip and split anywhere', async t => {
     const out = [...d.push(all.subarray(0, cut)), ...d.push(all.subarray(cut))]
     t.equal(out.length, frames.length)
     if (cut === 0) {
-      t.same(decodeMessage(out[1]!), { type: 'BlockRequest', body: { id: 7, hashes: Buffer.alloc(64, 1) } })
+      t.same(decodeMessage(out[1]!), { type: 'BlockRequest', body: { id: 7, hashes: Buffer.alloc(64, 1), background: false } })
       t.equal(decodeMessage(out[2]!).type, 'BlockResponse')
     }
   }

@@ -32,17 +32,18 @@ export function register (program: Command, ctx: CliContext): void {
       printFields([
         ['id', i.id], ['name', i.name], ['root', i.root], ['size', `${humanBytes(i.size)} (${i.size} bytes)`],
         ['data', `${humanBytes(dataBytes(i))} in ${i.blocks - i.zeroBlocks} of ${i.blocks} blocks of ${i.blockSize} bytes`],
-        ['origin', i.origin], ['layers', i.layers.join(' > ') || '-'], ['volume', i.volume], ['created', i.createdAt]
+        ['origin', i.origin], ['layers', i.layers.join(' > ') || '-'], ['volume', i.volume], ['labels', i.labels?.join(', ') || '-'], ['created', i.createdAt]
       ])
     }))
 
   image.command('import <file>')
     .description('import a raw image file')
     .requiredOption('-n, --name <name>', 'image name')
+    .option('-l, --label <key=value>', 'a label, carried in the image\'s advert (seed policies match them); repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
     .option('--no-wait', 'return the job at once')
     .option('--json', 'print JSON')
     .action((file, opts) => withClient(ctx, async c => {
-      const job = await c.call('image.import', { path: path.resolve(file), name: opts.name })
+      const job = await c.call('image.import', { path: path.resolve(file), name: opts.name, ...(opts.label.length ? { labels: opts.label.join(',') } : {}) })
       if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json })
       const img = end.result as ImageInfo

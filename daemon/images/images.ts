@@ -29,6 +29,17 @@ export interface RegisterOptions {
   // A manifest already verified against the volume's bytes (a fetch); else the volume is indexed.
   manifest?: Manifest
   ctx?: JobContext
+  // "key=value" labels (import --label; a fetched image keeps its advert's).
+  labels?: string[]
+}
+
+const LABEL = /^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}=[^,\n]{0,190}$/
+
+// Checks "key=value" labels (seed policies select images by them).
+export function checkLabels (labels: string[]): string[] {
+  if (labels.length > 32) throw BAD_PARAMS('at most 32 labels')
+  for (const l of labels) if (!LABEL.test(l)) throw BAD_PARAMS(`a label is key=value with a key of letters, digits and ._/-, got ${JSON.stringify(l)}`)
+  return labels
 }
 
 export class ImageService {
@@ -69,15 +80,16 @@ export class ImageService {
     if (this.#claimed.has(name) || await this.#catalog.names.get(name)) throw NAME_IN_USE(`an image named "${name}" exists`)
   }
 
-  async import (source: string, name: string): Promise<JobInfo> {
+  async import (source: string, name: string, labels?: string[]): Promise<JobInfo> {
     if (!path.isAbsolute(source)) throw BAD_PARAMS('the source path must be absolute')
     await this.checkName(name)
+    if (labels) checkLabels(labels)
     const size = await sourceSize(source)
     this.#claimed.add(name)
     try {
       return this.#jobs.start('import', name, async ctx => {
         try {
-          return await this.#importJob(source, size, name, ctx)
+          return await this.#importJob(source, size, name, ctx, labels)
         } finally {
           this.#claimed.delete(name)
         }
@@ -88,7 +100,7 @@ export class ImageService {
     }
   }
 
-  async #importJob (source: string, size: number, name: string, ctx: JobContext): Promise<ImageInfo> {
+  async #importJob (source: string, size: number, name: string, ctx: JobContext, labels?: string[]): Promise<ImageInfo> {
     const volume = `img-${randomBytes(8).toString('hex')}`
     const info = await this.#store.prepare(volume, { size })
     try {
@@ -107,7 +119,7 @@ export class ImageService {
         await to.close()
       }
       await this.#store.commit(volume)
-      return await this.register({ volume, name, origin: 'import', ctx })
+      return await this.register({ volume, name, origin: 'import', ctx, ...(labels?.length ? { labels } : {}) })
     } catch (err) {
       await this.#store.remove(volume).catch(() => {})
       throw err
@@ -135,7 +147,8 @@ export class ImageService {
       createdAt: new Date().toISOString(),
       volume: opts.volume,
       origin: opts.origin,
-      layers: opts.layers ?? []
+      layers: opts.layers ?? [],
+      ...(opts.labels?.length ? { labels: opts.labels } : {})
     }
     await this.#catalog.putImage(image, manifest)
     this.#log.info('image registered', { image: image.id, name: image.name, root: image.root, size: image.size })

@@ -21,6 +21,11 @@ export interface JobContext {
 
 export type JobEvent = { type: 'progress', job: JobInfo } | { type: 'log', id: string, line: string }
 
+export interface JobStartOptions {
+  // 'background': work the daemon does on its own (seeding), which yields to every other job.
+  priority?: 'user' | 'background'
+}
+
 interface Running {
   info: JobInfo
   abort: AbortController
@@ -35,6 +40,8 @@ export class JobManager {
   readonly #running = new Map<string, Running>()
   readonly #finished = new Map<string, JobInfo>()
   readonly #events = new EventEmitter()
+  // Told when a job starts or ends (the seed service yields to users' jobs).
+  readonly #activity: Array<(job: JobInfo, event: 'start' | 'end') => void> = []
 
   readonly #onEnd: (job: JobInfo) => void
 
@@ -58,7 +65,24 @@ export class JobManager {
     }
   }
 
-  start<T> (kind: string, target: string, work: (ctx: JobContext) => Promise<T>): JobInfo {
+  onActivity (listener: (job: JobInfo, event: 'start' | 'end') => void): void {
+    this.#activity.push(listener)
+  }
+
+  #tell (job: JobInfo, event: 'start' | 'end'): void {
+    for (const l of this.#activity) {
+      try { l({ ...job }, event) } catch (err) { this.#log.warn('job listener failed', { error: (err as Error).message }) }
+    }
+  }
+
+  // Running jobs a user asked for (not background work).
+  get userRunning (): number {
+    let n = 0
+    for (const r of this.#running.values()) if (r.info.priority !== 'background') n++
+    return n
+  }
+
+  start<T> (kind: string, target: string, work: (ctx: JobContext) => Promise<T>, options: JobStartOptions = {}): JobInfo {
     const id = randomBytes(6).toString('hex')
     const info: JobInfo = {
       id,
@@ -66,7 +90,8 @@ export class JobManager {
       target,
       state: 'running',
       progress: { phase: 'queued', done: 0, total: 0, unit: 'steps' },
-      createdAt: new Date().toISOString()
+      createdAt: new Date().toISOString(),
+      ...(options.priority === 'background' ? { priority: 'background' as const } : {})
     }
     const abort = new AbortController()
     const run: Running = { info, abort, done: undefined as unknown as Promise<JobInfo>, lastEmit: 0, timer: undefined }
@@ -80,6 +105,7 @@ export class JobManager {
     }
     this.#running.set(id, run)
     this.#log.info('job started', { job: id, kind, target })
+    this.#tell(info, 'start')
     const persist = this.#catalog.putJob(info).catch(() => {})
     run.done = (async () => {
       await persist
@@ -99,6 +125,7 @@ export class JobManager {
       await this.#catalog.putJob(info).catch(err => this.#log.error('cannot record job', { job: id, error: err.message }))
       this.#log.info('job ended', { job: id, kind, state: info.state, error: info.error?.message })
       this.#onEnd({ ...info })
+      this.#tell(info, 'end')
       this.#events.emit(id, { type: 'progress', job: info } satisfies JobEvent)
       return info
     })()

@@ -39,9 +39,9 @@ export function methodTable (d: Daemon): MethodTable {
       handler: p => d.builds.build(p)
     },
     'image.import': {
-      params: { path: { type: 'string' }, name: { type: 'string' } },
+      params: { path: { type: 'string' }, name: { type: 'string' }, labels: { type: 'string', optional: true } },
       write: true,
-      handler: p => d.images.import(p.path, p.name)
+      handler: p => d.images.import(p.path, p.name, p.labels?.split(',').map(l => l.trim()).filter(Boolean))
     },
     'image.export': {
       params: { ...id, path: { type: 'string' }, format: { type: ['raw', 'qcow2'], optional: true } },

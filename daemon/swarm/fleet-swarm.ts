@@ -6,11 +6,11 @@ import { EventEmitter } from 'node:events'
 import os from 'node:os'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import DHT, { type KeyPair } from 'hyperdht'
-import { advertSigningBytes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have } from '../../protocol/wire.js'
+import { advertExtSigningBytes, advertSigningBytes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
 import { PROTOCOL_ERROR } from '../../protocol/errors.js'
 import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
 import { verify } from './identity.js'
-import { PeerSession, type BlockBatch, type SessionHost } from './peer-session.js'
+import { PeerSession, type BlockBatch, type ServiceMessage, type SessionHost } from './peer-session.js'
 import { RateLimiter } from './rate-limiter.js'
 
 // Images whose root topics we announce; past this only the fleet topic finds us.
@@ -24,6 +24,7 @@ const REDISCOVER_MS = 10_000
 export interface BlockSource {
   readManifest (root: Buffer): Promise<Buffer | undefined>
   readBlocks (hashes: Buffer): Promise<BlockBatch>
+  readManifestDelta? (root: Buffer, base: Buffer): Promise<Buffer | undefined>
 }
 
 export interface FleetSwarmOptions {
@@ -52,12 +53,16 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   readonly hostName: string
   readonly codecs: CodecId[]
   readonly uploadLimiter: RateLimiter
+  // Serving background (seeding) requests; its rate is set by the seed service (0: no limit).
+  readonly backgroundLimiter = new RateLimiter(0)
   readonly sessions = new Map<string, PeerSession>()
   config: FleetConfig
   #swarm: Hyperswarm
   #dht: DHT
   #allow: Set<string>
   #adverts = new Map<string, Advert>()
+  // Adverts meant for one peer only (pre-staging): peer hex → root hex → advert.
+  #targeted = new Map<string, Map<string, Advert>>()
   #topics = new Map<string, PeerDiscovery>()
   #fleet: PeerDiscovery | undefined
   #source: BlockSource
@@ -168,12 +173,21 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     this.#log('peer connected', { peer: session.remoteHex.slice(0, 16), host: session.remoteHello?.host, address: session.address })
     const rest = [...this.#adverts.values()].slice(1000)
     if (rest.length) session.sendAdverts(rest)
+    const mine = this.#targeted.get(session.remoteHex)
+    if (mine?.size) session.sendAdverts([...mine.values()])
     this.emit('peer', session)
   }
 
   onAdverts (session: PeerSession, adverts: Advert[]): void {
     for (const a of adverts) {
       if (!verify(advertSigningBytes(a), a.signature, a.builder)) throw PROTOCOL_ERROR('advert with a bad signature')
+      // Appended fields count only when the builder signed them too.
+      if (a.extSignature) {
+        if (!verify(advertExtSigningBytes(a), a.extSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad extension signature')
+      } else {
+        a.created = null
+        a.labels = []
+      }
       if (session.adverts.size >= MAX_ADVERTS_PER_PEER) throw PROTOCOL_ERROR('too many adverts')
       const hex = a.root.toString('hex')
       session.adverts.set(hex, a)
@@ -202,6 +216,47 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     return this.#source.readManifest(root)
   }
 
+  readManifestDelta (root: Buffer, base: Buffer): Promise<Buffer | undefined> {
+    return this.#source.readManifestDelta?.(root, base) ?? Promise.resolve(undefined)
+  }
+
+  onWithdraw (session: PeerSession, roots: Buffer[]): void {
+    for (const root of roots) {
+      const hex = root.toString('hex')
+      session.adverts.delete(hex)
+      session.haves.delete(hex)
+      this.emit('withdrawn', hex, session)
+    }
+  }
+
+  // Stage, StageStatus and SeedDefaults go to whichever service listens.
+  onService (session: PeerSession, msg: ServiceMessage): void {
+    this.emit(msg.type, session, msg.body)
+  }
+
+  // Sends a service message to one connected peer; false when it is not connected or too old.
+  sendTo<K extends 'Stage' | 'StageStatus' | 'SeedDefaults'> (peerHex: string, type: K, body: MessageMap[K]): boolean {
+    const s = this.sessions.get(peerHex)
+    return !!s && !s.closed && s.sendIfSupported(type, body)
+  }
+
+  // Adverts for one peer alone: sent now if it is connected and at every connection after,
+  // never announced on a topic.
+  advertiseTo (peerHex: string, adverts: Advert[]): void {
+    let mine = this.#targeted.get(peerHex)
+    if (!mine) this.#targeted.set(peerHex, mine = new Map())
+    for (const a of adverts) mine.set(a.root.toString('hex'), a)
+    const s = this.sessions.get(peerHex)
+    if (s?.remoteHello && !s.closed) s.sendAdverts(adverts)
+  }
+
+  withdrawFrom (peerHex: string, root: Buffer): void {
+    const mine = this.#targeted.get(peerHex)
+    if (!mine?.delete(root.toString('hex'))) return
+    if (!mine.size) this.#targeted.delete(peerHex)
+    this.sessions.get(peerHex)?.sendIfSupported('Withdraw', { roots: [root] })
+  }
+
   readBlocks (hashes: Buffer): Promise<BlockBatch> {
     return this.#source.readBlocks(hashes)
   }
@@ -222,6 +277,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   withdraw (root: Buffer): void {
     const hex = root.toString('hex')
+    if (this.#adverts.has(hex)) for (const s of this.sessions.values()) s.sendIfSupported('Withdraw', { roots: [root] })
     this.#adverts.delete(hex)
     const d = this.#topics.get(hex)
     if (d) {

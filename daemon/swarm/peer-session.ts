@@ -6,8 +6,8 @@ import { EventEmitter } from 'node:events'
 import { createRequire } from 'node:module'
 import { Compressor } from 'zstd-napi'
 import {
-  Codec, decodeMessage, encodeFrame, FrameDecoder, HASH_BYTES, MAX_FRAME_BYTES, MAX_MANIFEST_CHUNK, WIRE_VERSION,
-  type Advert, type BlockResponse, type CodecId, type Have, type Hello, type Message, type MessageMap, type MessageName
+  Codec, decodeMessage, encodeFrame, FEATURES, FrameDecoder, HASH_BYTES, MAX_FRAME_BYTES, MAX_MANIFEST_CHUNK, WIRE_VERSION,
+  type Advert, type BlockResponse, type CodecId, type Feature, type Have, type Hello, type Message, type MessageMap, type MessageName
 } from '../../protocol/wire.js'
 import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js'
 import { RateLimiter } from './rate-limiter.js'
@@ -46,7 +46,17 @@ export interface SessionHost {
   onHave (session: PeerSession, have: Have): void
   readManifest (root: Buffer): Promise<Buffer | undefined>
   readBlocks (hashes: Buffer): Promise<BlockBatch>
+  // Seeding and pre-staging (optional): background requests' upload limit, manifest deltas,
+  // withdrawn adverts and the service messages (Stage, StageStatus, SeedDefaults).
+  readonly backgroundLimiter?: RateLimiter
+  readManifestDelta? (root: Buffer, base: Buffer): Promise<Buffer | undefined>
+  onWithdraw? (session: PeerSession, roots: Buffer[]): void
+  onService? (session: PeerSession, msg: ServiceMessage): void
 }
+
+// Messages a session passes to the daemon's services as they are.
+export type ServiceMessage = Extract<Message, { type: 'Stage' | 'StageStatus' | 'SeedDefaults' }>
+const FEATURE_OF: Partial<Record<MessageName, Feature>> = { Withdraw: 'withdraw', Stage: 'stage', StageStatus: 'stage', SeedDefaults: 'seed-defaults' }
 
 export interface Stream extends EventEmitter {
   write (data: Buffer): boolean
@@ -94,6 +104,8 @@ export class PeerSession extends EventEmitter {
   readonly #limiter: RateLimiter
   #nextId = 1
   #queue: Array<{ id: number, hashes: Buffer }> = []
+  // Background (seeding) requests wait until no foreground request is queued.
+  #background: Array<{ id: number, hashes: Buffer }> = []
   #serving = 0
   #drained: Promise<void> | undefined
   #compressor: Compressor | undefined
@@ -116,7 +128,7 @@ export class PeerSession extends EventEmitter {
     stream.on('data', (chunk: Buffer) => this.#onData(chunk))
     stream.on('error', (err: Error) => this.destroy(err))
     stream.on('close', () => this.destroy())
-    this.#send('Hello', { version: WIRE_VERSION, host: host.hostName, codecs: host.codecs, maxFrame: MAX_FRAME_BYTES, adverts: host.helloAdverts() })
+    this.#send('Hello', { version: WIRE_VERSION, host: host.hostName, codecs: host.codecs, maxFrame: MAX_FRAME_BYTES, adverts: host.helloAdverts(), features: [...FEATURES] })
   }
 
   get codec (): CodecId {
@@ -135,6 +147,16 @@ export class PeerSession extends EventEmitter {
 
   holds (rootHex: string): boolean {
     return this.adverts.has(rootHex) || this.haves.has(rootHex)
+  }
+
+  supports (feature: Feature): boolean {
+    return !!this.remoteHello?.features?.includes(feature)
+  }
+
+  // Sends a message of an appended type, if the peer named its feature; false when not sent.
+  sendIfSupported<K extends 'Withdraw' | 'Stage' | 'StageStatus' | 'SeedDefaults'> (type: K, body: MessageMap[K]): boolean {
+    if (!this.remoteHello || !this.supports(FEATURE_OF[type]!)) return false
+    return this.#send(type, body) || !this.closed
   }
 
   sendAdverts (adverts: Advert[]): void {
@@ -160,10 +182,32 @@ export class PeerSession extends EventEmitter {
     return Buffer.concat(parts)
   }
 
+  // A manifest as a delta against `base`, which the caller holds, where the peer can make one;
+  // else the whole encoding. The caller applies and verifies it.
+  async getManifestDelta (root: Buffer, base: Buffer, maxBytes: number): Promise<{ data: Buffer, delta: boolean }> {
+    if (!this.supports('manifest-delta')) return { data: await this.getManifest(root, maxBytes), delta: false }
+    const parts: Buffer[] = []
+    let offset = 0
+    let total = Infinity
+    let delta: boolean | undefined
+    while (offset < total) {
+      const r = await this.#request('ManifestRequest', 'ManifestResponse', id => ({ id, root, offset, base }))
+      if (r.offset !== offset || r.total > maxBytes || (r.data.length === 0 && offset < r.total)) throw PROTOCOL_ERROR('bad manifest chunk')
+      // The peer's answer changed kind part-way (it dropped the base): the caller asks again.
+      if (delta !== undefined && delta !== !!r.delta) throw PEER_GONE('manifest delta changed between chunks')
+      delta = !!r.delta
+      total = r.total
+      parts.push(r.data)
+      offset += r.data.length
+    }
+    return { data: Buffer.concat(parts), delta: !!delta }
+  }
+
   // Blocks by hash; resolves with their raw bytes (not yet verified: the caller checks hashes).
-  async getBlocks (hashes: Buffer, onId?: (id: number) => void): Promise<BlockBatch> {
+  // Background requests (seeding) are served after foreground ones, under a separate limit.
+  async getBlocks (hashes: Buffer, onId?: (id: number) => void, background = false): Promise<BlockBatch> {
     const count = hashes.length / HASH_BYTES
-    const r: BlockResponse = await this.#request('BlockRequest', 'BlockResponse', id => { onId?.(id); return { id, hashes } })
+    const r: BlockResponse = await this.#request('BlockRequest', 'BlockResponse', id => { onId?.(id); return background ? { id, hashes, background } : { id, hashes } })
     if (r.sizes.length !== count) throw PROTOCOL_ERROR('block response does not match its request')
     let raw = 0
     for (const s of r.sizes) raw += s
@@ -208,6 +252,7 @@ export class PeerSession extends EventEmitter {
     }
     this.#pending.clear()
     this.#queue = []
+    this.#background = []
     this.emit('close', err)
   }
 
@@ -273,18 +318,29 @@ export class PeerSession extends EventEmitter {
         this.#host.onHave(this, msg.body)
         return
       case 'ManifestRequest':
-        this.#serveManifest(msg.body.id, msg.body.root, msg.body.offset ?? 0)
+        this.#serveManifest(msg.body.id, msg.body.root, msg.body.offset ?? 0, msg.body.base ?? undefined)
         return
       case 'BlockRequest':
-        if (this.#queue.length >= MAX_QUEUED_REQUESTS) throw PROTOCOL_ERROR('too many queued requests')
-        this.#queue.push(msg.body)
+        if (this.#queue.length + this.#background.length >= MAX_QUEUED_REQUESTS) throw PROTOCOL_ERROR('too many queued requests')
+        if (msg.body.background) this.#background.push(msg.body)
+        else this.#queue.push(msg.body)
         this.#pump()
         return
       case 'Cancel': {
-        const i = this.#queue.findIndex(q => q.id === msg.body.id)
-        if (i >= 0) this.#queue.splice(i, 1)
+        for (const q of [this.#queue, this.#background]) {
+          const i = q.findIndex(r => r.id === msg.body.id)
+          if (i >= 0) q.splice(i, 1)
+        }
         return
       }
+      case 'Withdraw':
+        this.#host.onWithdraw?.(this, msg.body.roots)
+        return
+      case 'Stage':
+      case 'StageStatus':
+      case 'SeedDefaults':
+        this.#host.onService?.(this, msg)
+        return
       case 'ManifestResponse':
       case 'BlockResponse': {
         const p = this.#pending.get(msg.body.id)
@@ -311,25 +367,27 @@ export class PeerSession extends EventEmitter {
     }
   }
 
-  #serveManifest (id: number, root: Buffer, offset: number): void {
-    this.#host.readManifest(root).then(enc => {
+  #serveManifest (id: number, root: Buffer, offset: number, base?: Buffer): void {
+    const delta = base && this.#host.readManifestDelta ? this.#host.readManifestDelta(root, base) : Promise.resolve(undefined)
+    delta.catch(() => undefined).then(async d => ({ enc: d ?? await this.#host.readManifest(root), delta: !!d })).then(({ enc, delta }) => {
       if (!enc) {
         this.#send('Error', { id, code: 'NOT_FOUND', message: 'no such manifest' })
         return
       }
       const data = enc.subarray(offset, offset + MAX_MANIFEST_CHUNK)
       this.stats.rawOut += data.length
-      this.#send('ManifestResponse', { id, total: enc.length, offset, data })
+      this.#send('ManifestResponse', delta ? { id, total: enc.length, offset, data, delta } : { id, total: enc.length, offset, data })
     }, err => {
       this.#send('Error', { id, code: OsfarmError.from(err).code, message: 'manifest unavailable' })
     })
   }
 
   #pump (): void {
-    while (this.#serving < SERVE_CONCURRENCY && this.#queue.length && !this.closed) {
-      const req = this.#queue.shift()!
+    while (this.#serving < SERVE_CONCURRENCY && (this.#queue.length || this.#background.length) && !this.closed) {
+      const background = !this.#queue.length
+      const req = (background ? this.#background : this.#queue).shift()!
       this.#serving++
-      this.#serve(req.id, req.hashes).catch(err => {
+      this.#serve(req.id, req.hashes, background).catch(err => {
         this.#send('Error', { id: req.id, code: OsfarmError.from(err).code, message: 'blocks unavailable' })
       }).finally(() => {
         this.#serving--
@@ -338,7 +396,7 @@ export class PeerSession extends EventEmitter {
     }
   }
 
-  async #serve (id: number, hashes: Buffer): Promise<void> {
+  async #serve (id: number, hashes: Buffer, background = false): Promise<void> {
     const batch = await this.#host.readBlocks(hashes)
     if (this.closed) return
     let codec: CodecId = Codec.RAW
@@ -349,7 +407,7 @@ export class PeerSession extends EventEmitter {
       if (z.length <= data.length * (1 - MIN_SAVING)) { codec = Codec.ZSTD; data = z }
     }
     const wire = data.length + 16 + batch.sizes.length * 3
-    await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire)])
+    await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire), background ? this.#host.backgroundLimiter?.take(wire) : undefined])
     if (this.#drained) await this.#drained
     if (this.closed) return
     this.stats.rawOut += batch.data.length

@@ -19,6 +19,22 @@ export class RateLimiter {
 
   get #burst (): number { return Math.max(MIN_BURST, this.#rate / 4) }
 
+  // For callers that cannot wait on a promise: takes n bytes and returns 0 when the bucket
+  // holds them, else takes nothing and returns the milliseconds until it will. Not to be mixed
+  // with take() on one limiter.
+  reserve (n: number): number {
+    if (this.#rate <= 0) return 0
+    const now = performance.now()
+    this.#tokens = Math.min(this.#burst, this.#tokens + (now - this.#last) * this.#rate / 1000)
+    this.#last = now
+    const need = Math.min(n, this.#burst)
+    if (this.#tokens >= need) {
+      this.#tokens -= n
+      return 0
+    }
+    return Math.max(1, Math.ceil((need - this.#tokens) * 1000 / this.#rate))
+  }
+
   take (n: number): Promise<void> {
     if (this.#rate <= 0) return Promise.resolve()
     const next = this.#queue.then(() => this.#wait(n))

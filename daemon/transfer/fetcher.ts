@@ -41,6 +41,7 @@ import type { FetchPlan } from './fetch-planner.js'
 import type { TransferStats } from '../../protocol/rpc.js'
 import type { LocalBlocks } from './local-blocks.js'
 import type { Progress } from './progress.js'
+import type { RateLimiter } from '../swarm/rate-limiter.js'
 
 const BATCH_BYTES = 256 << 10
 const MIN_WINDOW = 8
@@ -77,6 +78,10 @@ export interface FetcherOptions {
   peerWaitMs?: number
   onFlush?: (bits: Buffer) => void
   onProgress?: (done: number, total: number) => void
+  // Background work (seeding): peers serve these requests after everyone else's.
+  background?: boolean
+  // Caps how fast this fetch asks for blocks (raw bytes per second).
+  limiter?: RateLimiter
 }
 
 interface Req {
@@ -121,6 +126,7 @@ export class Fetcher {
   #waitTimer: NodeJS.Timeout | undefined
   #remoteStart = 0
   #completed = 0
+  #limitTimer: NodeJS.Timeout | undefined
   readonly #total: number
 
   constructor (options: FetcherOptions) {
@@ -161,6 +167,7 @@ export class Fetcher {
     } finally {
       clearInterval(flusher)
       clearTimeout(this.#waitTimer)
+      clearTimeout(this.#limitTimer)
       o.signal?.removeEventListener('abort', onAbort)
       this.#o.pool.off('holder', this.#onHolder)
       this.#o.pool.off('peer-closed', this.#onClosed)
@@ -320,6 +327,13 @@ export class Fetcher {
       let us = this.#takePending(ps)
       if (!us.length && this.#pending === 0) { us = this.#takeEndgame(ps); dup = true }
       if (!us.length) return
+      if (this.#o.limiter && !dup) {
+        const wait = this.#o.limiter.reserve(us.length * this.#m.blockSize)
+        if (wait > 0) {
+          this.#limitTimer ??= setTimeout(() => { this.#limitTimer = undefined; this.#pumpAll() }, wait)
+          return
+        }
+      }
       this.#send(ps, us, dup)
     }
   }
@@ -366,7 +380,7 @@ export class Fetcher {
     }
     const req: Req = { peer: ps, us, sentAt: performance.now(), id: 0, dup }
     ps.inflight.add(req)
-    ps.session.getBlocks(hashes, id => { req.id = id }).then(
+    ps.session.getBlocks(hashes, id => { req.id = id }, this.#o.background).then(
       batch => this.#onBatch(ps, req, batch),
       err => this.#onFail(ps, req, err)
     ).catch(err => this.#abort(err))

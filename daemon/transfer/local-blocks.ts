@@ -6,11 +6,14 @@
 import fs from 'node:fs/promises'
 import { HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, blockLength, encodeManifest, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import { encodeManifestDelta } from '../blocks/manifest-delta.js'
 import type { BlockBatch } from '../swarm/peer-session.js'
 
 // An idle file handle is closed after this long.
 const HANDLE_IDLE_MS = 10_000
 const VOLUME_SHIFT = 2 ** 32
+// Manifest deltas kept while a peer reads them in chunks.
+const DELTA_CACHE = 4
 
 interface Volume {
   id: number
@@ -35,6 +38,7 @@ export class LocalBlocks {
   #volumes = new Map<number, Volume>()
   #byKey = new Map<string, Volume>()
   #manifests = new Map<string, { manifest: Manifest, encoded?: Buffer }>()
+  #deltas = new Map<string, Buffer>()
   #nextId = 1
   #sweeper: NodeJS.Timeout
 
@@ -113,6 +117,23 @@ export class LocalBlocks {
     if (!m) return undefined
     m.encoded ??= encodeManifest(m.manifest)
     return m.encoded
+  }
+
+  // Manifest `root` as a delta against `base`, when both are known here and the delta is
+  // smaller than the manifest.
+  async readManifestDelta (root: Buffer, base: Buffer): Promise<Buffer | undefined> {
+    const key = root.toString('hex') + base.toString('hex')
+    const cached = this.#deltas.get(key)
+    if (cached) return cached
+    const next = this.#manifests.get(root.toString('hex'))
+    const prev = this.#manifests.get(base.toString('hex'))
+    if (!next || !prev) return undefined
+    const delta = encodeManifestDelta(prev.manifest, next.manifest)
+    next.encoded ??= encodeManifest(next.manifest)
+    if (delta.length >= next.encoded.length) return undefined
+    this.#deltas.set(key, delta)
+    if (this.#deltas.size > DELTA_CACHE) this.#deltas.delete(this.#deltas.keys().next().value!)
+    return delta
   }
 
   // Reads the blocks in request order into one buffer; runs contiguous in a file and in the

@@ -8,9 +8,11 @@ import { randomBytes } from 'node:crypto'
 import type { KeyPair } from 'hyperdht'
 import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, VERIFY_FAILED } from '../../protocol/errors.js'
 import type { FleetInfo, FetchResult, ImageInfo, JobInfo, PeerInfo } from '../../protocol/rpc.js'
-import { advertSigningBytes, type Advert } from '../../protocol/wire.js'
+import { advertExtSigningBytes, advertSigningBytes, type Advert } from '../../protocol/wire.js'
 import { HASH_BYTES } from '../blocks/hash.js'
-import { blockCount, decodeManifest, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import { blockCount, decodeManifest, encodeManifest, isZeroSlot, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
+import { applyManifestDelta } from '../blocks/manifest-delta.js'
+import { RateLimiter } from '../swarm/rate-limiter.js'
 import type { BlockHasher } from '../blocks/block-hasher.js'
 import type { Catalog } from '../catalog/catalog.js'
 import type { ImageService } from '../images/images.js'
@@ -35,9 +37,12 @@ interface FetchState {
   volume: string
   parent?: string
   advert?: SerializedAdvert
+  // Appended: a fetch that is not registered as an image (pre-staging), background work.
+  register?: boolean
+  background?: boolean
 }
 
-type SerializedAdvert = Record<keyof Advert, string | number | null>
+type SerializedAdvert = Record<keyof Advert, string | number | string[] | null | undefined>
 
 export interface TransferDeps {
   dataDir: string
@@ -51,11 +56,17 @@ export interface TransferDeps {
 
 export interface FetchOptions {
   from?: string
-  // Bytes per second the fetch may receive at most is not enforced by peers; it caps our
-  // own upload while fetching (0: unlimited). Reserved for a later receive limiter.
+  // Bytes per second (raw) the fetch asks peers for at most (0 or absent: no limit).
   limit?: number
   name?: string
   peerWaitMs?: number
+  // 'background' (seeding): the job yields to users' jobs and peers serve it after others.
+  priority?: 'user' | 'background'
+  // false: commit the volume but do not register it as an image (pre-staging); the result's
+  // `volume` names it.
+  register?: boolean
+  // A root whose manifest this host holds: ask holders for the wanted manifest as a delta.
+  manifestBase?: string
 }
 
 export class TransferService {
@@ -66,6 +77,8 @@ export class TransferService {
   #adverts
   #running = new Map<string, Promise<JobInfo>>()
   #partialBits = new Map<string, Buffer>()
+  // Root → id of the newest fetch job started for it.
+  #jobOf = new Map<string, string>()
 
   constructor (deps: TransferDeps) {
     this.#d = deps
@@ -134,11 +147,36 @@ export class TransferService {
   async #advertFor (image: ImageInfo): Promise<Advert> {
     const saved = await this.#adverts.get(image.root)
     if (saved) return parseAdvert(saved)
-    const body = { root: Buffer.from(image.root, 'hex'), name: image.name, size: image.size, blockSize: image.blockSize, specKey: null, builder: this.#keyPair.publicKey }
-    const advert: Advert = { ...body, signature: sign(advertSigningBytes(body), this.#keyPair) }
+    const advert = this.signAdvert({ root: Buffer.from(image.root, 'hex'), name: image.name, size: image.size, blockSize: image.blockSize, created: Date.parse(image.createdAt) || Date.now(), labels: image.labels ?? [] })
     await this.#adverts.put(image.root, serializeAdvert(advert))
     return advert
   }
+
+  // An advert this host signs as the builder, with the appended fields (created, labels).
+  signAdvert (a: { root: Buffer, name: string, size: number, blockSize: number, created?: number, labels?: string[] }): Advert {
+    const body = { root: a.root, name: a.name, size: a.size, blockSize: a.blockSize, specKey: null, builder: this.#keyPair.publicKey, created: a.created ?? Date.now(), labels: a.labels ?? [] }
+    return { ...body, signature: sign(advertSigningBytes(body), this.#keyPair), extSignature: sign(advertExtSigningBytes(body), this.#keyPair) }
+  }
+
+  // The advert this host sends for a local image (its builder's, for a fetched one).
+  async advertOf (rootHex: string): Promise<Advert | undefined> {
+    const saved = await this.#adverts.get(rootHex)
+    return saved ? parseAdvert(saved) : undefined
+  }
+
+  // The job fetching `rootHex` now, if any.
+  fetchJobOf (rootHex: string): string | undefined {
+    const id = this.#jobOf.get(rootHex)
+    if (!id) return undefined
+    try {
+      return this.#d.jobs.get(id).state === 'running' ? id : undefined
+    } catch {
+      return undefined
+    }
+  }
+
+  get publicKey (): string { return this.#keyPair.publicKey.toString('hex') }
+  get keyPair (): KeyPair { return this.#keyPair }
 
   async #allAdverts (): Promise<Advert[]> {
     const out: Advert[] = []
@@ -223,7 +261,7 @@ export class TransferService {
   }
 
   #startJob (root: string, name: string, advert: Advert | undefined, opts: FetchOptions): JobInfo {
-    return this.#d.jobs.start('fetch', name, async ctx => {
+    const job = this.#d.jobs.start('fetch', name, async ctx => {
       const prev = this.#running.get(root)
       if (prev) await prev.catch(() => {})
       let release!: () => void
@@ -235,7 +273,9 @@ export class TransferService {
         if (this.#running.get(root) === mine) this.#running.delete(root)
         release()
       }
-    })
+    }, { priority: opts.priority })
+    this.#jobOf.set(root, job.id)
+    return job
   }
 
   // A root (64 hex digits) or an image name advertised by peers.
@@ -271,7 +311,7 @@ export class TransferService {
     const swarm = this.swarm
     if (!swarm) throw FLEET_NOT_CONFIGURED()
     const have = (await this.#d.catalog.listImages()).find(i => i.root === rootHex)
-    if (have) return { image: have, stats: undefined, alreadyPresent: true }
+    if (have && opts.register !== false) return { image: have, stats: undefined, alreadyPresent: true }
     const root = Buffer.from(rootHex, 'hex')
     const dir = path.join(this.#stateDir, rootHex)
     await fs.mkdir(dir, { recursive: true, mode: 0o700 })
@@ -286,10 +326,10 @@ export class TransferService {
       if (saved) {
         manifest = decodeManifest(saved, root)
       } else {
-        const enc = await this.#getManifest(root, opts, ctx)
-        manifest = decodeManifest(enc, root)
-        manifestBytes = enc.length
-        await fs.writeFile(path.join(dir, 'manifest'), enc, { mode: 0o600 })
+        const got = await this.#getManifest(root, opts, ctx)
+        manifest = got.manifest
+        manifestBytes = got.wireBytes
+        await fs.writeFile(path.join(dir, 'manifest'), encodeManifest(manifest), { mode: 0o600 })
       }
       const stats: FetchStats = emptyStats(manifest)
       stats.manifestBytes = manifestBytes
@@ -310,7 +350,7 @@ export class TransferService {
         const candidates = this.local.volumes().filter(v => v.complete)
         const parent = chooseParent(manifest, candidates.map(c => ({ volume: c.key, manifest: c.manifest })))
         const volume = `${FETCH_VOLUME_PREFIX}${rootHex.slice(0, 16)}-${randomBytes(3).toString('hex')}`
-        state = { root: rootHex, name, volume, parent: parent?.volume, ...(advert ? { advert: serializeAdvert(advert) } : {}) }
+        state = { root: rootHex, name, volume, parent: parent?.volume, ...(advert ? { advert: serializeAdvert(advert) } : {}), ...(opts.register === false ? { register: false } : {}), ...(opts.priority === 'background' ? { background: true } : {}) }
         await writeState(dir, state)
         vol = await this.#d.store.prepare(volume, parent ? { parent: parent.volume, size: manifest.size } : { size: manifest.size })
         if (vol.size > manifest.size) {
@@ -350,7 +390,9 @@ export class TransferService {
           this.#partialBits.set(rootHex, bits)
           swarm.broadcastHave(root, bits)
         },
-        onProgress: (done, total) => ctx.progress(`fetch ${(stats.rate / 1e6).toFixed(1)} MB/s from ${Object.keys(stats.peers).length} peer(s)`, done, total, 'blocks')
+        onProgress: (done, total) => ctx.progress(`fetch ${(stats.rate / 1e6).toFixed(1)} MB/s from ${Object.keys(stats.peers).length} peer(s)`, done, total, 'blocks'),
+        background: state.background ?? opts.priority === 'background',
+        ...(opts.limit ? { limiter: new RateLimiter(opts.limit) } : {})
       })
       await fetcher.run()
 
@@ -378,9 +420,21 @@ export class TransferService {
       ctx.progress('register', 0, 1, 'steps')
       const committed = await this.#d.store.commit(state.volume)
       this.local.movePath(state.volume, committed.path)
+      if (state.register === false || opts.register === false) {
+        // Pre-staging: the caller owns the volume; it serves blocks by hash but is no image.
+        await fs.rm(dir, { recursive: true, force: true })
+        this.#partialBits.delete(rootHex)
+        stats.elapsedMs = Math.round(performance.now() - started)
+        this.#d.log.info('fetch done', { root: rootHex, ms: stats.elapsedMs, inPlace: stats.inPlace, local: stats.copiedLocal, received: stats.received, wire: stats.wireBytes, volume: state.volume })
+        const image: ImageInfo = {
+          id: '', name: state.name, size: manifest.size, root: rootHex, blockSize: manifest.blockSize, blocks: count,
+          zeroBlocks: zeroBlockCount(manifest), createdAt: new Date().toISOString(), volume: state.volume, origin: 'fetch', layers: []
+        }
+        return { image, stats, alreadyPresent: false, volume: state.volume }
+      }
       if (advert) await this.#adverts.put(rootHex, serializeAdvert(advert))
       // Registration tells this service (subscribe), which serves and advertises it whole.
-      const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex), origin: 'fetch', manifest, ctx })
+      const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex), origin: 'fetch', manifest, ctx, ...(advert?.labels?.length ? { labels: advert.labels } : {}) })
       await fs.rm(dir, { recursive: true, force: true })
       this.#partialBits.delete(rootHex)
       stats.elapsedMs = Math.round(performance.now() - started)
@@ -391,7 +445,32 @@ export class TransferService {
     }
   }
 
-  async #getManifest (root: Buffer, opts: FetchOptions, ctx: JobContext): Promise<Buffer> {
+  // The manifest from a holder, checked against the root; as a delta against opts.manifestBase
+  // where a holder can make one (wireBytes counts what came over the wire).
+  async #getManifest (root: Buffer, opts: FetchOptions, ctx: JobContext): Promise<{ manifest: Manifest, wireBytes: number }> {
+    const base = opts.manifestBase ? this.local.manifest(Buffer.from(opts.manifestBase, 'hex')) ?? await this.#d.catalog.manifest(opts.manifestBase) : undefined
+    if (base) {
+      const rootHex = root.toString('hex')
+      const deadline = Date.now() + Math.min(opts.peerWaitMs ?? PEER_WAIT_MS, 10_000)
+      while (Date.now() < deadline && !ctx.signal.aborted) {
+        const s = this.swarm!.holders(rootHex).find(h => h.adverts.has(rootHex) && (!opts.from || h.remoteHex === opts.from))
+        if (!s) { await new Promise(resolve => setTimeout(resolve, 200)); continue }
+        try {
+          const got = await s.getManifestDelta(root, base.root, MAX_MANIFEST_BYTES)
+          const manifest = got.delta ? applyManifestDelta(base, got.data) : decodeManifest(got.data)
+          if (manifest.root.equals(root)) return { manifest, wireBytes: got.data.length }
+          this.#d.log.warn('manifest delta from peer did not give the root', { peer: s.remoteHex.slice(0, 16) })
+        } catch (err) {
+          this.#d.log.warn('manifest delta from peer failed', { peer: s.remoteHex.slice(0, 16), error: (err as Error).message })
+        }
+        break
+      }
+    }
+    const enc = await this.#getWholeManifest(root, opts, ctx)
+    return { manifest: decodeManifest(enc, root), wireBytes: enc.length }
+  }
+
+  async #getWholeManifest (root: Buffer, opts: FetchOptions, ctx: JobContext): Promise<Buffer> {
     const swarm = this.swarm!
     const deadline = Date.now() + (opts.peerWaitMs ?? PEER_WAIT_MS)
     const rootHex = root.toString('hex')
@@ -437,7 +516,10 @@ export class TransferService {
       if (!state) { await fs.rm(path.join(this.#stateDir, rootHex), { recursive: true, force: true }); continue }
       keep.add(state.volume)
       if (!this.swarm) continue
-      const job = this.#startJob(state.root, state.name, state.advert ? parseAdvert(state.advert) : undefined, {})
+      const job = this.#startJob(state.root, state.name, state.advert ? parseAdvert(state.advert) : undefined, {
+        ...(state.register === false ? { register: false } : {}),
+        ...(state.background ? { priority: 'background' as const } : {})
+      })
       this.#d.log.info('resuming fetch', { root: state.root, job: job.id })
     }
     // Fetch volumes no state refers to are leftovers.
@@ -476,7 +558,10 @@ function serializeAdvert (a: Advert): SerializedAdvert {
     blockSize: a.blockSize,
     specKey: a.specKey ? a.specKey.toString('hex') : null,
     builder: a.builder.toString('hex'),
-    signature: a.signature.toString('hex')
+    signature: a.signature.toString('hex'),
+    created: a.created ?? null,
+    labels: a.labels ?? [],
+    extSignature: a.extSignature ? a.extSignature.toString('hex') : null
   }
 }
 
@@ -488,7 +573,8 @@ function parseAdvert (s: SerializedAdvert): Advert {
     blockSize: s.blockSize as number,
     specKey: s.specKey ? Buffer.from(s.specKey as string, 'hex') : null,
     builder: Buffer.from(s.builder as string, 'hex'),
-    signature: Buffer.from(s.signature as string, 'hex')
+    signature: Buffer.from(s.signature as string, 'hex'),
+    ...(s.extSignature ? { created: s.created as number, labels: (s.labels as string[] | undefined) ?? [], extSignature: Buffer.from(s.extSignature as string, 'hex') } : {})
   }
 }
 
