@@ -194,6 +194,16 @@ t.test('a cancelled build stops and leaves nothing behind', async t => {
   t.equal((await inner.list()).length, before)
 })
 
+t.test('a build cancelled in the middle of mmdebstrap leaves nothing mounted or on disk', async t => {
+  const before = (await inner.list()).length
+  const ac = new AbortController()
+  const s = spec({ size: '1G' }) // another base: not in the cache
+  const building = builder.build(s, { signal: ac.signal, onLog: line => { if (/installing essential/.test(line)) ac.abort() } })
+  await t.rejects(building, { code: 'JOB_CANCELLED' })
+  t.same(await assertNothingLeft(), [])
+  t.equal((await inner.list()).length, before)
+})
+
 t.test('rootfs flavour: a tarball base, files and a busybox script, no network', async t => {
   const tarball = await makeRootfs(path.join(dir, 'rootfs'), 0)
   const s = parseSpec(JSON.stringify({

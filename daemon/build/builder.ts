@@ -24,7 +24,7 @@ import { readHostSources } from './host-mirror.js'
 import { hasMmdebstrap } from './tools/mmdebstrap.js'
 import { fixChecksums, makeFs, normalizeTimes, resetSuperblock } from './tools/mke2fs.js'
 import { strayTimes, treeBytes, withMountedVolume } from './mounted-root.js'
-import { detach, mountsUnder, trim, umount } from './tools/mount.js'
+import { detach, killRootedIn, mountsUnder, trim, umount } from './tools/mount.js'
 import { scanInodes } from './ext4-inodes.js'
 import { BUILD_EPOCH, planBuild, type Plan, type PlannedLayer, type StepKind } from './plan.js'
 import { bootStep, filesStep, packagesStep, scriptsStep, type StepContext } from './steps.js'
@@ -115,7 +115,7 @@ export class Builder {
         if (source?.startsWith('/dev/loop')) await detach(source).catch(() => {})
       }
       for (const name of await fs.readdir(this.workDir).catch(() => [] as string[])) {
-        if (/^(mnt|base)-/.test(name)) await fs.rm(path.join(this.workDir, name), { recursive: true, force: true })
+        if (/^(mnt|base)-/.test(name)) await removeScratch(path.join(this.workDir, name))
       }
       return left
     })()
@@ -344,7 +344,7 @@ export class Builder {
       await normalizeTimes(vol.path, BUILD_EPOCH, used.map(ino => ({ ino, late: false })))
       await resetSuperblock(vol.path, BUILD_EPOCH, derivedUuid(plan.layers[0]!.key, 'uuid'))
     } finally {
-      await fs.rm(scratch, { recursive: true, force: true })
+      await removeScratch(scratch)
     }
   }
 
@@ -367,6 +367,16 @@ export class Builder {
     this.#host ??= (async () => ({ sources: await readHostSources(this.#aptDir), mmdebstrap: await hasMmdebstrap() }))()
     return this.#host
   }
+}
+
+// Removes a bootstrap tree, but only once nothing is mounted in it: a bootstrap tool killed
+// half-way can leave its chroot's /proc, /sys or device binds mounted, and a recursive delete
+// must never walk into those.
+async function removeScratch (scratch: string): Promise<void> {
+  await killRootedIn(scratch)
+  for (const point of await mountsUnder(scratch)) await umount(point)
+  if ((await mountsUnder(scratch)).length) throw BUILD_FAILED(`${scratch} still has mounts; left in place`)
+  await fs.rm(scratch, { recursive: true, force: true })
 }
 
 // A UUID from a layer key: the same key gives the same filesystem UUID and hash seed anywhere.

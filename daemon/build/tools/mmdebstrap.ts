@@ -50,6 +50,7 @@ export async function hasMmdebstrap (): Promise<boolean> {
 
 export async function bootstrap (tool: 'mmdebstrap' | 'debootstrap', o: BootstrapOptions): Promise<void> {
   const args = tool === 'mmdebstrap' ? mmdebstrapArgs(o) : debootstrapArgs(o)
-  const r = await run(tool, args, { env: { SOURCE_DATE_EPOCH: String(o.epoch) }, signal: o.signal, onLine: o.onLine, pkg: tool })
+  // On cancel the tool unmounts its chroot's filesystems itself: give it time to.
+  const r = await run(tool, args, { env: { SOURCE_DATE_EPOCH: String(o.epoch) }, signal: o.signal, onLine: o.onLine, pkg: tool, graceMs: 30_000 })
   if (r.exitCode !== 0) throw aptFailure(r.tail, `${tool} ${o.release}`)
 }

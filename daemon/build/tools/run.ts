@@ -17,6 +17,8 @@ export interface RunOptions {
   // The Debian package that provides the tool, for TOOL_MISSING's message.
   pkg?: string
   timeoutMs?: number
+  // After a cancel's SIGTERM, how long the tool gets to clean up before SIGKILL (default 5 s).
+  graceMs?: number
 }
 
 export interface RunResult {
@@ -42,7 +44,7 @@ export async function run (cmd: string, args: string[], options: RunOptions = {}
     env,
     extendEnv: false,
     cancelSignal: options.signal,
-    forceKillAfterDelay: 5000,
+    forceKillAfterDelay: options.graceMs ?? 5000,
     timeout: options.timeoutMs,
     stdin: options.input === undefined ? 'ignore' : 'pipe',
     input: options.input,
