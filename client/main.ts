@@ -15,6 +15,8 @@ import * as peer from './commands/peer.js'
 import * as stats from './commands/stats.js'
 import * as config from './commands/config.js'
 import * as completion from './commands/completion.js'
+import * as seed from './commands/seed.js'
+import * as prestage from './commands/prestage.js'
 
 const program = new Command('osfarmctl')
   .description('control osfarmd: build, store and move VM images')
@@ -23,7 +25,7 @@ const program = new Command('osfarmctl')
   .showHelpAfterError()
 
 const ctx = cliContext(program)
-for (const command of [status, image, build, job, fetch, fleet, peer, stats, config, completion]) command.register(program, ctx)
+for (const command of [status, image, build, job, fetch, fleet, peer, stats, config, completion, seed, prestage]) command.register(program, ctx)
 
 program.parseAsync().then(() => process.exit(0), err => {
   const e = OsfarmError.from(err)

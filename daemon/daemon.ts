@@ -21,6 +21,8 @@ import { HttpServer } from './http/http-server.js'
 import { PackageIndex } from './console/package-index.js'
 import { methodTable } from './rpc/methods.js'
 import { recoverVolumes, TransferService } from './transfer/transfer-service.js'
+import { SeedService } from './seed/seed-service.js'
+import { PrestageService } from './prestage/prestage-service.js'
 import type { Logger } from './log.js'
 import { Metrics, serveMetrics } from './metrics.js'
 import { sdNotify } from './notify.js'
@@ -44,6 +46,8 @@ export class Daemon {
   images!: ImageService
   builds!: BuildService
   transfers!: TransferService
+  seeds!: SeedService
+  prestages!: PrestageService
   readonly packages = new PackageIndex()
   #http: HttpServer | undefined
   readonly metrics = new Metrics()
@@ -74,6 +78,10 @@ export class Daemon {
       this.builds = new BuildService({ store: this.store, images: this.images, jobs: this.jobs, log: this.log, workDir: path.join(dataDir, 'build') })
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
       await this.transfers.start()
+      this.seeds = new SeedService({ catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, transfers: this.transfers, log: this.log })
+      await this.seeds.start()
+      this.prestages = new PrestageService({ dataDir, catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, hasher: this.hasher, transfers: this.transfers, blockSize: this.config.blockSize, log: this.log })
+      await this.prestages.start()
       this.#addGauges()
       const group = this.config.socketGroup === null ? null : await groupId(this.config.socketGroup)
       const table = methodTable(this)
@@ -120,6 +128,7 @@ export class Daemon {
   }
 
   async #closeAll (): Promise<void> {
+    await this.seeds?.stop()
     await this.transfers?.stop()
     await this.hasher?.close()
     await this.store?.close()

@@ -129,6 +129,10 @@ export interface TransferStats {
   peers: Record<string, TransferPeerStats>
   elapsedMs: number
   rate: number
+  // Milliseconds per phase: manifest, plan (snapshot included), transfer, verify, register.
+  phases: Record<string, number>
+  // Milliseconds of the transfer phase until the last remote block arrived.
+  remoteMs: number
 }
 
 // image.build: a spec's text (with its format, else guessed) or the path of a spec file on the
@@ -222,6 +226,139 @@ export interface FleetImage {
   holders: Array<{ key: string, host: string }>
 }
 
+// ---- seeding ----
+
+// Which images a host holds ahead of need. An advert matches when its name matches `match` (a
+// glob: * and ?) and, with `label` ("key=glob"), one of its labels does; of the matches, the
+// `keep` newest (by the builder's time) are held, those over `maxSize` bytes never.
+export interface SeedPolicyParams {
+  match: string
+  label?: string
+  keep?: number
+  maxSize?: number
+  // Higher goes first among seed fetches (users' own jobs always go before any).
+  priority?: number
+  // Bytes per second: how fast this policy's fetches download, and (the smallest over the
+  // policies) how fast this host serves seeding requests. 0 or absent: no limit.
+  uploadLimit?: number
+  downloadLimit?: number
+  // Publish as a fleet-wide default: every host of the fleet applies it.
+  fleet?: boolean
+}
+
+export interface SeedPolicy {
+  id: string
+  match: string
+  label: string | null
+  keep: number
+  maxSize: number | null
+  priority: number
+  uploadLimit: number
+  downloadLimit: number
+  // 'host': this host's own; 'fleet': a fleet-wide default (any allowed host may change it).
+  scope: 'host' | 'fleet'
+  createdAt: string
+}
+
+export interface SeedHolder {
+  key: string
+  host: string
+  complete: boolean
+  // Part-way holders: blocks verified of all blocks (from their Have bitfields).
+  blocks?: number
+  total?: number
+}
+
+export type SeedLocalState = 'held' | 'fetching' | 'queued' | 'paused' | 'waiting' | 'failed' | 'unwanted'
+
+export interface SeedImageStatus {
+  root: string
+  name: string
+  size: number
+  created: string | null
+  labels: string[]
+  // Policies that want it (empty: held by seeding but no longer wanted, or only seen).
+  policies: string[]
+  local: SeedLocalState
+  // Why it waits or failed; the running job.
+  reason?: string
+  job?: string
+  // Fraction of the blocks this host has (1 when held).
+  progress: number
+  holders: SeedHolder[]
+  // Roll-out: hosts in view (connected peers and this one), hosts holding it whole, and the
+  // mean fraction held over those hosts.
+  fleet: { hosts: number, complete: number, progress: number }
+}
+
+export interface SeedStatus {
+  policies: SeedPolicy[]
+  images: SeedImageStatus[]
+  // Seeding waits while a user's job runs.
+  paused: boolean
+  // Bytes (non-zero data) of images seeding brought here, and the cap on them (null: none).
+  heldBytes: number
+  cap: number | null
+  fleetDefaultsVersion: number
+}
+
+// ---- pre-staging ----
+
+export type PrestageState = 'indexing' | 'staging' | 'staged' | 'syncing' | 'failed' | 'cancelled'
+
+export interface PrestagePoint {
+  seq: number
+  root: string
+  volume: string
+  createdAt: string
+  // How the point was taken and indexed.
+  capture: 'reflink' | 'thin-snapshot' | 'copy' | 'image'
+  index: 'full' | 'extents' | 'thin-delta' | 'manifest'
+  // Blocks hashed for this point (the rest came from the base image's or the last point's
+  // manifest), and blocks whose hash differs from the previous point (or the base image).
+  hashedBlocks: number
+  changedBlocks: number
+  indexMs: number
+}
+
+export interface PrestageTargetReport {
+  seq: number
+  state: string
+  done: number
+  total: number
+  message?: string
+  stats?: TransferStats
+}
+
+export interface PrestageInfo {
+  id: string
+  // 'source': the disk's host; 'target': where the copy goes.
+  role: 'source' | 'target'
+  state: PrestageState
+  disk: string
+  // The peer: the target's key (on the source), the source's key (on the target).
+  peer: string
+  peerHost: string
+  base: { name: string, root: string } | null
+  size: number
+  points: PrestagePoint[]
+  // On the source: the target's last report per point.
+  target: PrestageTargetReport | null
+  // On the target: the committed volume holding the newest complete point, and its path.
+  volume?: string
+  path?: string
+  createdAt: string
+  error?: string
+}
+
+export interface PrestageStartParams {
+  disk: string
+  to: string
+  // The image the disk was made from (by name, id or root): blocks it shares are indexed from
+  // its manifest and the target builds from its copy.
+  base?: string
+}
+
 // One entry per method: params and result types. The daemon's table and the typed client are
 // both checked against this map.
 export interface Methods {
@@ -252,6 +389,20 @@ export interface Methods {
   'package.search': { params: { query: string, suite: string, uri?: string, component?: string, arch?: string, limit?: number }, result: PackageSearchResult }
   'spec.check': { params: { spec: string, format?: 'xml' | 'json' }, result: SpecCheckResult }
   'fleet.images': { params: Record<string, never>, result: FleetImage[] }
+  'seed.add': { params: SeedPolicyParams, result: SeedPolicy }
+  'seed.list': { params: Record<string, never>, result: SeedPolicy[] }
+  // Removes a policy; images only it wanted are released.
+  'seed.remove': { params: { id: string }, result: { id: string, removed: boolean } }
+  'seed.status': { params: Record<string, never>, result: SeedStatus }
+  // Caps the bytes seeding may hold here (0: no cap).
+  'seed.cap': { params: { bytes: number }, result: { cap: number | null } }
+  // Pre-staging: start and sync return jobs whose results are PrestageInfo (they end once the
+  // target holds the point).
+  'prestage.start': { params: PrestageStartParams, result: JobInfo }
+  'prestage.sync': { params: { id: string }, result: JobInfo }
+  'prestage.list': { params: Record<string, never>, result: PrestageInfo[] }
+  'prestage.get': { params: { id: string }, result: PrestageInfo }
+  'prestage.cancel': { params: { id: string }, result: PrestageInfo }
 }
 
 export type MethodName = keyof Methods

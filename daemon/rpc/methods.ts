@@ -82,6 +82,20 @@ export function methodTable (d: Daemon): MethodTable {
     },
     // Planning hashes the host files a spec names, as the daemon's user: as guarded as image.build.
     'spec.check': { params: { spec: { type: 'string' }, format: { type: ['xml', 'json'], optional: true } }, write: true, handler: p => checkSpec(d.builds, d.store, p.spec, p.format) },
-    'fleet.images': { params: {}, write: false, handler: () => fleetImages(d.transfers.swarm) }
+    'fleet.images': { params: {}, write: false, handler: () => fleetImages(d.transfers.swarm) },
+    'seed.add': {
+      params: { match: { type: 'string' }, label: { type: 'string', optional: true }, keep: { type: 'number', optional: true }, maxSize: { type: 'number', optional: true }, priority: { type: 'number', optional: true }, uploadLimit: { type: 'number', optional: true }, downloadLimit: { type: 'number', optional: true }, fleet: { type: 'boolean', optional: true } },
+      write: true,
+      handler: p => d.seeds.add(p)
+    },
+    'seed.list': { params: {}, write: false, handler: () => d.seeds.policies() },
+    'seed.remove': { params: id, write: true, handler: p => d.seeds.remove(p.id) },
+    'seed.status': { params: {}, write: false, handler: () => d.seeds.status() },
+    'seed.cap': { params: { bytes: { type: 'number' } }, write: true, handler: p => d.seeds.setCap(p.bytes) },
+    'prestage.start': { params: { disk: { type: 'string' }, to: { type: 'string' }, base: { type: 'string', optional: true } }, write: true, handler: p => d.prestages.begin(p) },
+    'prestage.sync': { params: id, write: true, handler: p => d.prestages.sync(p.id) },
+    'prestage.list': { params: {}, write: false, handler: () => d.prestages.list() },
+    'prestage.get': { params: id, write: false, handler: p => d.prestages.get(p.id) },
+    'prestage.cancel': { params: id, write: true, handler: p => d.prestages.cancel(p.id) }
   }
 }

@@ -28,6 +28,12 @@
 //
 //   If no peer can supply a pending block for PEER_WAIT_MS, the fetch fails with NO_PEERS (its
 //   progress stays; running it again resumes).
+//
+//   Swarming (background fetches: seeding, where many hosts fetch one image at once): each host
+//   walks the entries from a random point, so hosts ask for different blocks first; a peer
+//   part-way through is scanned from where it last had blocks for us; and a whole holder is
+//   given only blocks no connected part-way peer has, so the source's upload goes to the
+//   rarest blocks while receivers pass on the rest to each other.
 
 import { EventEmitter } from 'node:events'
 import fs from 'node:fs/promises'
@@ -100,6 +106,8 @@ interface PeerState {
   rate: number
   lastAt: number
   failures: number
+  // Background: where the next scan of a part-way peer's blocks starts.
+  scan: number
 }
 
 export class Fetcher {
@@ -133,7 +141,7 @@ export class Fetcher {
     this.#o = options
     this.#m = options.manifest
     this.#rootHex = options.manifest.root.toString('hex')
-    this.#entries = options.plan.remote
+    this.#entries = options.background ? rotate(options.plan.remote) : options.plan.remote
     this.#state = new Uint8Array(this.#entries.length)
     this.#copies = new Uint8Array(this.#entries.length)
     this.#pending = this.#entries.length
@@ -288,7 +296,7 @@ export class Fetcher {
     const old = this.#peers.get(hex)
     if (old?.session === session) return
     if (old) this.#removePeer(old)
-    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0 })
+    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, scan: 0 })
     this.#o.stats.peers[hex] ??= { host: session.remoteHello?.host ?? '', blocks: 0, rawBytes: 0, wireBytes: 0 }
   }
 
@@ -349,9 +357,34 @@ export class Fetcher {
     const us: number[] = []
     const n = this.#entries.length
     while (this.#cursor < n && this.#state[this.#cursor] !== 0) this.#cursor++
+    if (this.#o.background) return this.#takeSwarming(ps)
     for (let u = this.#cursor, scanned = 0; u < n && us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
       if (this.#state[u] === 0 && this.#peerHas(ps, u)) us.push(u)
     }
+    return us
+  }
+
+  #takeSwarming (ps: PeerState): number[] {
+    const us: number[] = []
+    const n = this.#entries.length
+    if (ps.session.adverts.has(this.#rootHex)) {
+      // A whole holder: blocks no part-way peer of ours can give.
+      const partial = [...this.#peers.values()].filter(p => p !== ps && !p.session.adverts.has(this.#rootHex) && !p.session.closed)
+      for (let u = this.#cursor, scanned = 0; u < n && us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
+        if (this.#state[u] === 0 && !ps.missing.has(u) && !partial.some(p => this.#peerHas(p, u))) us.push(u)
+      }
+      return us
+    }
+    // A part-way peer: from where it last had blocks for us, wrapping once to the cursor.
+    let u = Math.max(this.#cursor, ps.scan)
+    for (let scanned = 0; us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
+      if (u >= n) {
+        if (this.#cursor >= n) break
+        u = this.#cursor
+      }
+      if (this.#state[u] === 0 && this.#peerHas(ps, u)) us.push(u)
+    }
+    ps.scan = us.length ? us[0]! : u
     return us
   }
 
@@ -449,6 +482,7 @@ export class Fetcher {
     s.rawBytes += raw
     s.wireBytes += batch.wireBytes ?? 0
     s.rate = s.rawBytes * 1000 / Math.max(1, now - this.#remoteStart)
+    s.remoteMs = Math.round(now - this.#remoteStart)
     // Duplicates of what just arrived are no longer needed.
     if (this.#pending === 0) this.#cancelDone()
     if (writes.length) this.#queueWrite(writes, written, got)
@@ -580,6 +614,14 @@ export class Fetcher {
   }
 }
 
+// The same entries from a random point on, so that hosts fetching one image at once ask for
+// different blocks first.
+function rotate<T> (list: T[]): T[] {
+  if (list.length < 2) return list
+  const k = Math.floor(Math.random() * list.length)
+  return [...list.slice(k), ...list.slice(0, k)]
+}
+
 export function emptyStats (m: Manifest): FetchStats {
   return {
     blocks: blockCount(m.size, m.blockSize),
@@ -595,6 +637,8 @@ export function emptyStats (m: Manifest): FetchStats {
     droppedPeers: [],
     peers: {},
     elapsedMs: 0,
-    rate: 0
+    rate: 0,
+    phases: {},
+    remoteMs: 0
   }
 }

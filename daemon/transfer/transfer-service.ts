@@ -79,6 +79,8 @@ export class TransferService {
   #partialBits = new Map<string, Buffer>()
   // Root → id of the newest fetch job started for it.
   #jobOf = new Map<string, string>()
+  // Told of each swarm opened (fleet init reopens it): the seed and prestage services listen.
+  #swarmListeners: Array<(swarm: FleetSwarm) => void> = []
 
   constructor (deps: TransferDeps) {
     this.#d = deps
@@ -120,6 +122,7 @@ export class TransferService {
       log: (msg, fields) => this.#d.log.info(msg, fields as Record<string, string>)
     })
     this.swarm.advertise(await this.#allAdverts())
+    for (const l of this.#swarmListeners) l(this.swarm)
     this.#d.log.info('fleet swarm open', { key: self, dht: JSON.stringify(this.swarm.address()), peers: config.allow.length - 1 })
   }
 
@@ -173,6 +176,26 @@ export class TransferService {
     } catch {
       return undefined
     }
+  }
+
+  onSwarm (listener: (swarm: FleetSwarm) => void): void {
+    this.#swarmListeners.push(listener)
+    if (this.swarm) listener(this.swarm)
+  }
+
+  // Forgets an unfinished fetch of `rootHex` (its job must have ended): its progress, its
+  // partial volume and the blocks it served.
+  async discardFetch (rootHex: string): Promise<void> {
+    if (this.fetchJobOf(rootHex)) return
+    const dir = path.join(this.#stateDir, rootHex)
+    const state = await readState(dir)
+    if (state) {
+      this.local.removeVolume(state.volume)
+      const vol = await this.#d.store.stat(state.volume)
+      if (vol?.kind === 'active') await this.#d.store.remove(state.volume).catch(() => {})
+    }
+    await fs.rm(dir, { recursive: true, force: true })
+    this.#partialBits.delete(rootHex)
   }
 
   get publicKey (): string { return this.#keyPair.publicKey.toString('hex') }
@@ -319,6 +342,8 @@ export class TransferService {
     try {
       // 1. The manifest: from disk when resuming, else from a holder, checked against the root.
       ctx.progress('manifest', 0, 1, 'steps')
+      let mark = performance.now()
+      const phase = (name: string) => { const now = performance.now(); stats.phases[name] = Math.round(now - mark); mark = now }
       let state = await readState(dir)
       let manifest: Manifest
       let manifestBytes = 0
@@ -333,6 +358,7 @@ export class TransferService {
       }
       const stats: FetchStats = emptyStats(manifest)
       stats.manifestBytes = manifestBytes
+      phase('manifest')
       const count = blockCount(manifest.size, manifest.blockSize)
       for (let i = 0; i < count; i++) if (isZeroSlot(manifest.hashes, i)) stats.zeroBlocks++
 
@@ -374,6 +400,7 @@ export class TransferService {
       const doneNow: number[] = []
       for (let i = 0; i < count; i++) if (progress.has(i) && !isZeroSlot(manifest.hashes, i)) doneNow.push(i)
       this.local.addBlocks(state.volume, doneNow)
+      phase('plan')
       const fetcher = new Fetcher({
         manifest,
         volume: state.volume,
@@ -395,6 +422,7 @@ export class TransferService {
         ...(opts.limit ? { limiter: new RateLimiter(opts.limit) } : {})
       })
       await fetcher.run()
+      phase('transfer')
 
       // 5. The whole image, hashed again, must be the manifest.
       ctx.progress('verify', 0, manifest.size, 'bytes')
@@ -417,6 +445,7 @@ export class TransferService {
       }
 
       // Registered at once, so it serves (and is advertised) as a whole image.
+      phase('verify')
       ctx.progress('register', 0, 1, 'steps')
       const committed = await this.#d.store.commit(state.volume)
       this.local.movePath(state.volume, committed.path)
@@ -424,7 +453,8 @@ export class TransferService {
         // Pre-staging: the caller owns the volume; it serves blocks by hash but is no image.
         await fs.rm(dir, { recursive: true, force: true })
         this.#partialBits.delete(rootHex)
-        stats.elapsedMs = Math.round(performance.now() - started)
+        phase('register')
+      stats.elapsedMs = Math.round(performance.now() - started)
         this.#d.log.info('fetch done', { root: rootHex, ms: stats.elapsedMs, inPlace: stats.inPlace, local: stats.copiedLocal, received: stats.received, wire: stats.wireBytes, volume: state.volume })
         const image: ImageInfo = {
           id: '', name: state.name, size: manifest.size, root: rootHex, blockSize: manifest.blockSize, blocks: count,

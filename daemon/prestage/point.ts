@@ -1,0 +1,200 @@
+// A pre-stage point: a consistent copy of a disk at one instant, as a committed store volume.
+// A raw file becomes a reflink clone (shares every extent: instant, and later writes to the
+// disk do not reach it); an LV in the store's thin pool a thin snapshot; anything else a plain
+// copy, consistent only if nothing writes the disk meanwhile. Then the point is indexed: hashes
+// of the blocks that may differ from a known manifest (the previous point, or the image the
+// disk came from), found by thin_delta or the extent maps, the rest taken from that manifest.
+
+import fs from 'node:fs/promises'
+import { BAD_PARAMS, IO_ERROR, JOB_CANCELLED } from '../../protocol/errors.js'
+import type { PrestagePoint } from '../../protocol/rpc.js'
+import type { BlockHasher } from '../blocks/block-hasher.js'
+import { deviceSize } from '../blocks/block-hasher.js'
+import { hashInto, HASH_BYTES } from '../blocks/hash.js'
+import { blockCount, createManifest, type Manifest } from '../blocks/manifest.js'
+import { copyNonZero } from '../images/block-copy.js'
+import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
+import { runTool } from '../tools/run-tool.js'
+import { differingRanges, readExtents } from './extent-map.js'
+
+const CHUNK_BYTES = 1 << 20
+
+export interface Disk {
+  kind: 'file' | 'device'
+  path: string
+  size: number
+}
+
+export async function openDisk (path: string): Promise<Disk> {
+  const st = await fs.stat(path).catch(err => { throw BAD_PARAMS(`cannot read ${path}: ${err.code ?? err.message}`) })
+  if (!st.isFile() && !st.isBlockDevice()) throw BAD_PARAMS(`${path} is neither a raw file nor a block device`)
+  const size = await deviceSize(path)
+  if (size === 0) throw BAD_PARAMS(`${path} is empty`)
+  return { kind: st.isFile() ? 'file' : 'device', path, size }
+}
+
+// Stores that can snapshot a device outside the store (an LV of the same thin pool).
+interface SnapshottingStore extends LayerStore {
+  snapshotOf? (key: string, device: string): Promise<VolumeInfo>
+}
+
+export async function capturePoint (store: SnapshottingStore, disk: Disk, key: string, signal?: AbortSignal): Promise<{ volume: VolumeInfo, capture: PrestagePoint['capture'] }> {
+  if (disk.kind === 'device' && store.snapshotOf) {
+    const snap = await store.snapshotOf(key, disk.path).catch(() => undefined)
+    if (snap) return { volume: await store.commit(key), capture: 'thin-snapshot' }
+  }
+  const vol = await store.prepare(key, { size: disk.size })
+  try {
+    let capture: PrestagePoint['capture'] = 'copy'
+    if (disk.kind === 'file' && store.backend === 'file') {
+      try {
+        await runTool('cp', ['--reflink=always', '--no-preserve=all', '--', disk.path, vol.path], { signal })
+        capture = 'reflink'
+      } catch (err) {
+        if ((err as { code?: string }).code === 'JOB_CANCELLED') throw err
+        await copyFile(disk, vol, signal)
+      }
+    } else {
+      await copyFile(disk, vol, signal)
+    }
+    return { volume: await store.commit(key), capture }
+  } catch (err) {
+    await store.remove(key).catch(() => {})
+    throw err
+  }
+}
+
+async function copyFile (disk: Disk, vol: VolumeInfo, signal?: AbortSignal): Promise<void> {
+  const from = await fs.open(disk.path, 'r')
+  const to = await fs.open(vol.path, 'r+')
+  try {
+    if (vol.size > disk.size) await to.truncate(disk.size).catch(() => {})
+    await copyNonZero(from, to, { size: disk.size, blockSize: 4096, signal })
+    await to.sync()
+  } finally {
+    await from.close()
+    await to.close()
+  }
+}
+
+export interface IndexResult {
+  manifest: Manifest
+  index: PrestagePoint['index']
+  hashedBlocks: number
+  changedBlocks: number
+}
+
+export interface IndexOptions {
+  store: LayerStore
+  hasher: BlockHasher
+  blockSize: number
+  volume: VolumeInfo
+  size: number
+  // What the point is compared with: the previous point or the disk's image.
+  prev?: { manifest: Manifest, volume: VolumeInfo }
+  signal?: AbortSignal
+  onProgress?: (done: number, total: number) => void
+}
+
+export async function indexPoint (o: IndexOptions): Promise<IndexResult> {
+  const prev = o.prev && o.prev.manifest.blockSize === o.blockSize ? o.prev : undefined
+  let ranges: Array<[number, number]> | undefined
+  let index: PrestagePoint['index'] = 'full'
+  if (prev && o.store.changedBlocks && o.store.backend !== 'file') {
+    ranges = await o.store.changedBlocks(o.volume.key, prev.volume.key).catch(() => undefined)
+    if (ranges) index = 'thin-delta'
+  }
+  if (!ranges && (await fs.stat(o.volume.path)).isFile()) {
+    // Extent maps: against the previous point or image, or against nothing (then only the
+    // point's data ranges are read; its holes are zero blocks).
+    try {
+      const mine = await readExtents(o.volume.path, o.signal)
+      const theirs = prev && (await fs.stat(prev.volume.path)).isFile() ? await readExtents(prev.volume.path, o.signal) : prev ? undefined : []
+      if (theirs) {
+        ranges = differingRanges(mine, theirs, o.size, o.blockSize)
+        index = 'extents'
+      }
+    } catch (err) {
+      if ((err as { code?: string }).code === 'JOB_CANCELLED') throw err
+    }
+  }
+  if (!ranges) {
+    const manifest = await o.hasher.indexFile(o.volume.path, { blockSize: o.blockSize, size: o.size, signal: o.signal, onProgress: o.onProgress })
+    const count = blockCount(o.size, o.blockSize)
+    return { manifest, index: 'full', hashedBlocks: count, changedBlocks: prev ? countChanged(prev.manifest, manifest) : count - zeroSlots(manifest) }
+  }
+  const count = blockCount(o.size, o.blockSize)
+  const hashes = Buffer.alloc(count * HASH_BYTES)
+  if (prev) prev.manifest.hashes.copy(hashes, 0, 0, Math.min(prev.manifest.hashes.length, hashes.length))
+  // Blocks past the previous size were never compared: hash them too.
+  const prevSize = prev ? prev.manifest.size : 0
+  if (prev && o.size > prevSize) ranges.push([Math.floor(prevSize / o.blockSize) * o.blockSize, o.size - Math.floor(prevSize / o.blockSize) * o.blockSize])
+  const hashed = await hashRanges(o.volume.path, o.size, o.blockSize, ranges, hashes, o.signal, o.onProgress)
+  const manifest = createManifest(o.blockSize, o.size, hashes)
+  return { manifest, index, hashedBlocks: hashed, changedBlocks: prev ? countChanged(prev.manifest, manifest) : count - zeroSlots(manifest) }
+}
+
+// Hashes the blocks of `ranges` into their slots (zero blocks: all-zero slots); returns how
+// many blocks it read.
+async function hashRanges (file: string, size: number, blockSize: number, ranges: Array<[number, number]>, hashes: Buffer, signal?: AbortSignal, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const sorted = ranges.map(([s, l]) => [Math.floor(s / blockSize) * blockSize, Math.min(size, s + l)] as [number, number]).sort((a, b) => a[0] - b[0])
+  const total = sorted.reduce((n, [s, e]) => n + Math.max(0, e - s), 0)
+  const chunk = Buffer.allocUnsafe(CHUNK_BYTES - (CHUNK_BYTES % blockSize) || blockSize)
+  const zero = Buffer.alloc(blockSize)
+  const fh = await fs.open(file, 'r')
+  let blocks = 0
+  let done = 0
+  let covered = 0
+  try {
+    for (const [start, end] of sorted) {
+      let pos = Math.max(start, covered)
+      while (pos < end) {
+        if (signal?.aborted) throw JOB_CANCELLED()
+        const want = Math.min(chunk.length, end - pos)
+        let got = 0
+        while (got < want) {
+          const { bytesRead } = await fh.read(chunk, got, want - got, pos + got)
+          if (bytesRead === 0) throw IO_ERROR(`${file} ended at ${pos + got}, expected ${size}`)
+          got += bytesRead
+        }
+        for (let o = 0; o < got; o += blockSize) {
+          const len = Math.min(blockSize, got - o)
+          const slot = (pos + o) / blockSize
+          const isZero = len === blockSize ? chunk.compare(zero, 0, blockSize, o, o + blockSize) === 0 : chunk.subarray(o, o + len).every(b => b === 0)
+          if (isZero) hashes.fill(0, slot * HASH_BYTES, (slot + 1) * HASH_BYTES)
+          else hashInto(chunk.subarray(o, o + len), hashes, slot * HASH_BYTES)
+          blocks++
+        }
+        pos += got
+        done += got
+        onProgress?.(done, total)
+      }
+      covered = Math.max(covered, end)
+    }
+  } finally {
+    await fh.close()
+  }
+  return blocks
+}
+
+function countChanged (a: Manifest, b: Manifest): number {
+  const n = blockCount(b.size, b.blockSize)
+  const m = blockCount(a.size, a.blockSize)
+  let c = 0
+  for (let i = 0; i < n; i++) {
+    const o = i * HASH_BYTES
+    if (i >= m ? !isZero(b.hashes, o) : b.hashes.compare(a.hashes, o, o + HASH_BYTES, o, o + HASH_BYTES) !== 0) c++
+  }
+  return c
+}
+
+function zeroSlots (m: Manifest): number {
+  let n = 0
+  for (let o = 0; o < m.hashes.length; o += HASH_BYTES) if (isZero(m.hashes, o)) n++
+  return n
+}
+
+function isZero (buf: Buffer, o: number): boolean {
+  for (let j = 0; j < HASH_BYTES; j++) if (buf[o + j] !== 0) return false
+  return true
+}

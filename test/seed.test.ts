@@ -1,0 +1,139 @@
+import t from 'tap'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from './helpers/fleet.js'
+import { startDaemon, type TestDaemon } from './helpers/daemon.js'
+
+const WAIT_MS = 120_000
+
+async function until<T> (what: string, fn: () => Promise<T | undefined | false>, ms = WAIT_MS): Promise<T> {
+  const end = Date.now() + ms
+  for (;;) {
+    const v = await fn()
+    if (v) return v
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 250))
+  }
+}
+
+const holds = (d: TestDaemon, root: string) => until(`an image ${root.slice(0, 12)}`, async () => {
+  const list = await d.ctlJson('image', 'ls')
+  return list.find((i: any) => i.root === root)
+})
+
+const lacks = (d: TestDaemon, root: string) => until(`no image ${root.slice(0, 12)}`, async () => {
+  const list = await d.ctlJson('image', 'ls')
+  return !list.some((i: any) => i.root === root)
+})
+
+t.test('a fleet-wide policy seeds every host with no user action; a late host catches up; new versions replace old; removing the policy releases', async t => {
+  const fleet = await startFleet(3, t.teardown)
+  const [a, b, c] = fleet.daemons as [TestDaemon, TestDaemon, TestDaemon]
+  const dir = await tempDir('osfarm-seed-')
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const v1 = await makeImagePair(dir, 4096, 20, 11)
+  const v2dir = path.join(dir, 'v2')
+  await fs.mkdir(v2dir)
+  const v2 = await makeImagePair(v2dir, 4096, 30, 12)
+  const other = path.join(dir, 'other')
+  await fs.mkdir(other)
+  const unrelated = await makeImagePair(other, 512, 20, 13)
+
+  const img1 = await a.ctlJson('image', 'import', v1.derived, '--name', 'app-1', '--label', 'role=web')
+  await a.ctlJson('image', 'import', unrelated.base, '--name', 'tools')
+  for (const d of [a, b, c]) await waitPeers(d, 2)
+
+  // One policy on A, published fleet-wide: B and C fetch app-1 on their own.
+  const t0 = Date.now()
+  const policy = await a.ctlJson('seed', 'add', 'app-*', '--label', 'role=w*', '--keep', '1', '--fleet')
+  t.equal(policy.scope, 'fleet')
+  for (const d of [b, c]) {
+    const got = await holds(d, img1.root)
+    t.equal(got.origin, 'fetch', 'fetched by seeding')
+    t.same(got.labels, ['role=web'], 'the builder\'s labels travel with the advert')
+  }
+  t.comment(`roll-out to 2 hosts in ${Date.now() - t0} ms`)
+  for (const d of [b, c]) {
+    const policies = await d.ctlJson('seed', 'ls')
+    t.same(policies.map((p: any) => p.id), [policy.id], 'the fleet default reached the host')
+    t.notOk((await d.ctlJson('image', 'ls')).some((i: any) => i.name === 'tools'), 'an image no policy wants is not fetched')
+  }
+  const out = path.join(dir, 'out-c.img')
+  await c.ctlJson('image', 'export', img1.root.slice(0, 16), '-o', out)
+  t.equal(await sha256(out), await sha256(v1.derived), 'the seeded copy is byte-identical')
+  const jobs = await b.ctlJson('job', 'ls')
+  const seedJob = jobs.find((j: any) => j.kind === 'fetch')
+  t.equal(seedJob.priority, 'background', 'seed fetches run as background jobs')
+
+  // Status on A: who holds it, and the roll-out.
+  const st = await until('roll-out complete in status', async () => {
+    const s = await a.ctlJson('seed', 'status')
+    const i = s.images.find((x: any) => x.root === img1.root)
+    return i && i.fleet.complete === 3 ? s : undefined
+  })
+  const entry = st.images.find((x: any) => x.root === img1.root)
+  t.equal(entry.local, 'held')
+  t.equal(entry.holders.length, 2, 'both other hosts hold it')
+  t.ok(entry.holders.every((h: any) => h.complete))
+  t.equal(entry.fleet.hosts, 3)
+
+  // D joins late: it hears the fleet's defaults and the adverts, and catches up.
+  const d = await startDaemon()
+  t.teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
+  const info = await d.ctlJson('fleet', 'init', '--secret', fleet.secret, '--bootstrap', fleet.bootstrap, '--dht-host', '127.0.0.1')
+  for (const k of fleet.keys) await d.ctlJson('fleet', 'allow', k)
+  for (const x of [a, b, c]) await x.ctlJson('fleet', 'allow', info.publicKey)
+  await holds(d, img1.root)
+  t.same((await d.ctlJson('seed', 'ls')).map((p: any) => p.id), [policy.id], 'the late host applies the fleet policy')
+  t.pass('the late host caught up')
+
+  // A newer version: every host fetches it and, keeping 1, releases the old one.
+  const img2 = await a.ctlJson('image', 'import', v2.derived, '--name', 'app-2', '--label', 'role=web')
+  for (const x of [b, c, d]) {
+    await holds(x, img2.root)
+    await lacks(x, img1.root)
+  }
+  t.ok((await a.ctlJson('image', 'ls')).some((i: any) => i.root === img1.root), 'the builder keeps its own old version (seeding never releases a user\'s image)')
+  t.pass('new version everywhere, old one released')
+
+  // Removing the policy (on any host: it is the fleet's) releases what it brought.
+  await c.ctlJson('seed', 'rm', policy.id)
+  for (const x of [b, c, d]) await lacks(x, img2.root)
+  t.equal((await a.ctlJson('seed', 'ls')).length, 0, 'the removal reached the author too')
+  t.ok((await a.ctlJson('image', 'ls')).some((i: any) => i.root === img2.root), 'the builder keeps its image')
+})
+
+t.test('a host policy: newest N, max size, and a user\'s job goes first', async t => {
+  const fleet = await startFleet(2, t.teardown)
+  const [a, b] = fleet.daemons as [TestDaemon, TestDaemon]
+  const dir = await tempDir('osfarm-seed2-')
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const small = await makeImagePair(dir, 1024, 20, 21)
+  const big = path.join(dir, 'big')
+  await fs.mkdir(big)
+  const large = await makeImagePair(big, 8192, 20, 22)
+  const s1 = await a.ctlJson('image', 'import', small.base, '--name', 'db-1')
+  const s2 = await a.ctlJson('image', 'import', small.derived, '--name', 'db-2')
+  const l3 = await a.ctlJson('image', 'import', large.derived, '--name', 'db-3')
+  await waitPeers(b, 1)
+  const p = await b.ctlJson('seed', 'add', 'db-*', '--keep', '2', '--max-size', '8M')
+  t.equal(p.scope, 'host')
+  await holds(b, s2.root)
+  await holds(b, s1.root)
+  t.notOk((await b.ctlJson('image', 'ls')).some((i: any) => i.root === l3.root), 'over --max-size: not held')
+  t.same(await a.ctlJson('seed', 'ls'), [], 'a host policy stays on its host')
+
+  // A user's fetch starts while a seed fetch could: the seed one waits until it ends.
+  await b.ctlJson('seed', 'rm', p.id)
+  await lacks(b, s1.root)
+  await lacks(b, s2.root)
+  const job = await b.ctlJson('fetch', 'db-3', '--no-wait-job')
+  await b.ctlJson('seed', 'add', 'db-*', '--keep', '2')
+  const user = await until('the user fetch', async () => { const j = await b.ctlJson('job', 'show', job.id); return j.state === 'done' ? j : undefined })
+  await holds(b, s2.root)
+  const seeds = (await b.ctlJson('job', 'ls')).filter((j: any) => j.priority === 'background' && j.createdAt > user.createdAt)
+  t.ok(seeds.length > 0, 'seeding ran after the policy came back')
+  for (const j of seeds) t.ok(j.state !== 'done' || j.createdAt >= user.finishedAt, `seed job ${j.id} (${j.state}) did not run alongside the user's fetch`)
+  const st = await b.ctlJson('seed', 'status')
+  t.same(st.images.filter((i: any) => i.local === 'held').map((i: any) => i.name).sort(), ['db-2', 'db-3'], 'the two newest are held (db-3 the user fetched)')
+})
