@@ -227,7 +227,7 @@ async function osfarmRun (b: Host, name: string, from?: Host): Promise<{ row: Ro
   const t = await timed(async () => { result = await ctl(b, 'fetch', name, ...(from ? ['--from', from.key] : [])) }, peers)
   await ctl(b, 'image', 'rm', result.image.id)
   const s = result.stats
-  return { row: { method: 'osfarm', seconds: t.seconds, wire: t.wire, note: `job ${(s.elapsedMs / 1000).toFixed(2)} s; in place ${s.inPlace}, local ${s.copiedLocal}, received ${s.received} blocks, ${(s.wireBytes / 1e6).toFixed(1)} MB payload` }, stats: s }
+  return { row: { method: 'osfarm', seconds: t.seconds, wire: t.wire, note: `job ${(s.elapsedMs / 1000).toFixed(2)} s (${Object.entries(s.phases ?? {}).map(([k, v]) => `${k} ${((v as number) / 1000).toFixed(2)}`).join(', ')}; last block at ${((s.remoteMs ?? 0) / 1000).toFixed(2)} s into transfer); in place ${s.inPlace}, local ${s.copiedLocal}, received ${s.received} blocks, ${(s.wireBytes / 1e6).toFixed(1)} MB payload` }, stats: s }
 }
 
 function table (title: string, nonZero: number, rows: Row[]): void {
