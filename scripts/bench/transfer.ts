@@ -6,6 +6,7 @@
 // The daemons' data dirs live on a loop-mounted XFS with reflink, so a snapshot costs no copy.
 // Wire bytes are the receiving interface's rx+tx byte counters (everything: framing, DHT, acks).
 // Needs root. Env: BENCH_RATES=100mbit,1gbit  BENCH_PAIRS=independent,layer  BENCH_RUNS=1
+// BENCH_BASELINES=0 (osfarm only)  BENCH_THREE=0 (skip the 3-peer run)
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
@@ -289,7 +290,7 @@ async function main (): Promise<void> {
           if (!best || run.row.seconds < best.row.seconds) best = run
         }
         rows.push(best!.row)
-        rows.push(...await baselines(files.S, T))
+        if (process.env.BENCH_BASELINES !== '0') rows.push(...await baselines(files.S, T))
         const limitS = (lim.compressed + lim.manifest) * 8 / BPS[rate]!
         table(`### ${rate}: move T to a host holding S`, nonZeroBytes, rows)
         const base = rows.slice(1).reduce((m, r) => Math.min(m, r.seconds), Infinity)
@@ -300,6 +301,7 @@ async function main (): Promise<void> {
     }
 
     // One host fetching T whole from 3 peers, each link shaped to 100 Mbit.
+    if (process.env.BENCH_THREE === '0') return
     await execa(LAB, ['rate', '100mbit'])
     const T = files.independent
     const peers = [await startHost('p1', '10.201.1.2'), await startHost('p2', '10.201.2.2'), await startHost('p3', '10.201.3.2')]
