@@ -9,7 +9,6 @@ import type { KeyPair } from 'hyperdht'
 import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, VERIFY_FAILED } from '../../protocol/errors.js'
 import type { FleetInfo, FetchResult, ImageInfo, JobInfo, PeerInfo } from '../../protocol/rpc.js'
 import { advertExtSigningBytes, advertSigningBytes, type Advert } from '../../protocol/wire.js'
-import { HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, decodeManifest, encodeManifest, isZeroSlot, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
 import { applyManifestDelta } from '../blocks/manifest-delta.js'
 import { RateLimiter } from '../swarm/rate-limiter.js'
@@ -26,6 +25,7 @@ import { chooseParent, planFetch } from './fetch-planner.js'
 import { emptyStats, Fetcher, type FetchStats } from './fetcher.js'
 import { LocalBlocks } from './local-blocks.js'
 import { Progress } from './progress.js'
+import { verifyBlocks } from './verify.js'
 
 const PEER_WAIT_MS = 30_000
 const MAX_MANIFEST_BYTES = 256 << 20
@@ -424,27 +424,14 @@ export class TransferService {
       await fetcher.run()
       phase('transfer')
 
-      // 5. The whole image, hashed again, must be the manifest.
+      // 5. The whole image checked again: every data block read back and hashed.
       ctx.progress('verify', 0, manifest.size, 'bytes')
-      const check = await this.#d.hasher.indexFile(target.path, {
-        blockSize: manifest.blockSize,
-        size: manifest.size,
-        signal: ctx.signal,
-        onProgress: (d, t) => ctx.progress('verify', d, t)
-      })
-      if (!check.root.equals(manifest.root)) {
-        const bad: number[] = []
-        for (let i = 0; i < count; i++) {
-          if (manifest.hashes.compare(check.hashes, i * HASH_BYTES, (i + 1) * HASH_BYTES, i * HASH_BYTES, (i + 1) * HASH_BYTES) !== 0) {
-            progress.bits[i >> 3]! &= ~(1 << (i & 7))
-            bad.push(i)
-          }
-        }
+      const bad = await verifyBlocks(target.path, manifest, { signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) })
+      if (bad.length) {
+        for (const i of bad) progress.bits[i >> 3]! &= ~(1 << (i & 7))
         await progress.save()
         throw VERIFY_FAILED(`${bad.length} blocks of the fetched image do not match the manifest (${bad.slice(0, 5).join(', ')}${bad.length > 5 ? ', ...' : ''}); fetch again to repair them`)
       }
-
-      // Registered at once, so it serves (and is advertised) as a whole image.
       phase('verify')
       ctx.progress('register', 0, 1, 'steps')
       const committed = await this.#d.store.commit(state.volume)
