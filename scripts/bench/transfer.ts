@@ -117,7 +117,7 @@ async function fleet (hosts: Host[]): Promise<void> {
   }
   for (const h of hosts) for (const o of hosts) if (o !== h) await ctl(h, 'fleet', 'allow', o.key)
   for (const h of hosts) {
-    const end = Date.now() + 60_000
+    const end = Date.now() + 120_000
     while ((await ctl(h, 'peer', 'ls')).length < hosts.length - 1) {
       if (Date.now() > end) throw new Error(`${h.ns} did not see its peers`)
       await new Promise(resolve => setTimeout(resolve, 200))
@@ -238,6 +238,20 @@ function table (title: string, nonZero: number, rows: Row[]): void {
   for (const r of rows) console.log(`| ${r.method} | ${r.seconds.toFixed(2)} | ${(r.wire / 1e6).toFixed(1)} | ${(nonZero / 1e6 / r.seconds).toFixed(1)} | ${r.note ?? ''} |`)
 }
 
+// Fresh DHT nodes for each fleet, given time to find each other before any host announces.
+let dhtNodes: ChildProcess[] = []
+async function startDht (): Promise<void> {
+  for (const p of dhtNodes) p.kill('SIGKILL')
+  dhtNodes = []
+  await new Promise(resolve => setTimeout(resolve, 300))
+  for (const [i, node] of DHT_NODES.entries()) {
+    const dht = bg('h0', 'node', [OSFARMD, 'dht', '--host', '10.201.1.1', '--port', node.split(':')[1]!, ...(i ? ['--bootstrap', DHT_NODES[0]!] : [])])
+    await waitFor(dht, 'dht ready')
+    dhtNodes.push(dht)
+  }
+  await new Promise(resolve => setTimeout(resolve, 5000))
+}
+
 async function main (): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the bench needs root (network namespaces, mounts)')
   const build = await execa('bash', [path.join(ROOT, 'scripts/bench/debian-images.sh')], { env: { OUT: IMAGES }, reject: false, timeout: 30 * 60_000 })
@@ -248,12 +262,6 @@ async function main (): Promise<void> {
   const mS = await hasher.indexFile(files.S)
   await execa(LAB, ['up', '3', RATES[0]!])
   await setupStorage()
-  for (const [i, node] of DHT_NODES.entries()) {
-    const dht = bg('h0', 'node', [OSFARMD, 'dht', '--host', '10.201.1.1', '--port', node.split(':')[1]!, ...(i ? ['--bootstrap', DHT_NODES[0]!] : [])])
-    await waitFor(dht, 'dht ready')
-  }
-  // Let the DHT nodes find each other before any host announces.
-  await new Promise(resolve => setTimeout(resolve, 5000))
   try {
     for (const pairName of PAIRS) {
       const T = files[pairName as 'independent' | 'layer']
@@ -275,6 +283,7 @@ async function main (): Promise<void> {
       for (let i = 0; i < mT.hashes.length / 32; i++) if (!isZeroSlot(mT.hashes, i)) nonZeroT++
       const nonZeroBytes = nonZeroT * mT.blockSize
       console.log(`\n## T = ${path.basename(T)} (${pairName}), S = minbase.img: ${(nonZeroBytes / 1e6).toFixed(1)} MB non-zero in T; ${lim.absent} distinct blocks absent from S (${(lim.absent * 4096 / 1e6).toFixed(1)} MB raw, ${(lim.compressed / 1e6).toFixed(1)} MB zstd-1) + manifest ${(lim.manifest / 1e6).toFixed(2)} MB`)
+      await startDht()
       const a = await startHost('p1', '10.201.1.2')
       const b = await startHost('h0', '10.201.1.1')
       await fleet([a, b])
@@ -304,6 +313,7 @@ async function main (): Promise<void> {
     if (process.env.BENCH_THREE === '0') return
     await execa(LAB, ['rate', '100mbit'])
     const T = files.independent
+    await startDht()
     const peers = [await startHost('p1', '10.201.1.2'), await startHost('p2', '10.201.2.2'), await startHost('p3', '10.201.3.2')]
     const b = await startHost('h0', '10.201.1.1')
     await fleet([...peers, b])
