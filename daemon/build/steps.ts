@@ -41,7 +41,9 @@ function chrootEnv (epoch: number): Record<string, string> {
 const VOLATILE = [
   'var/log/dpkg.log', 'var/log/alternatives.log', 'var/log/apt/history.log', 'var/log/apt/term.log', 'var/log/apt/eipp.log.xz',
   'var/cache/ldconfig/aux-cache', 'var/lib/dpkg/status-old', 'var/lib/dpkg/diversions-old', 'var/lib/dpkg/statoverride-old',
-  'var/cache/debconf/config.dat-old', 'var/cache/debconf/templates.dat-old', 'var/lib/dbus/machine-id'
+  'var/cache/debconf/config.dat-old', 'var/cache/debconf/templates.dat-old', 'var/lib/dbus/machine-id',
+  // apt's binary caches: tens of MiB, rebuilt by apt when missing, never the same bytes twice.
+  'var/cache/apt/pkgcache.bin', 'var/cache/apt/srcpkgcache.bin'
 ]
 
 export async function packagesStep (spec: ImageSpec, packages: string[], initramfs: string[] | undefined, ctx: StepContext): Promise<void> {
@@ -62,6 +64,11 @@ export async function packagesStep (spec: ImageSpec, packages: string[], initram
       if (m) total = Number(m[1])
       if (line.startsWith('Setting up ')) ctx.progress('apt install', ++done, total)
     }
+    // Everything is fetched first: an install from a warm cache then runs exactly as one that
+    // had to download (downloads interleaved with unpacking change where files land).
+    ctx.progress('apt download', 0, 1)
+    const dl = await chroot(ctx.root, ['apt-get', ...installArgs(packages, true)], { env, signal: ctx.signal, onLine: ctx.log })
+    if (dl.exitCode !== 0) throw aptFailure(dl.tail, 'apt-get install --download-only')
     const inst = await chroot(ctx.root, ['apt-get', ...installArgs(packages)], { env, signal: ctx.signal, onLine })
     if (inst.exitCode !== 0) throw aptFailure(inst.tail, 'apt-get install')
   })

@@ -26,8 +26,8 @@ export function updateArgs (): string[] {
   return ['-q', ...APT_OPTIONS, '--error-on=any', 'update']
 }
 
-export function installArgs (packages: string[]): string[] {
-  return ['-q', '-y', ...APT_OPTIONS, 'install', '--', ...packages]
+export function installArgs (packages: string[], downloadOnly = false): string[] {
+  return ['-q', '-y', ...APT_OPTIONS, ...(downloadOnly ? ['--download-only'] : []), 'install', '--', ...packages]
 }
 
 const UNREACHABLE = /Could not connect|Connection refused|Temporary failure resolving|Could not resolve|Network is unreachable|Connection timed out|Failed to fetch|Unable to connect|No route to host|Some index files failed to download/i
