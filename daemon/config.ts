@@ -26,6 +26,9 @@ export interface Config {
   lvm: LvmConfig | null
   // Block size of new manifests (a power of two; 4096 matches filesystem blocks).
   blockSize: number
+  // Layers and built images kept under this many bytes: after each build the least recently
+  // used layers no image needs are evicted. 0: no cap.
+  buildCacheBytes: number
   // Worker threads that hash blocks; 0 means one per core.
   hashThreads: number
   logLevel: LogLevel
@@ -59,6 +62,7 @@ export const DEFAULTS: Config = {
   store: 'file',
   lvm: null,
   blockSize: DEFAULT_BLOCK_SIZE,
+  buildCacheBytes: 0,
   hashThreads: 0,
   logLevel: 'info',
   writeRequiresRoot: false,
@@ -86,6 +90,7 @@ const checks: Record<keyof Config, Check> = {
   },
   store: (v, k) => { if (v !== 'file' && v !== 'lvm') throw BAD_CONFIG(`${k} must be "file" or "lvm"`); return v },
   blockSize: (v, k) => { try { checkBlockSize(v as number) } catch (e) { throw BAD_CONFIG(`${k}: ${(e as Error).message.replace(/^\w+: /, '')}`) } return v },
+  buildCacheBytes: (v, k) => { if (!Number.isSafeInteger(v) || (v as number) < 0) throw BAD_CONFIG(`${k} must be a byte count (0: no cap)`); return v },
   hashThreads: (v, k) => { if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 256) throw BAD_CONFIG(`${k} must be an integer from 0 to 256`); return v },
   logLevel: (v, k) => { if (!LOG_LEVELS.includes(v as LogLevel)) throw BAD_CONFIG(`${k} must be one of ${LOG_LEVELS.join(', ')}`); return v },
   writeRequiresRoot: (v, k) => { if (typeof v !== 'boolean') throw BAD_CONFIG(`${k} must be true or false`); return v },

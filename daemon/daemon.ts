@@ -31,8 +31,9 @@ import type http from 'node:http'
 
 export const VERSION: string = createRequire(import.meta.url)('../../package.json').version
 
-// How long stop() waits for running jobs to wind down after cancelling them.
-const STOP_JOBS_TIMEOUT_MS = 10_000
+// How long stop() waits for running jobs to wind down after cancelling them: a cancelled
+// mmdebstrap gets up to 30 s to unmount and clean up (the unit's TimeoutStopSec is longer).
+const STOP_JOBS_TIMEOUT_MS = 35_000
 
 export class Daemon {
   readonly version = VERSION
@@ -75,7 +76,7 @@ export class Daemon {
       this.hasher = new BlockHasher(this.config.hashThreads)
       this.hasher.start()
       this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log })
-      this.builds = new BuildService({ store: this.store, images: this.images, jobs: this.jobs, log: this.log, workDir: path.join(dataDir, 'build') })
+      this.builds = new BuildService({ store: this.store, images: this.images, jobs: this.jobs, log: this.log, workDir: path.join(dataDir, 'build'), cacheBytes: this.config.buildCacheBytes || undefined })
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
       await this.transfers.start()
       this.seeds = new SeedService({ catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, transfers: this.transfers, log: this.log })
