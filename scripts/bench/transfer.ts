@@ -204,7 +204,7 @@ async function baselines (S: string, T: string): Promise<Row[]> {
   rows.push({ method: 'full copy (sparse)', ...await timed(() => sh('rsync', ['--sparse', '--whole-file', src, target], { ns: 'h0' })) })
   rsyncd.kill('SIGKILL')
   // casync: the index and chunk store are made beforehand on the sender and served over HTTP.
-  const store = path.join(WORK, 'casync')
+  const store = path.join(WORK, `casync-${path.basename(T, '.img')}`)
   const caibx = path.join(store, 'T.caibx')
   if (!await fs.stat(caibx).then(() => true, () => false) || process.env.BENCH_CASYNC_FRESH) {
     await fs.rm(store, { recursive: true, force: true })
