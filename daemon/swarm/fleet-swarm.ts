@@ -18,7 +18,7 @@ const MAX_ROOT_TOPICS = 256
 const MAX_ADVERTS_PER_PEER = 10_000
 // While an allowed host is not connected, the fleet topic is announced and looked up again this
 // often (a young DHT can store an announce where a later lookup does not look).
-const REDISCOVER_MS = 10_000
+const REDISCOVER_MS = 5_000
 
 // What the swarm serves from: manifests and blocks of this host.
 export interface BlockSource {
@@ -115,10 +115,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     this.#fleet = this.#swarm.join(fleetTopic(this.config.secret), { server: true, client: true })
     for (const peer of this.config.peers) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
     await this.#fleet.flushed()
-    this.#rediscover = setInterval(() => {
-      const missing = [...this.#allow].some(k => k !== this.publicKey && !this.sessions.has(k))
-      if (missing && !this.#closed) this.#fleet?.refresh({ client: true, server: true }).catch(() => {})
-    }, REDISCOVER_MS)
+    this.#rediscover = setInterval(() => this.#lookAgain(), REDISCOVER_MS)
     this.#rediscover.unref()
   }
 
@@ -128,15 +125,30 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     this.config = config
     this.#allow = new Set(config.allow)
     this.uploadLimiter.rate = config.uploadLimit ?? 0
-    for (const [hex, info] of this.#swarm.peers) {
-      if (this.#allow.has(hex) && info.banned) info.ban(false)
-    }
     for (const [hex, s] of this.sessions) {
       if (!this.#allow.has(hex)) s.destroy(PROTOCOL_ERROR('host removed from the allow-list'))
     }
     for (const peer of config.peers) if (this.#allow.has(peer)) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
     // A host allowed just now was refused (and so banned) before: look for it again.
-    if ([...this.#allow].some(k => !before.has(k))) this.#fleet?.refresh({ client: true, server: true }).catch(() => {})
+    if ([...this.#allow].some(k => !before.has(k))) this.#lookAgain()
+  }
+
+  // Looks again for allowed hosts we have no session with. Hyperswarm bans a key its firewall
+  // refused and stops trying a peer after a few failed attempts (both happen while two hosts
+  // allow each other one after the other, or under load); for an allowed host both are undone
+  // before the topic is looked up again, so the lookup queues it afresh.
+  #lookAgain (): void {
+    if (this.#closed) return
+    let missing = false
+    for (const hex of this.#allow) {
+      if (hex === this.publicKey || this.sessions.has(hex)) continue
+      missing = true
+      const info = this.#swarm.peers.get(hex)
+      if (!info) continue
+      info.ban(false)
+      info._reset?.()
+    }
+    if (missing) this.#fleet?.refresh({ client: true, server: true }).catch(() => {})
   }
 
   // Flushes pending DHT work: after it, every reachable peer of the joined topics is connected.

@@ -42,6 +42,8 @@ declare module 'hyperswarm' {
     topics: Buffer[]
     banned: boolean
     ban (status?: boolean): void
+    // Private in hyperswarm 4: forgets failed attempts, so a rediscovered peer is queued again.
+    _reset? (): void
   }
   export interface NoiseStream extends Duplex {
     remotePublicKey: Buffer
