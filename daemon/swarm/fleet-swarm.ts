@@ -183,7 +183,10 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   onHello (session: PeerSession): void {
     this.#log('peer connected', { peer: session.remoteHex.slice(0, 16), host: session.remoteHello?.host, address: session.address })
-    const rest = [...this.#adverts.values()].slice(1000)
+    // Adverts past the Hello's first 1000, and those made between our Hello and theirs (advertise()
+    // skips sessions still waiting for a Hello).
+    const sent = new Set(session.helloAdverts)
+    const rest = [...this.#adverts.values()].filter(a => !sent.has(a))
     if (rest.length) session.sendAdverts(rest)
     const mine = this.#targeted.get(session.remoteHex)
     if (mine?.size) session.sendAdverts([...mine.values()])

@@ -88,6 +88,8 @@ export class PeerSession extends EventEmitter {
   readonly remoteKey: Buffer
   readonly remoteHex: string
   readonly address: string
+  // The adverts our Hello carried: those made before the peer's Hello arrives are sent then.
+  helloAdverts: Advert[]
   remoteHello: Hello | undefined
   readonly adverts = new Map<string, Advert>()
   // Partial holders: root hex → bitfield of verified blocks.
@@ -128,7 +130,8 @@ export class PeerSession extends EventEmitter {
     stream.on('data', (chunk: Buffer) => this.#onData(chunk))
     stream.on('error', (err: Error) => this.destroy(err))
     stream.on('close', () => this.destroy())
-    this.#send('Hello', { version: WIRE_VERSION, host: host.hostName, codecs: host.codecs, maxFrame: MAX_FRAME_BYTES, adverts: host.helloAdverts(), features: [...FEATURES] })
+    this.helloAdverts = host.helloAdverts()
+    this.#send('Hello', { version: WIRE_VERSION, host: host.hostName, codecs: host.codecs, maxFrame: MAX_FRAME_BYTES, adverts: this.helloAdverts, features: [...FEATURES] })
   }
 
   get codec (): CodecId {
