@@ -380,7 +380,8 @@ export interface Methods {
   // Resolves when the job ends; meanwhile the daemon sends `job.progress` notifications.
   'job.watch': { params: { id: string }, result: JobInfo }
   // Fetches an image (by root, or by a name peers advertise) from the fleet; the job's result is a FetchResult.
-  'image.fetch': { params: { ref: string, from?: string, name?: string, wait?: number }, result: JobInfo }
+  // `limit`: bytes per second this fetch receives at most.
+  'image.fetch': { params: { ref: string, from?: string, name?: string, wait?: number, limit?: number }, result: JobInfo }
   'fleet.init': { params: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number, uploadLimit?: number, peerUploadLimit?: number }, result: FleetInfo }
   'fleet.show': { params: Record<string, never>, result: FleetInfo }
   'fleet.allow': { params: { key: string }, result: FleetInfo }

@@ -1,9 +1,9 @@
-// osfarmctl fetch NAME|ROOT [--from KEY] [--name NAME]
+// osfarmctl fetch NAME|ROOT [--from KEY] [--name NAME] [--limit RATE]
 
 import type { Command } from 'commander'
 import type { FetchResult } from '../../protocol/rpc.js'
 import { withClient, type CliContext } from '../context.js'
-import { humanBytes, printJson, shortId } from '../output.js'
+import { humanBytes, parseRate, printJson, shortId } from '../output.js'
 import { watchJob } from '../progress.js'
 
 export function register (program: Command, ctx: CliContext): void {
@@ -11,11 +11,12 @@ export function register (program: Command, ctx: CliContext): void {
     .description('fetch an image from the fleet by name or root, reusing every block held locally')
     .option('--from <key>', 'fetch only from this peer (host key)')
     .option('--name <name>', 'local name (default: the advertised name)')
+    .option('--limit <rate>', 'receive at most this rate (e.g. 20M = 20 MB/s, 100mbit)', parseRate)
     .option('--wait <seconds>', 'how long to wait for a peer that holds it', Number, 30)
     .option('--no-wait-job', 'return the job at once')
     .option('--json', 'print JSON')
     .action((ref, opts) => withClient(ctx, async c => {
-      const job = await c.call('image.fetch', { ref, ...(opts.from ? { from: opts.from } : {}), ...(opts.name ? { name: opts.name } : {}), wait: opts.wait * 1000 })
+      const job = await c.call('image.fetch', { ref, ...(opts.from ? { from: opts.from } : {}), ...(opts.name ? { name: opts.name } : {}), ...(opts.limit ? { limit: opts.limit } : {}), wait: opts.wait * 1000 })
       if (!opts.waitJob) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json })
       const r = end.result as FetchResult

@@ -62,9 +62,9 @@ export function methodTable (d: Daemon): MethodTable {
       }, ctx.signal)
     },
     'image.fetch': {
-      params: { ref: { type: 'string' }, from: { type: 'string', optional: true }, name: { type: 'string', optional: true }, wait: { type: 'number', optional: true } },
+      params: { ref: { type: 'string' }, from: { type: 'string', optional: true }, name: { type: 'string', optional: true }, wait: { type: 'number', optional: true }, limit: { type: 'number', optional: true } },
       write: true,
-      handler: p => d.transfers.fetch(p.ref, { from: p.from, name: p.name, peerWaitMs: p.wait })
+      handler: p => d.transfers.fetch(p.ref, { from: p.from, name: p.name, peerWaitMs: p.wait, limit: p.limit })
     },
     'fleet.init': {
       params: { secret: { type: 'string', optional: true }, bootstrap: { type: 'string', optional: true }, peers: { type: 'string', optional: true }, dhtHost: { type: 'string', optional: true }, dhtPort: { type: 'number', optional: true }, uploadLimit: { type: 'number', optional: true }, peerUploadLimit: { type: 'number', optional: true } },
