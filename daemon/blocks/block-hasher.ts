@@ -21,7 +21,7 @@ export interface IndexOptions {
 }
 
 interface Pending {
-  resolve: (hashes: Buffer) => void
+  resolve: () => void
   reject: (err: Error) => void
 }
 
@@ -49,7 +49,7 @@ export class BlockHasher {
         this.#release(w)
         if (!p) return
         if (reply.error) p.reject(IO_ERROR(`reading for the index failed: ${reply.error.message}`))
-        else p.resolve(Buffer.from(reply.hashes!))
+        else p.resolve()
       })
       w.on('error', err => {
         for (const p of this.#pending.values()) p.reject(err)
@@ -75,7 +75,7 @@ export class BlockHasher {
     return new Promise(resolve => this.#waiting.push(resolve))
   }
 
-  async #run (task: Omit<HashTask, 'id'>): Promise<Buffer> {
+  async #run (task: Omit<HashTask, 'id'>): Promise<void> {
     const w = await this.#acquire()
     const id = this.#nextId++
     return new Promise((resolve, reject) => {
@@ -90,7 +90,9 @@ export class BlockHasher {
     checkBlockSize(blockSize)
     const size = options.size ?? await deviceSize(path)
     this.start()
-    const hashes = Buffer.alloc(blockCount(size, blockSize) * HASH_BYTES)
+    // Workers write their slots straight into this table (it becomes the manifest's), so no
+    // per-segment buffers cross threads or wait for collection.
+    const hashes = Buffer.from(new SharedArrayBuffer(blockCount(size, blockSize) * HASH_BYTES))
     const segment = Math.max(blockSize, SEGMENT_BYTES - (SEGMENT_BYTES % blockSize))
     let done = 0
     const jobs: Promise<void>[] = []
@@ -100,8 +102,7 @@ export class BlockHasher {
       const end = Math.min(size, start + segment)
       // Keep at most `threads` segments queued so cancellation and errors stop work quickly.
       if (jobs.length >= this.threads * 2) await Promise.race(jobs)
-      const job: Promise<void> = this.#run({ path, blockSize, start, end }).then(part => {
-        part.copy(hashes, (start / blockSize) * HASH_BYTES)
+      const job: Promise<void> = this.#run({ path, table: hashes.buffer as SharedArrayBuffer, blockSize, start, end }).then(() => {
         done += end - start
         options.onProgress?.(done, size)
       }, err => { failure ??= err }).finally(() => { jobs.splice(jobs.indexOf(job), 1) })

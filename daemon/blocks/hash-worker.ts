@@ -1,6 +1,6 @@
-// Worker thread of the BlockHasher: reads a byte range of a file in large chunks and returns one
-// hash slot per block (all zeros for a zero block). Reads are synchronous: this thread does
-// nothing else, and it keeps the hot loop free of promises.
+// Worker thread of the BlockHasher: reads a byte range of a file in large chunks and writes one
+// hash slot per block into the shared hash table (zero blocks are left all zeros). Reads are
+// synchronous: this thread does nothing else, and it keeps the hot loop free of promises.
 
 import fs from 'node:fs'
 import { parentPort } from 'node:worker_threads'
@@ -9,6 +9,8 @@ import { hashInto } from './hash.js'
 export interface HashTask {
   id: number
   path: string
+  // The manifest's hash table, shared with the main thread: slots are written in place.
+  table: SharedArrayBuffer
   blockSize: number
   // Byte range to hash; `start` is block-aligned, `end` is a block boundary or the file's end.
   start: number
@@ -17,8 +19,6 @@ export interface HashTask {
 
 export interface HashReply {
   id: number
-  // One 32-byte slot per block of the range; transferred, not copied.
-  hashes?: ArrayBuffer
   error?: { message: string, code?: string }
 }
 
@@ -28,16 +28,15 @@ const CHUNK_BYTES = 1 << 20
 let chunk = Buffer.alloc(CHUNK_BYTES)
 let zero = Buffer.alloc(4096)
 
-function hashRange (task: HashTask): ArrayBuffer {
+function hashRange (task: HashTask): void {
   const { blockSize, start, end } = task
   if (chunk.length % blockSize !== 0) chunk = Buffer.alloc(Math.max(CHUNK_BYTES, blockSize))
   if (zero.length !== blockSize) zero = Buffer.alloc(blockSize)
-  const table = new ArrayBuffer(Math.ceil((end - start) / blockSize) * HASH_BYTES)
-  const out = Buffer.from(table)
+  const out = Buffer.from(task.table)
   const fd = fs.openSync(task.path, 'r')
   try {
     let pos = start
-    let slot = 0
+    let slot = start / blockSize
     while (pos < end) {
       const want = Math.min(chunk.length, end - pos)
       let got = 0
@@ -58,16 +57,16 @@ function hashRange (task: HashTask): ArrayBuffer {
   } finally {
     fs.closeSync(fd)
   }
-  return table
 }
 
 parentPort?.on('message', (task: HashTask) => {
   let reply: HashReply
   try {
-    reply = { id: task.id, hashes: hashRange(task) }
+    hashRange(task)
+    reply = { id: task.id }
   } catch (err) {
     const e = err as NodeJS.ErrnoException
     reply = { id: task.id, error: { message: e.message, code: e.code } }
   }
-  parentPort!.postMessage(reply, reply.hashes ? [reply.hashes] : [])
+  parentPort!.postMessage(reply)
 })
