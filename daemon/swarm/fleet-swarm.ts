@@ -315,11 +315,13 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   }
 
   // Sends part or all of a Have bitfield to every session.
-  broadcastHave (root: Buffer, bitfield: Buffer): void {
+  // `bitfield` starts at byte `startByte` of the whole (a slice of changed bytes).
+  broadcastHave (root: Buffer, bitfield: Buffer, startByte = 0): void {
     const chunk = MAX_HAVE_BITS / 8
     for (const s of this.sessions.values()) {
       if (!s.remoteHello) continue
-      for (let o = 0; o < bitfield.length; o += chunk) s.sendHave({ root, start: o * 8, bitfield: bitfield.subarray(o, o + chunk) })
+      // An empty bitfield still goes out once: "I am fetching this".
+      for (let o = 0; o < Math.max(1, bitfield.length); o += chunk) s.sendHave({ root, start: (startByte + o) * 8, bitfield: bitfield.subarray(o, o + chunk) })
     }
   }
 

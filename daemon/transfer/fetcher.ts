@@ -29,11 +29,13 @@
 //   If no peer can supply a pending block for PEER_WAIT_MS, the fetch fails with NO_PEERS (its
 //   progress stays; running it again resumes).
 //
-//   Swarming (background fetches: seeding, where many hosts fetch one image at once): each host
-//   walks the entries from a random point, so hosts ask for different blocks first; a peer
-//   part-way through is scanned from where it last had blocks for us; and a whole holder is
-//   given only blocks no connected part-way peer has, so the source's upload goes to the
-//   rarest blocks while receivers pass on the rest to each other.
+//   Swarming (background fetches: seeding, where many hosts fetch one image at once): a whole
+//   holder is given only blocks no connected part-way peer has, and of those each host asks
+//   first for its own share (request-sized chunks of the image, dealt out by rank among the
+//   hosts fetching it, in an order derived from the root), so the source's upload goes to
+//   blocks no receiver has and two receivers rarely ask it for the same ones. A part-way peer
+//   is scanned from where it last had blocks for us. Receivers pass what they get on to each
+//   other; Have updates go out every quarter second (transfer-service).
 
 import { EventEmitter } from 'node:events'
 import fs from 'node:fs/promises'
@@ -58,6 +60,8 @@ const PEER_WAIT_MS = 60_000
 // Pending entries scanned per assignment, so a partial peer with few blocks costs little.
 const SCAN_LIMIT = 16_384
 const MAX_DUPLICATES = 1
+// Background fetches duplicate a request in the endgame only once it is this old.
+const ENDGAME_AGE_MS = 1500
 const MAX_PEER_FAILURES = 3
 const MAX_UNWRITTEN_BYTES = 64 << 20
 const LOCAL_BATCH_BLOCKS = 256
@@ -86,6 +90,11 @@ export interface FetcherOptions {
   onProgress?: (done: number, total: number) => void
   // Background work (seeding): peers serve these requests after everyone else's.
   background?: boolean
+  // This host's key: background fetches split the blocks to ask whole holders for among the
+  // hosts fetching the same image (those that sent a Have for it).
+  self?: string
+  // Called with block indices once written (servable), before they are synced.
+  onWritten?: (indices: number[]) => void
   // Caps how fast this fetch asks for blocks (raw bytes per second).
   limiter?: RateLimiter
 }
@@ -106,8 +115,11 @@ interface PeerState {
   rate: number
   lastAt: number
   failures: number
-  // Background: where the next scan of a part-way peer's blocks starts.
+  // Background: where the next scan of a part-way peer's blocks starts, entries scanned since
+  // it last had one, and whether a whole pass found nothing.
   scan: number
+  dry: number
+  idle: boolean
 }
 
 export class Fetcher {
@@ -135,13 +147,19 @@ export class Fetcher {
   #remoteStart = 0
   #completed = 0
   #limitTimer: NodeJS.Timeout | undefined
+  // Background: request-sized chunks of the image (by block index) in an order from the root.
+  #chunks: { order: Uint32Array, start: Uint32Array } | undefined
+  #front = 0
+  #back = 0
+  // Chunks with nothing a whole holder may be asked for (done, in flight, or a part-way peer's).
+  readonly #blocked = new Set<number>()
   readonly #total: number
 
   constructor (options: FetcherOptions) {
     this.#o = options
     this.#m = options.manifest
     this.#rootHex = options.manifest.root.toString('hex')
-    this.#entries = options.background ? rotate(options.plan.remote) : options.plan.remote
+    this.#entries = options.plan.remote
     this.#state = new Uint8Array(this.#entries.length)
     this.#copies = new Uint8Array(this.#entries.length)
     this.#pending = this.#entries.length
@@ -267,6 +285,10 @@ export class Fetcher {
 
   #onHolder = (rootHex: string, session: PeerSession) => {
     if (rootHex !== this.#rootHex) return
+    const known = this.#peers.get(session.remoteHex)
+    if (known) known.idle = false
+    // A part-way peer that now holds it all: what it blocked may be asked of whole holders.
+    if (session.adverts.has(rootHex)) this.#blocked.clear()
     this.#addPeer(session)
     this.#pumpAll()
   }
@@ -296,13 +318,14 @@ export class Fetcher {
     const old = this.#peers.get(hex)
     if (old?.session === session) return
     if (old) this.#removePeer(old)
-    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, scan: 0 })
+    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, scan: 0, dry: 0, idle: false })
     this.#o.stats.peers[hex] ??= { host: session.remoteHello?.host ?? '', blocks: 0, rawBytes: 0, wireBytes: 0 }
   }
 
   #removePeer (ps: PeerState): void {
     if (this.#peers.get(ps.hex) !== ps) return
     this.#peers.delete(ps.hex)
+    this.#blocked.clear()
     for (const r of [...ps.inflight]) {
       ps.session.cancel(r.id)
       this.#release(r.us)
@@ -368,16 +391,43 @@ export class Fetcher {
     const us: number[] = []
     const n = this.#entries.length
     if (ps.session.adverts.has(this.#rootHex)) {
-      // A whole holder: blocks no part-way peer of ours can give.
+      // A whole holder: only blocks no part-way peer of ours can give. The image's blocks are
+      // cut into chunks of a request's size, in one order every host derives from the root;
+      // chunk c is this host's when c mod N is its rank among the N hosts fetching (itself and
+      // the part-way peers, by key). It asks for its own chunks front to back, and for others'
+      // (from the back, where their owners come last) only once its own requests here have
+      // nearly drained: asked for too early, they would be asked for by their owners too.
       const partial = [...this.#peers.values()].filter(p => p !== ps && !p.session.adverts.has(this.#rootHex) && !p.session.closed)
-      for (let u = this.#cursor, scanned = 0; u < n && us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
-        if (this.#state[u] === 0 && !ps.missing.has(u) && !partial.some(p => this.#peerHas(p, u))) us.push(u)
+      const { order, start } = this.#chunking()
+      const fetching = [...new Set([this.#o.self ?? '', ...partial.map(p => p.hex)])].sort()
+      const rank = fetching.indexOf(this.#o.self ?? '')
+      const take = (c: number) => {
+        if (this.#blocked.has(c)) return
+        let open = false
+        for (let u = start[c]!; u < start[c + 1]! && us.length < this.#batch; u++) {
+          if (this.#state[u] !== 0 || partial.some(p => this.#peerHas(p, u))) continue
+          open = true
+          if (!ps.missing.has(u)) us.push(u)
+        }
+        // Nothing in it a whole holder may be asked for, until a request is given back or
+        // the peers change.
+        if (!open) this.#blocked.add(c)
       }
+      while (this.#front < this.#back && this.#chunkDone(order[this.#front]!)) this.#front++
+      while (this.#back > this.#front && this.#chunkDone(order[this.#back - 1]!)) this.#back--
+      for (let k = this.#front; k < this.#back && us.length < this.#batch; k++) {
+        if (order[k]! % fetching.length === rank) take(order[k]!)
+      }
+      if (us.length || ps.inflight.size > 1) return us
+      for (let k = this.#back - 1; k >= this.#front && !us.length; k--) take(order[k]!)
       return us
     }
-    // A part-way peer: from where it last had blocks for us, wrapping once to the cursor.
+    // A part-way peer: from where it last had blocks for us, wrapping once to the cursor; once
+    // a whole pass finds nothing, not again until it announces more (or a request comes back).
+    if (ps.idle) return us
     let u = Math.max(this.#cursor, ps.scan)
-    for (let scanned = 0; us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
+    let scanned = 0
+    for (; us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
       if (u >= n) {
         if (this.#cursor >= n) break
         u = this.#cursor
@@ -385,15 +435,45 @@ export class Fetcher {
       if (this.#state[u] === 0 && this.#peerHas(ps, u)) us.push(u)
     }
     ps.scan = us.length ? us[0]! : u
+    ps.dry = us.length ? 0 : ps.dry + scanned
+    if (ps.dry >= n) { ps.idle = true; ps.dry = 0 }
     return us
+  }
+
+  // Chunks of `#batch` block indices (the same on every host), their order (from the root),
+  // and where each chunk's entries start (entries are in first-index order).
+  #chunking (): { order: Uint32Array, start: Uint32Array } {
+    if (this.#chunks) return this.#chunks
+    const count = Math.ceil(blockCount(this.#m.size, this.#m.blockSize) / this.#batch)
+    const start = new Uint32Array(count + 1)
+    let u = 0
+    for (let c = 0; c < count; c++) {
+      start[c] = u
+      while (u < this.#entries.length && this.#entries[u]!.indices[0]! < (c + 1) * this.#batch) u++
+    }
+    start[count] = this.#entries.length
+    this.#chunks = { order: shuffle(count, this.#m.root), start }
+    this.#back = count
+    return this.#chunks
+  }
+
+  // Every entry of chunk c is asked for or done.
+  #chunkDone (c: number): boolean {
+    const { start } = this.#chunks!
+    for (let u = start[c]!; u < start[c + 1]!; u++) if (this.#state[u] === 0) return false
+    return true
   }
 
   // Blocks in flight at other peers, slowest peers' oldest requests first.
   #takeEndgame (ps: PeerState): number[] {
     const us: number[] = []
     const others = [...this.#peers.values()].filter(p => p !== ps).sort((a, b) => a.rate - b.rate)
+    // Background: only requests that seem stuck, or the source's upload goes to copies.
+    const minAge = this.#o.background ? ENDGAME_AGE_MS : 0
+    const now = performance.now()
     for (const other of others) {
       for (const r of other.inflight) {
+        if (now - r.sentAt < minAge) continue
         for (const u of r.us) {
           if (this.#state[u] === 1 && this.#copies[u]! <= MAX_DUPLICATES && this.#peerHas(ps, u) && !us.includes(u)) us.push(u)
           if (us.length >= this.#batch) return us
@@ -427,6 +507,9 @@ export class Fetcher {
         this.#state[u] = 0
         this.#pending++
         if (u < this.#cursor) this.#cursor = u
+        // Its chunk may lie behind the swarming pointers: scan from the ends again.
+        if (this.#chunks) { this.#front = 0; this.#back = this.#chunks.order.length; this.#blocked.clear() }
+        for (const p of this.#peers.values()) p.idle = false
       }
     }
   }
@@ -522,6 +605,7 @@ export class Fetcher {
     const p: Promise<void> = this.#writeRuns(writes).then(() => {
       for (const i of indices) this.#mark(i)
       this.#o.local.addBlocks(this.#o.volume, indices)
+      this.#o.onWritten?.(indices)
       this.#completed += indices.length
       this.#o.onProgress?.(this.#completed, this.#total)
     }).catch(err => this.#abort(err)).finally(() => {
@@ -614,12 +698,21 @@ export class Fetcher {
   }
 }
 
-// The same entries from a random point on, so that hosts fetching one image at once ask for
-// different blocks first.
-function rotate<T> (list: T[]): T[] {
-  if (list.length < 2) return list
-  const k = Math.floor(Math.random() * list.length)
-  return [...list.slice(k), ...list.slice(0, k)]
+// 0..n-1 shuffled by a generator seeded from `seed`: every host gets the same order.
+function shuffle (n: number, seed: Buffer): Uint32Array {
+  const a = new Uint32Array(n)
+  for (let i = 0; i < n; i++) a[i] = i
+  let x = seed.readUInt32LE(0) || 1
+  for (let i = n - 1; i > 0; i--) {
+    x ^= x << 13; x >>>= 0
+    x ^= x >>> 17
+    x ^= x << 5; x >>>= 0
+    const j = x % (i + 1)
+    const t = a[i]!
+    a[i] = a[j]!
+    a[j] = t
+  }
+  return a
 }
 
 export function emptyStats (m: Manifest): FetchStats {

@@ -28,6 +28,10 @@ import { Progress } from './progress.js'
 import { verifyBlocks } from './verify.js'
 
 const PEER_WAIT_MS = 30_000
+// Background fetches tell peers what they have this often, not only at each synced flush, so
+// hosts fetching one image together see each other's new blocks sooner (written blocks are
+// servable before they are synced; only the resume point waits for the sync).
+const HAVE_MS = 250
 const MAX_MANIFEST_BYTES = 256 << 20
 export const FETCH_VOLUME_PREFIX = 'fetch-'
 
@@ -339,6 +343,9 @@ export class TransferService {
     const dir = path.join(this.#stateDir, rootHex)
     await fs.mkdir(dir, { recursive: true, mode: 0o700 })
     const stopLooking = swarm.lookFor(root)
+    // Hosts fetching the same image in the background share out what to ask whole holders
+    // for: tell them at once that this host is one of them.
+    if (opts.priority === 'background' || (await readState(dir))?.background) swarm.broadcastHave(root, Buffer.alloc(0))
     try {
       // 1. The manifest: from disk when resuming, else from a holder, checked against the root.
       ctx.progress('manifest', 0, 1, 'steps')
@@ -401,6 +408,23 @@ export class TransferService {
       for (let i = 0; i < count; i++) if (progress.has(i) && !isZeroSlot(manifest.hashes, i)) doneNow.push(i)
       this.local.addBlocks(state.volume, doneNow)
       phase('plan')
+      const background = state.background ?? opts.priority === 'background'
+      let haveTimer: NodeJS.Timeout | undefined
+      let dirty = new Set<number>()
+      const sendHaves = () => {
+        haveTimer = undefined
+        const bytes = [...dirty].sort((x, y) => x - y)
+        dirty = new Set()
+        for (let k = 0; k < bytes.length;) {
+          let j = k
+          while (j + 1 < bytes.length && bytes[j + 1]! - bytes[j]! <= 16) j++
+          swarm.broadcastHave(root, progress.bits.subarray(bytes[k]!, bytes[j]! + 1), bytes[k]!)
+          k = j + 1
+        }
+      }
+      // Peers learn what it has already (in place, zero, resumed); then every HAVE_MS what it
+      // wrote, instead of the whole bitfield at each flush.
+      if (background) swarm.broadcastHave(root, progress.bits)
       const fetcher = new Fetcher({
         manifest,
         volume: state.volume,
@@ -415,13 +439,26 @@ export class TransferService {
         peerWaitMs: opts.peerWaitMs,
         onFlush: bits => {
           this.#partialBits.set(rootHex, bits)
-          swarm.broadcastHave(root, bits)
+          if (!background) swarm.broadcastHave(root, bits)
         },
         onProgress: (done, total) => ctx.progress(`fetch ${(stats.rate / 1e6).toFixed(1)} MB/s from ${Object.keys(stats.peers).length} peer(s)`, done, total, 'blocks'),
-        background: state.background ?? opts.priority === 'background',
-        ...(opts.limit ? { limiter: new RateLimiter(opts.limit) } : {})
+        background,
+        ...(opts.limit ? { limiter: new RateLimiter(opts.limit) } : {}),
+        ...(background
+          ? {
+              self: this.#keyPair.publicKey.toString('hex'),
+              onWritten: (indices: number[]) => {
+                for (const i of indices) dirty.add(i >> 3)
+                haveTimer ??= setTimeout(sendHaves, HAVE_MS)
+              }
+            }
+          : {})
       })
-      await fetcher.run()
+      try {
+        await fetcher.run()
+      } finally {
+        clearTimeout(haveTimer)
+      }
       phase('transfer')
 
       // 5. The whole image checked again: every data block read back and hashed.

@@ -10,7 +10,8 @@
 #   scripts/lab/lab.sh exec NS CMD...   run in a namespace (h0, p1, ...)
 set -euo pipefail
 
-PREFIX=osf
+# LAB_PREFIX names a separate lab, so two benches can run side by side (default osf).
+PREFIX=${LAB_PREFIX:-osf}
 HUB=$PREFIX-h0
 
 tbf () { # dev rate
