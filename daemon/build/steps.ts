@@ -8,7 +8,7 @@ import { BUILD_FAILED, SCRIPT_FAILED, SIZE_TOO_SMALL } from '../../protocol/erro
 import { withChroot } from './mounted-root.js'
 import { chroot } from './tools/chroot.js'
 import { APT_ENV, aptFailure, installArgs, updateArgs } from './tools/apt.js'
-import { lastLines, BASE_ENV } from './tools/run.js'
+import { lastLines, BASE_ENV } from '../tools/run.js'
 import { BOOT_APPEND } from './plan.js'
 import type { ImageSpec, RepositorySpec } from './spec.js'
 

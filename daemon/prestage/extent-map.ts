@@ -4,7 +4,7 @@
 // reads the same; everything else (different places, a hole against data, an extent whose place
 // is unknown or encoded) is reported. A superset, never a miss, as long as both files exist.
 
-import { runTool } from '../tools/run-tool.js'
+import { runOk } from '../tools/run.js'
 
 const SECTOR = 512
 const UNKNOWN_FLAGS = ['unknown_loc', 'delalloc', 'encoded', 'inline', 'data_inline', 'not_aligned']
@@ -19,7 +19,7 @@ export interface Extent {
 }
 
 export async function readExtents (file: string, signal?: AbortSignal): Promise<Extent[]> {
-  const { stdout } = await runTool('filefrag', ['-v', `-b${SECTOR}`, file], { signal, pkg: 'e2fsprogs', timeoutMs: 120_000 })
+  const { stdout } = await runOk('filefrag', ['-v', `-b${SECTOR}`, file], { signal, pkg: 'e2fsprogs', timeoutMs: 120_000 })
   return parseFilefrag(stdout)
 }
 

@@ -14,7 +14,7 @@ import { hashInto, HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, createManifest, type Manifest } from '../blocks/manifest.js'
 import { copyNonZero } from '../images/block-copy.js'
 import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
-import { runTool } from '../tools/run-tool.js'
+import { runOk } from '../tools/run.js'
 import { differingRanges, readExtents } from './extent-map.js'
 
 const CHUNK_BYTES = 1 << 20
@@ -48,7 +48,7 @@ export async function capturePoint (store: SnapshottingStore, disk: Disk, key: s
     let capture: PrestagePoint['capture'] = 'copy'
     if (disk.kind === 'file' && store.backend === 'file') {
       try {
-        await runTool('cp', ['--reflink=always', '--no-preserve=all', '--', disk.path, vol.path], { signal })
+        await runOk('cp', ['--reflink=always', '--no-preserve=all', '--', disk.path, vol.path], { signal })
         capture = 'reflink'
       } catch (err) {
         if ((err as { code?: string }).code === 'JOB_CANCELLED') throw err

@@ -2,7 +2,7 @@
 // output into error codes (unknown package, unreachable mirror, disk full).
 
 import { BUILD_FAILED, MIRROR_UNREACHABLE, PACKAGE_NOT_FOUND, SIZE_TOO_SMALL, type OsfarmError } from '../../../protocol/errors.js'
-import { lastLines } from './run.js'
+import { lastLines } from '../../tools/run.js'
 
 export const APT_ENV: Record<string, string> = {
   DEBIAN_FRONTEND: 'noninteractive',

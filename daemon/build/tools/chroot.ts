@@ -3,7 +3,7 @@
 // background would otherwise hold the output pipes (and the mount) open.
 
 import { killRootedIn } from './mount.js'
-import { run, type RunResult } from './run.js'
+import { run, type RunResult } from '../../tools/run.js'
 
 export interface ChrootOptions {
   env?: Record<string, string>

@@ -5,7 +5,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { IO_ERROR, SIZE_TOO_SMALL, TOOL_FAILED } from '../../../protocol/errors.js'
-import { run, lastLines } from './run.js'
+import { run, lastLines } from '../../tools/run.js'
 
 // No journal: layers are written once by the builder and then read-only; a journal would only
 // add blocks that differ from build to build (see the README's determinism notes).

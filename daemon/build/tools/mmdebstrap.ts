@@ -3,7 +3,7 @@
 
 import { execa } from 'execa'
 import { aptFailure } from './apt.js'
-import { run } from './run.js'
+import { run } from '../../tools/run.js'
 
 export interface BootstrapOptions {
   release: string

@@ -3,7 +3,7 @@
 
 import fs from 'node:fs/promises'
 import { IO_ERROR } from '../../../protocol/errors.js'
-import { run, runOk, lastLines } from './run.js'
+import { run, runOk, lastLines } from '../../tools/run.js'
 
 // A regular file needs a loop device; a block device (an LV) mounts as it is.
 export async function attach (volumePath: string): Promise<{ device: string, loop: boolean }> {

@@ -4,7 +4,7 @@
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { runTool } from '../../tools/run-tool.js'
+import { runOk } from '../../tools/run.js'
 import { VOLUME_EXISTS, VOLUME_NOT_FOUND, VOLUME_READ_ONLY, BAD_PARAMS, IO_ERROR } from '../../../protocol/errors.js'
 import { VOLUME_KEY, type LayerStore, type PrepareOptions, type StoreUsage, type VolumeInfo } from '../layer-store.js'
 
@@ -133,7 +133,7 @@ export async function openWritable (info: VolumeInfo): Promise<fs.FileHandle> {
 // finds the source's holes with SEEK_HOLE and writes runs of zeros as holes).
 async function cloneFile (from: string, to: string): Promise<void> {
   try {
-    await runTool('cp', ['--reflink=auto', '--sparse=always', '--no-preserve=all', '--', from, to])
+    await runOk('cp', ['--reflink=auto', '--sparse=always', '--no-preserve=all', '--', from, to])
   } catch (err) {
     await fs.rm(to, { force: true })
     throw IO_ERROR(`snapshot of ${path.basename(from)} failed: ${(err as Error).message}`)

@@ -1,9 +1,9 @@
-// The one runner for the builder's external tools: execa with a fixed environment, output
+// The one runner for external tools: execa with a fixed environment, output
 // streamed line by line to the build log, and a tail kept so each wrapper can map a failure to
 // an error code. A missing binary is TOOL_MISSING, a cancelled run JOB_CANCELLED.
 
 import { execa } from 'execa'
-import { JOB_CANCELLED, TOOL_FAILED, TOOL_MISSING } from '../../../protocol/errors.js'
+import { JOB_CANCELLED, TOOL_FAILED, TOOL_MISSING } from '../../protocol/errors.js'
 
 const TAIL_LINES = 200
 
