@@ -8,6 +8,7 @@ import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import DHT, { type KeyPair } from 'hyperdht'
 import { advertExtSigningBytes, advertSigningBytes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
 import { PROTOCOL_ERROR } from '../../protocol/errors.js'
+import type { PeerInfo } from '../../protocol/rpc.js'
 import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
 import { verify } from './identity.js'
 import { PeerSession, type BlockBatch, type ServiceMessage, type SessionHost } from './peer-session.js'
@@ -34,18 +35,6 @@ export interface FleetSwarmOptions {
   hostName?: string
   codecs?: CodecId[]
   log?: (msg: string, fields?: Record<string, unknown>) => void
-}
-
-export interface PeerSummary {
-  key: string
-  host: string
-  address: string
-  images: number
-  partial: number
-  bytesIn: number
-  bytesOut: number
-  rateIn: number
-  connectedAt: string
 }
 
 export class FleetSwarm extends EventEmitter implements SessionHost {
@@ -336,7 +325,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     return out
   }
 
-  peers (): PeerSummary[] {
+  peers (): PeerInfo[] {
     return [...this.sessions.values()].filter(s => s.remoteHello).map(s => ({
       key: s.remoteHex,
       host: s.remoteHello!.host,
