@@ -51,13 +51,15 @@ export class Lab {
     return p
   }
 
-  async startHost (ns: string, addr: string, dir: string): Promise<Host> {
-    await fs.rm(dir, { recursive: true, force: true })
+  async startHost (ns: string, addr: string, dir: string, keep = false): Promise<Host> {
+    if (!keep) await fs.rm(dir, { recursive: true, force: true })
     await fs.mkdir(dir, { recursive: true })
     const socket = path.join(dir, 'osfarmd.sock')
     // Logs go to a file per host, for when a run goes wrong.
     const log = await fs.open(path.join(dir, 'osfarmd.log'), 'a')
-    const proc = spawn('ip', ['netns', 'exec', `${this.prefix}-${ns}`, 'node', OSFARMD, '--data', path.join(dir, 'data'), '--socket', socket, '--log-level', 'info'], { stdio: ['ignore', log.fd, log.fd] })
+    // BENCH_CPU_PROF=1: each daemon writes a V8 CPU profile into its dir when it stops.
+    const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : []
+    const proc = spawn('ip', ['netns', 'exec', `${this.prefix}-${ns}`, 'node', ...prof, OSFARMD, '--data', path.join(dir, 'data'), '--socket', socket, '--log-level', 'info'], { stdio: ['ignore', log.fd, log.fd] })
     proc.once('exit', () => { log.close().catch(() => {}) })
     this.procs.push(proc)
     let client: OsfarmClient | undefined
@@ -71,6 +73,17 @@ export class Lab {
     return h
   }
 
+  // Stops a host's daemon and starts it again on the same data (same key, fresh sockets).
+  async restartHost (h: Host): Promise<void> {
+    h.client.close()
+    h.proc.kill('SIGTERM')
+    await new Promise(resolve => h.proc.once('exit', resolve))
+    this.hosts.splice(this.hosts.indexOf(h), 1)
+    const fresh = await this.startHost(h.ns, h.addr, h.dir, true)
+    Object.assign(h, { proc: fresh.proc, client: fresh.client })
+    this.hosts.splice(this.hosts.indexOf(fresh), 1, h)
+  }
+
   async fleet (hosts: Host[]): Promise<void> {
     // Every key first, so each host allows the others before it ever sees them.
     for (const h of hosts) h.key = (await h.client.call('fleet.show', {})).publicKey
@@ -80,8 +93,8 @@ export class Lab {
       const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: this.#dhtNodes.join(','), dhtHost: h.addr, peers })
       secret ||= info.secret!
     }
-    // Connections across the namespaces sometimes stall at first ("connection timed out");
-    // a host that lacks peers after a while reopens its swarm (bounded).
+    // Connections across the namespaces sometimes stall ("connection timed out" on streams
+    // that opened); a host that lacks peers after a while is restarted (bounded).
     for (let attempt = 0; ; attempt++) {
       const end = Date.now() + 45_000
       let missing: Host[] = []
@@ -93,10 +106,7 @@ export class Lab {
       }
       if (!missing.length) return
       if (attempt >= 4) throw new Error(`${missing.map(h => h.ns).join(', ')} did not see all peers`)
-      for (const h of missing) {
-        const peers = hosts.filter(o => o !== h).map(o => o.key).join(',')
-        await h.client.call('fleet.init', { secret, bootstrap: this.#dhtNodes.join(','), dhtHost: h.addr, peers })
-      }
+      for (const h of missing) await this.restartHost(h)
     }
   }
 
