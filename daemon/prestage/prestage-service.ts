@@ -423,7 +423,8 @@ export class PrestageService {
           register: false,
           name: `prestage-${rec.id}-${seq}`,
           peerWaitMs: PEER_WAIT_MS,
-          ...(pending.base && this.#d.transfers.local.manifest(Buffer.from(pending.base, 'hex')) ? { manifestBase: pending.base } : {})
+          // The manifest as a delta against the last point, or else the image the disk came from.
+          ...(this.#manifestBase([pending.base, rec.base?.root]))
         })
         pending.job = job.id
         const r = await this.#watchFetch(rec, seq, 'disk', job)
@@ -451,6 +452,11 @@ export class PrestageService {
       await this.#save(rec)
       this.#report(rec, seq, 'failed', (err as Error).message.slice(0, 1000))
     }
+  }
+
+  #manifestBase (roots: Array<string | undefined>): { manifestBase?: string } {
+    const root = roots.find(r => r && this.#d.transfers.local.manifest(Buffer.from(r, 'hex')))
+    return root ? { manifestBase: root } : {}
   }
 
   // Waits for a fetch job, reporting its progress to the source.
