@@ -14,11 +14,11 @@ t.test('kill -9 during an import leaves no half-image', async t => {
   const big = path.join(d.dir, 'big.img')
   await makeImage(big, { blocks: 100_000 }) // ~400 MiB, 60% data
   const job = await d.ctlJson('image', 'import', big, '--name', 'half', '--no-wait')
-  // Wait until the import is under way, then kill the daemon hard.
+  // Wait until the import is under way (copying or indexing), then kill the daemon hard.
   let progressed = false
   for (let i = 0; i < 500 && !progressed; i++) {
     const j = await d.ctlJson('job', 'show', job.id)
-    progressed = j.state === 'running' && j.progress.done > 0
+    progressed = j.state === 'running' && ['copy', 'index'].includes(j.progress.phase) && j.progress.done > 0
     if (j.state !== 'running') break
   }
   t.ok(progressed, 'the import was under way')

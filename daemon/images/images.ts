@@ -118,8 +118,16 @@ export class ImageService {
         await from.close()
         await to.close()
       }
+      // Indexed while still active: a crash before the commit leaves only an active volume,
+      // which the next start removes.
+      const manifest = await this.#hasher.indexFile(info.path, {
+        blockSize: this.#blockSize,
+        size,
+        signal: ctx.signal,
+        onProgress: (done, total) => ctx.progress('index', done, total)
+      })
       await this.#store.commit(volume)
-      return await this.register({ volume, name, origin: 'import', ctx, ...(labels?.length ? { labels } : {}) })
+      return await this.register({ volume, name, origin: 'import', manifest, ctx, ...(labels?.length ? { labels } : {}) })
     } catch (err) {
       await this.#store.remove(volume).catch(() => {})
       throw err
