@@ -421,6 +421,7 @@ export class PrestageService {
         const running = this.#d.transfers.fetchJobOf(root)
         const job = running ? this.#d.jobs.get(running) : await this.#d.transfers.fetch(root, {
           register: false,
+          verify: 'written',
           name: `prestage-${rec.id}-${seq}`,
           peerWaitMs: PEER_WAIT_MS,
           // The manifest as a delta against the last point, or else the image the disk came from.

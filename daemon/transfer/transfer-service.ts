@@ -71,6 +71,9 @@ export interface FetchOptions {
   register?: boolean
   // A root whose manifest this host holds: ask holders for the wanted manifest as a delta.
   manifestBase?: string
+  // 'written': on a fresh fetch onto a snapshot of a verified volume, check at the end only
+  // the blocks this fetch wrote (pre-staging's cut-over); else every data block.
+  verify?: 'all' | 'written'
 }
 
 export class TransferService {
@@ -463,7 +466,13 @@ export class TransferService {
 
       // 5. The whole image checked again: every data block read back and hashed.
       ctx.progress('verify', 0, manifest.size, 'bytes')
-      const bad = await verifyBlocks(target.path, manifest, { signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) })
+      let only: Uint8Array | undefined
+      if (opts.verify === 'written' && plan.parent) {
+        only = new Uint8Array(Math.ceil(count / 8))
+        for (const c of plan.local) only[c.index >> 3]! |= 1 << (c.index & 7)
+        for (const r of plan.remote) for (const i of r.indices) only[i >> 3]! |= 1 << (i & 7)
+      }
+      const bad = await verifyBlocks(target.path, manifest, { signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t), ...(only ? { only } : {}) })
       if (bad.length) {
         for (const i of bad) progress.bits[i >> 3]! &= ~(1 << (i & 7))
         await progress.save()

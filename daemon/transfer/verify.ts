@@ -10,7 +10,9 @@ import { JOB_CANCELLED } from '../../protocol/errors.js'
 
 const CHUNK_BYTES = 8 << 20
 
-export async function verifyBlocks (file: string, m: Manifest, options: { signal?: AbortSignal, onProgress?: (done: number, total: number) => void } = {}): Promise<number[]> {
+// `only` (a bitfield), when given, limits the check to those blocks: a fetch onto a snapshot of
+// a verified volume checks only what it wrote (pre-staging's cut-over).
+export async function verifyBlocks (file: string, m: Manifest, options: { signal?: AbortSignal, onProgress?: (done: number, total: number) => void, only?: Uint8Array } = {}): Promise<number[]> {
   const count = blockCount(m.size, m.blockSize)
   const per = Math.max(1, Math.floor(CHUNK_BYTES / m.blockSize))
   const bad: number[] = []
@@ -20,10 +22,12 @@ export async function verifyBlocks (file: string, m: Manifest, options: { signal
     // Runs of consecutive non-zero blocks, cut at `per` blocks; the next run is read while this
     // one is hashed.
     const runs: Array<[number, number]> = []
+    const only = options.only
+    const skip = (i: number) => isZeroSlot(m.hashes, i) || (!!only && !(only[i >> 3]! & (1 << (i & 7))))
     for (let i = 0; i < count;) {
-      if (isZeroSlot(m.hashes, i)) { i++; continue }
+      if (skip(i)) { i++; continue }
       let n = 1
-      while (i + n < count && n < per && !isZeroSlot(m.hashes, i + n)) n++
+      while (i + n < count && n < per && !skip(i + n)) n++
       runs.push([i, n])
       i += n
     }
