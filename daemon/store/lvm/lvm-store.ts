@@ -199,6 +199,26 @@ class LvmStore implements LayerStore {
     return { key, kind: 'active', size, allocated, path: `/dev/${this.#vg}/${name}` }
   }
 
+  // A thin snapshot of an LV outside the store (a VM's disk, /dev/VG/LV) in the store's own
+  // pool, as a new active volume: a consistent point of a running disk, without a copy. Only
+  // snapshotting is done to the foreign LV; it is never changed or removed.
+  async snapshotOf (key: string, device: string): Promise<VolumeInfo> {
+    const name = this.#name(key)
+    const m = /^\/dev\/([^/]+)\/([^/]+)$/.exec(device)
+    if (!m || m[1] !== this.#vg) throw BAD_PARAMS(`${device} is not an LV of volume group ${this.#vg} (want /dev/${this.#vg}/LV)`)
+    const rows = await lvm.listLvs(this.#ctx, this.#vg)
+    const origin = rows.find(r => r.name === m[2])
+    const pool = rows.find(r => r.name === this.#pool && r.attr[0] === 't')
+    if (!pool) throw BAD_CONFIG(`thin pool ${this.#vg}/${this.#pool} is gone`, { vg: this.#vg, pool: this.#pool })
+    if (!origin || origin.pool !== this.#pool) throw BAD_PARAMS(`${device} is not a thin LV of pool ${this.#vg}/${this.#pool}`)
+    if (rows.some(r => r.name === name)) throw VOLUME_EXISTS(`volume ${key} exists`)
+    this.#checkFill(pool)
+    await lvm.createSnapshot(this.#ctx, this.#vg, origin.name, name, TAG)
+    const row = (await this.#scan()).ours.get(key)
+    if (!row) throw VOLUME_NOT_FOUND(`snapshot ${key} of ${device} did not appear`)
+    return this.#info(key, row)
+  }
+
   async commit (key: string): Promise<VolumeInfo> {
     const name = this.#name(key)
     const row = (await this.#scan()).ours.get(key)
