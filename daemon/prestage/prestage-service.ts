@@ -336,7 +336,8 @@ export class PrestageService {
   }
 
   async #dropPoint (rec: Record, p: PrestagePoint): Promise<void> {
-    this.#swarm?.withdrawFrom(rec.peer, Buffer.from(p.root, 'hex'))
+    // A disk that did not change between two points gives the same root twice: keep offering it.
+    if (!rec.points.some(o => o !== p && o.root === p.root)) this.#swarm?.withdrawFrom(rec.peer, Buffer.from(p.root, 'hex'))
     if (p.capture !== 'image' && rec.role === 'source') {
       this.#d.transfers.local.removeVolume(p.volume)
       await this.#d.store.remove(p.volume).catch(() => {})
@@ -355,6 +356,7 @@ export class PrestageService {
     if (job) this.#d.jobs.cancel(job)
     this.#waiters.get(rec.id)?.reject(JOB_CANCELLED(why))
     this.#swarm?.sendTo(rec.peer, 'Stage', { id: rec.id, seq: rec.points[rec.points.length - 1]?.seq ?? 0, cancel: true })
+    for (const p of rec.points) this.#swarm?.withdrawFrom(rec.peer, Buffer.from(p.root, 'hex'))
     for (const p of rec.points) await this.#dropPoint(rec, p)
     rec.points = []
     await this.#save(rec)
