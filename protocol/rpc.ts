@@ -133,6 +133,8 @@ export interface TransferStats {
   phases: Record<string, number>
   // Milliseconds of the transfer phase until the last remote block arrived.
   remoteMs: number
+  // Of copiedLocal, blocks cloned as shared extents (reflink) rather than read and written.
+  clonedLocal?: number
 }
 
 // image.build: a spec's text (with its format, else guessed) or the path of a spec file on the

@@ -41,14 +41,41 @@ export function blockHash (m: Pick<Manifest, 'hashes'>, i: number): Buffer {
 
 export function isZeroSlot (hashes: Buffer, i: number): boolean {
   const o = i * HASH_BYTES
-  for (let j = 0; j < HASH_BYTES; j += 4) if (hashes.readUInt32LE(o + j) !== 0) return false
+  for (let j = o; j < o + HASH_BYTES; j++) if (hashes[j] !== 0) return false
+  return true
+}
+
+const zeroMaps = new WeakMap<Buffer, Uint8Array>()
+
+// One byte per block, 1 for a zero block: for loops over every slot of a big image. Computed
+// once per hash table (a table is never changed once it belongs to a manifest).
+export function zeroSlots (hashes: Buffer): Uint8Array {
+  let map = zeroMaps.get(hashes)
+  if (map) return map
+  const count = hashes.length / HASH_BYTES
+  map = new Uint8Array(count)
+  if (hashes.byteOffset % 4 === 0) {
+    const w = new Int32Array(hashes.buffer, hashes.byteOffset, count * 8)
+    for (let i = 0, o = 0; i < count; i++, o += 8) {
+      map[i] = (w[o]! | w[o + 1]! | w[o + 2]! | w[o + 3]! | w[o + 4]! | w[o + 5]! | w[o + 6]! | w[o + 7]!) === 0 ? 1 : 0
+    }
+  } else {
+    for (let i = 0; i < count; i++) map[i] = isZeroSlot(hashes, i) ? 1 : 0
+  }
+  zeroMaps.set(hashes, map)
+  return map
+}
+
+// Block i of two hash tables holds the same hash.
+export function sameSlot (a: Buffer, b: Buffer, i: number): boolean {
+  const o = i * HASH_BYTES
+  for (let j = o; j < o + HASH_BYTES; j++) if (a[j] !== b[j]) return false
   return true
 }
 
 export function zeroBlockCount (m: Pick<Manifest, 'hashes'>): number {
   let n = 0
-  const count = m.hashes.length / HASH_BYTES
-  for (let i = 0; i < count; i++) if (isZeroSlot(m.hashes, i)) n++
+  for (const z of zeroSlots(m.hashes)) n += z
   return n
 }
 
@@ -68,9 +95,10 @@ export function encodeManifest (m: Pick<Manifest, 'blockSize' | 'size' | 'hashes
   if (m.encoded) return m.encoded
   const count = blockCount(m.size, m.blockSize)
   const bitfield = Buffer.alloc(Math.ceil(count / 8))
+  const zero = zeroSlots(m.hashes)
   let nonZero = 0
   for (let i = 0; i < count; i++) {
-    if (isZeroSlot(m.hashes, i)) bitfield[i >> 3] |= 1 << (i & 7)
+    if (zero[i]) bitfield[i >> 3] |= 1 << (i & 7)
     else nonZero++
   }
   const out = Buffer.allocUnsafe(HEADER_BYTES + bitfield.length + nonZero * HASH_BYTES)

@@ -3,17 +3,13 @@
 // Any protocol violation ends this session (and only it); the daemon goes on.
 
 import { EventEmitter } from 'node:events'
-import { createRequire } from 'node:module'
-import { Compressor } from 'zstd-napi'
 import {
   Codec, decodeMessage, encodeFrame, FEATURES, FrameDecoder, HASH_BYTES, MAX_FRAME_BYTES, MAX_MANIFEST_CHUNK, WIRE_VERSION,
   type Advert, type BlockResponse, type CodecId, type Feature, type Have, type Hello, type Message, type MessageMap, type MessageName
 } from '../../protocol/wire.js'
 import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js'
 import { RateLimiter } from './rate-limiter.js'
-
-const require = createRequire(import.meta.url)
-const zstd = require('zstd-napi/binding') as { decompress (dst: Uint8Array, src: Uint8Array): number }
+import { blockPool } from '../blocks/block-pool.js'
 
 const HELLO_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 60_000
@@ -22,7 +18,10 @@ const MAX_QUEUED_REQUESTS = 512
 const SERVE_CONCURRENCY = 4
 // Compress a response only when it saves at least this fraction.
 const MIN_SAVING = 0.05
+// zstd level: fast while the link keeps up; stronger while responses wait for the link to
+// drain (the link is the limit, so the packing time is free and the bytes are not).
 const ZSTD_LEVEL = 1
+const ZSTD_LEVEL_LINK_BOUND = 3
 // Rate estimate: exponentially weighted over about this many milliseconds.
 const RATE_WINDOW_MS = 2000
 
@@ -32,6 +31,10 @@ export interface BlockBatch {
   data: Buffer
   // Bytes this batch took on the wire (compressed payload and framing), when received.
   wireBytes?: number
+  // Received: 1 where block j matches the hash it was asked by (checked off the main thread).
+  valid?: Uint8Array
+  // Read for serving: `data` is an unpooled buffer no one else holds (it may move to a worker).
+  owned?: boolean
 }
 
 // What a session needs from its daemon.
@@ -110,7 +113,6 @@ export class PeerSession extends EventEmitter {
   #background: Array<{ id: number, hashes: Buffer }> = []
   #serving = 0
   #drained: Promise<void> | undefined
-  #compressor: Compressor | undefined
   #rateAt = performance.now()
   #readyResolve!: () => void
   #readyReject!: (err: Error) => void
@@ -214,18 +216,17 @@ export class PeerSession extends EventEmitter {
     if (r.sizes.length !== count) throw PROTOCOL_ERROR('block response does not match its request')
     let raw = 0
     for (const s of r.sizes) raw += s
-    let data = r.data
-    if (r.codec === Codec.ZSTD) {
-      data = Buffer.allocUnsafe(raw)
-      let n: number
-      try { n = zstd.decompress(data, r.data) } catch (err) { throw PROTOCOL_ERROR(`bad zstd data: ${(err as Error).message}`) }
-      if (n !== raw) throw PROTOCOL_ERROR('decompressed size does not match')
-    } else if (r.codec !== Codec.RAW) {
-      throw PROTOCOL_ERROR(`codec ${r.codec} was not negotiated`)
+    if (r.codec !== Codec.ZSTD && r.codec !== Codec.RAW) throw PROTOCOL_ERROR(`codec ${r.codec} was not negotiated`)
+    const wireBytes = r.data.length + 16 + r.sizes.length * 3
+    let got: { data: Buffer, valid: Uint8Array }
+    try {
+      got = await blockPool().unpack(r.codec === Codec.ZSTD, r.data, raw, r.sizes, hashes)
+    } catch (err) {
+      throw PROTOCOL_ERROR((err as Error).message)
     }
     this.stats.rawIn += raw
     this.stats.blocksIn += count
-    return { sizes: r.sizes, data, wireBytes: r.data.length + 16 + r.sizes.length * 3 }
+    return { sizes: r.sizes, data: got.data, valid: got.valid, wireBytes }
   }
 
   cancel (id: number): void {
@@ -404,16 +405,18 @@ export class PeerSession extends EventEmitter {
     if (this.closed) return
     let codec: CodecId = Codec.RAW
     let data = batch.data
-    if (this.codec === Codec.ZSTD && data.length > 0) {
-      this.#compressor ??= newCompressor()
-      const z = this.#compressor.compress(data)
-      if (z.length <= data.length * (1 - MIN_SAVING)) { codec = Codec.ZSTD; data = z }
+    const raw = data.length
+    if (this.codec === Codec.ZSTD && raw > 0) {
+      const packed = await blockPool().pack(data, this.#drained ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL, MIN_SAVING, batch.owned)
+      if (this.closed) return
+      data = packed.data
+      if (packed.compressed) codec = Codec.ZSTD
     }
     const wire = data.length + 16 + batch.sizes.length * 3
     await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire), background ? this.#host.backgroundLimiter?.take(wire) : undefined])
     if (this.#drained) await this.#drained
     if (this.closed) return
-    this.stats.rawOut += batch.data.length
+    this.stats.rawOut += raw
     this.stats.blocksOut += batch.sizes.length
     if (!this.#send('BlockResponse', { id, codec, sizes: batch.sizes, data })) {
       this.#drained ??= new Promise<void>(resolve => {
@@ -423,10 +426,4 @@ export class PeerSession extends EventEmitter {
       })
     }
   }
-}
-
-function newCompressor (): Compressor {
-  const c = new Compressor()
-  c.setParameters({ compressionLevel: ZSTD_LEVEL })
-  return c
 }

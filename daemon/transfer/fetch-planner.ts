@@ -2,7 +2,8 @@
 // the same offset: free), another local volume (a local copy), or peers. Pure: no I/O.
 
 import { HASH_BYTES } from '../blocks/hash.js'
-import { blockCount, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import { blockCount, sameSlot, zeroSlots, type Manifest } from '../blocks/manifest.js'
+import { HashIndex } from '../blocks/hash-index.js'
 import type { Location } from './local-blocks.js'
 
 export interface Candidate {
@@ -32,14 +33,12 @@ export interface FetchPlan {
 export function chooseParent (want: Manifest, candidates: Candidate[]): { volume: string, manifest: Manifest, matches: number } | undefined {
   let best: { volume: string, manifest: Manifest, matches: number } | undefined
   const count = blockCount(want.size, want.blockSize)
+  const zero = zeroSlots(want.hashes)
   for (const c of candidates) {
     if (c.manifest.blockSize !== want.blockSize) continue
     const n = Math.min(count, blockCount(c.manifest.size, c.manifest.blockSize))
     let matches = 0
-    for (let i = 0; i < n; i++) {
-      const o = i * HASH_BYTES
-      if (want.hashes.compare(c.manifest.hashes, o, o + HASH_BYTES, o, o + HASH_BYTES) === 0 && !isZeroSlot(want.hashes, i)) matches++
-    }
+    for (let i = 0; i < n; i++) if (!zero[i] && sameSlot(want.hashes, c.manifest.hashes, i)) matches++
     if (matches > 0 && (!best || matches > best.matches)) best = { volume: c.volume, manifest: c.manifest, matches }
   }
   return best
@@ -52,17 +51,20 @@ export function planFetch (want: Manifest, parent: Candidate | undefined, locate
   const count = blockCount(want.size, want.blockSize)
   const parentCount = parent ? blockCount(parent.manifest.size, parent.manifest.blockSize) : 0
   const plan: FetchPlan = { parent: parent?.volume, inPlace: [], zeroOverParent: [], zeroBlocks: 0, local: [], remote: [], remoteBlocks: 0 }
-  const remote = new Map<string, { hash: Buffer, indices: number[] }>()
+  // Distinct remote hashes → their entry in plan.remote.
+  const remote = new HashIndex(k => ({ buf: plan.remote[k]!.hash, offset: 0 }))
+  const zero = zeroSlots(want.hashes)
+  const parentZero = parent ? zeroSlots(parent.manifest.hashes) : undefined
   for (let i = 0; i < count; i++) {
     const o = i * HASH_BYTES
-    if (isZeroSlot(want.hashes, i)) {
+    if (zero[i]) {
       plan.zeroBlocks++
       if (done && (done[i >> 3]! & (1 << (i & 7)))) continue
-      if (done || (i < parentCount && !isZeroSlot(parent!.manifest.hashes, i))) plan.zeroOverParent.push(i)
+      if (done || (i < parentCount && !parentZero![i])) plan.zeroOverParent.push(i)
       continue
     }
     if (done && (done[i >> 3]! & (1 << (i & 7)))) continue
-    if (i < parentCount && want.hashes.compare(parent!.manifest.hashes, o, o + HASH_BYTES, o, o + HASH_BYTES) === 0) {
+    if (i < parentCount && sameSlot(want.hashes, parent!.manifest.hashes, i)) {
       plan.inPlace.push(i)
       continue
     }
@@ -72,12 +74,13 @@ export function planFetch (want: Manifest, parent: Candidate | undefined, locate
       plan.local.push({ index: i, from })
       continue
     }
-    const k = hash.toString('latin1')
-    const r = remote.get(k)
-    if (r) r.indices.push(i)
-    else remote.set(k, { hash, indices: [i] })
+    const k = remote.get(hash)
+    if (k >= 0) plan.remote[k]!.indices.push(i)
+    else {
+      remote.add(hash, 0, plan.remote.length)
+      plan.remote.push({ hash, indices: [i] })
+    }
     plan.remoteBlocks++
   }
-  plan.remote = [...remote.values()]
   return plan
 }

@@ -3,9 +3,12 @@
 // DEV DOCS — the request flow
 //   The planner has already sorted every block: in place (the target is a snapshot of the local
 //   volume with the most same-offset matches: no I/O), zero (a hole; written as zeros and holes
-//   dug only where the parent had data), local (read from another local volume, written here)
-//   and remote, one entry per distinct hash with every index that holds it.
-//   Local copies and remote fetching run at the same time.
+//   dug only where the parent had data, before anything else), local (from another local
+//   volume) and remote, one entry per distinct hash with every index that holds it.
+//   Local copies and remote fetching run at the same time. A local copy is a clone of the
+//   source's extents (xfs_io reflink, one call for every run contiguous in both files) where
+//   the filesystem shares extents, so it moves no bytes and takes no CPU from the wire; what it
+//   refuses is read and written.
 //
 //   Remote: each holder of the root (whole, by advert, or part-way, by Have bitfield) is a peer
 //   with a window of requests in flight, sized from its measured rate (about QUEUE_SECONDS of
@@ -16,15 +19,18 @@
 //   endgame), an idle peer asks again for blocks in flight at the slowest peers; the first valid
 //   answer wins and the other request is cancelled.
 //
-//   Every block is checked against its hash (BLAKE3) and length before it is written; one bad
-//   block drops the peer (its session is closed and it is banned from this fetch) and its
-//   requests go back to pending. A peer that leaves, times out or lacks a block has its requests
+//   Every block is checked against its hash (BLAKE3) and length before it is written (the hash
+//   on a block-pool worker, as the response is unpacked there); one bad block drops the peer
+//   (its session is closed and it is banned from this fetch) and its requests go back to
+//   pending. A peer that leaves, times out or lacks a block has its requests
 //   requeued the same way. Verified blocks of one answer are written with one writev per
 //   contiguous run, at every index that holds the hash.
 //
 //   Progress: a bit per block, set after the write completes. Every FLUSH_MS the target is
 //   fdatasync'ed and then the bitfield (a copy taken before the sync) is saved; a restart
 //   resumes from it. The same bits go to peers as Have, and the blocks become servable at once.
+//   onWritten hears of every block once it is in place and final: the fetch job reads it back
+//   and checks it then (verify.ts), so the whole-image check overlaps the transfer.
 //
 //   If no peer can supply a pending block for PEER_WAIT_MS, the fetch fails with NO_PEERS (its
 //   progress stays; running it again resumes).
@@ -50,8 +56,10 @@ import type { TransferStats } from '../../protocol/rpc.js'
 import type { LocalBlocks } from './local-blocks.js'
 import type { Progress } from './progress.js'
 import type { RateLimiter } from '../swarm/rate-limiter.js'
+import { cloneRanges } from '../tools/xfs-io.js'
 
-const BATCH_BYTES = 256 << 10
+// A response's raw cap: fewer, larger frames and packs (zstd gains too).
+const BATCH_BYTES = 1 << 20
 const MIN_WINDOW = 8
 const MAX_WINDOW = 64
 const QUEUE_SECONDS = 0.25
@@ -65,6 +73,8 @@ const ENDGAME_AGE_MS = 1500
 const MAX_PEER_FAILURES = 3
 const MAX_UNWRITTEN_BYTES = 64 << 20
 const LOCAL_BATCH_BLOCKS = 256
+// Contiguous runs cloned per xfs_io call (progress and cancellation are checked between).
+const CLONE_BATCH_RUNS = 8192
 const MIN_PUNCH_BLOCKS = 16
 const MAX_PUNCH_CALLS = 64
 
@@ -93,7 +103,7 @@ export interface FetcherOptions {
   // This host's key: background fetches split the blocks to ask whole holders for among the
   // hosts fetching the same image (those that sent a Have for it).
   self?: string
-  // Called with block indices once written (servable), before they are synced.
+  // Called with block indices once written or copied (servable, final), before they are synced.
   onWritten?: (indices: number[]) => void
   // Caps how fast this fetch asks for blocks (raw bytes per second).
   limiter?: RateLimiter
@@ -178,13 +188,15 @@ export class Fetcher {
       remote.catch(() => {})
       o.signal?.addEventListener('abort', onAbort, { once: true })
       if (o.signal?.aborted) throw JOB_CANCELLED()
+      // Zeros first, holes dug at once: nothing touches those blocks after, so each data block
+      // is final once written (onWritten) and may be checked from then on.
       await this.#zeroOverParent()
+      await this.#digHoles()
       this.#startRemote()
       await Promise.all([this.#copyLocal(), remote])
       await Promise.all(this.#writes)
       if (this.#failure) throw this.#failure
       await this.#flush()
-      await this.#digHoles()
     } catch (err) {
       this.#stopRemote()
       await Promise.allSettled(this.#writes)
@@ -238,8 +250,53 @@ export class Fetcher {
     }
   }
 
+  // Runs contiguous in both the source and the target are cloned (shared extents, no bytes
+  // moved) where the filesystem can; what it refuses is read and written.
   async #copyLocal (): Promise<void> {
     const list = [...this.#o.plan.local].sort((a, b) => a.from.path < b.from.path ? -1 : a.from.path > b.from.path ? 1 : a.from.index - b.from.index)
+    if (!list.length) return
+    const bs = this.#m.blockSize
+    const runs: Array<{ k: number, n: number }> = []
+    for (let k = 0; k < list.length;) {
+      let n = 1
+      while (k + n < list.length && list[k + n]!.from.path === list[k]!.from.path && list[k + n]!.from.index === list[k]!.from.index + n && list[k + n]!.index === list[k]!.index + n) n++
+      runs.push({ k, n })
+      k += n
+    }
+    const copy: typeof list = []
+    let cloning = true
+    for (let r = 0; r < runs.length; r += CLONE_BATCH_RUNS) {
+      if (this.#failure || this.#o.signal?.aborted) return
+      const part = runs.slice(r, r + CLONE_BATCH_RUNS)
+      // A short last block cannot be cloned (ranges are whole filesystem blocks).
+      const ranges = part.filter(({ k, n }) => cloning && blockLength(this.#m, list[k + n - 1]!.index) === bs && list[k + n - 1]!.from.length === bs)
+        .map(({ k, n }) => ({ src: list[k]!.from.path, srcOffset: list[k]!.from.index * bs, dstOffset: list[k]!.index * bs, length: n * bs }))
+      const cloned = ranges.length ? await cloneRanges(this.#o.path, ranges, this.#o.signal) : new Set<number>()
+      if (!cloned.size) cloning = false
+      const done: number[] = []
+      for (const { k, n } of part) {
+        const wasCloned = cloned.has(list[k]!.index * bs)
+        for (let j = k; j < k + n; j++) {
+          if (wasCloned) done.push(list[j]!.index)
+          else copy.push(list[j]!)
+        }
+      }
+      if (done.length) this.#localDone(done, true)
+    }
+    await this.#copyBytes(copy)
+  }
+
+  #localDone (indices: number[], cloned: boolean): void {
+    for (const i of indices) this.#mark(i)
+    this.#o.local.addBlocks(this.#o.volume, indices)
+    this.#o.onWritten?.(indices)
+    this.#o.stats.copiedLocal += indices.length
+    if (cloned) this.#o.stats.clonedLocal = (this.#o.stats.clonedLocal ?? 0) + indices.length
+    this.#completed += indices.length
+    this.#o.onProgress?.(this.#completed, this.#total)
+  }
+
+  async #copyBytes (list: FetchPlan['local']): Promise<void> {
     const handles = new Map<string, fs.FileHandle>()
     const bs = this.#m.blockSize
     try {
@@ -270,11 +327,7 @@ export class Fetcher {
         await Promise.all(reads)
         const writes: Array<[number, Buffer]> = part.map((c, j) => [c.index * bs, buf.subarray(j * bs, j * bs + blockLength(this.#m, c.index))])
         await this.#writeRuns(writes)
-        for (const c of part) this.#mark(c.index)
-        this.#o.local.addBlocks(this.#o.volume, part.map(c => c.index))
-        this.#o.stats.copiedLocal += part.length
-        this.#completed += part.length
-        this.#o.onProgress?.(this.#completed, this.#total)
+        this.#localDone(part.map(c => c.index), false)
       }
     } finally {
       for (const fh of handles.values()) await fh.close().catch(() => {})
@@ -537,7 +590,8 @@ export class Fetcher {
       this.#copies[u]!--
       if (this.#state[u] === 2) continue
       const e = this.#entries[u]!
-      if (size !== blockLength(this.#m, e.indices[0]!) || !hash(block).equals(e.hash)) {
+      const valid = batch.valid ? batch.valid[j] === 1 : hash(block).equals(e.hash)
+      if (size !== blockLength(this.#m, e.indices[0]!) || !valid) {
         this.#o.stats.badBlocks++
         this.#copies[u]!++
         this.#release(req.us.slice(j))

@@ -5,7 +5,8 @@
 
 import fs from 'node:fs/promises'
 import { HASH_BYTES } from '../blocks/hash.js'
-import { blockCount, blockLength, encodeManifest, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import { blockCount, blockLength, encodeManifest, zeroSlots, type Manifest } from '../blocks/manifest.js'
+import { HashIndex } from '../blocks/hash-index.js'
 import { encodeManifestDelta } from '../blocks/manifest-delta.js'
 import type { BlockBatch } from '../swarm/peer-session.js'
 
@@ -21,6 +22,8 @@ interface Volume {
   path: string
   manifest: Manifest
   complete: boolean
+  // Per block: 1 once it is servable from here, 2 for a zero block (never served).
+  blocks: Uint8Array
   handle?: Promise<fs.FileHandle>
   lastUse: number
 }
@@ -33,8 +36,11 @@ export interface Location {
 }
 
 export class LocalBlocks {
-  // Hash (as a 32-char latin1 string) → volume id × 2^32 + block index.
-  #where = new Map<string, number>()
+  // Hash → volume id × 2^32 + block index, of the first volume that served it.
+  #where = new HashIndex(packed => {
+    const v = this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))!
+    return { buf: v.manifest.hashes, offset: (packed % VOLUME_SHIFT) * HASH_BYTES }
+  })
   #volumes = new Map<number, Volume>()
   #byKey = new Map<string, Volume>()
   #manifests = new Map<string, { manifest: Manifest, encoded?: Buffer }>()
@@ -85,11 +91,11 @@ export class LocalBlocks {
     this.#byKey.delete(key)
     this.#volumes.delete(v.id)
     void v.handle?.then(h => h.close()).catch(() => {})
-    for (const [h, packed] of this.#where) if (Math.floor(packed / VOLUME_SHIFT) === v.id) this.#where.delete(h)
-    // Blocks that other volumes also hold come back.
+    // The index again without it: blocks that other volumes also hold come back.
+    this.#where.clear()
     for (const other of this.#volumes.values()) {
-      const count = blockCount(other.manifest.size, other.manifest.blockSize)
-      if (other.complete) for (let i = 0; i < count; i++) this.#add(other, i)
+      const b = other.blocks
+      for (let i = 0; i < b.length; i++) if (b[i] === 1) this.#where.add(other.manifest.hashes, i * HASH_BYTES, other.id * VOLUME_SHIFT + i)
     }
     const rootHex = v.manifest.root.toString('hex')
     if (![...this.#volumes.values()].some(o => o.manifest.root.equals(v.manifest.root))) this.#manifests.delete(rootHex)
@@ -100,8 +106,8 @@ export class LocalBlocks {
   }
 
   locate (hash: Buffer): Location | undefined {
-    const packed = this.#where.get(hash.toString('latin1'))
-    if (packed === undefined) return undefined
+    const packed = this.#where.get(hash)
+    if (packed < 0) return undefined
     const v = this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
     if (!v) return undefined
     const index = packed % VOLUME_SHIFT
@@ -144,16 +150,17 @@ export class LocalBlocks {
     const locs: Array<{ v: Volume, pos: number, len: number, out: number } | undefined> = new Array(count)
     let total = 0
     for (let i = 0; i < count; i++) {
-      const packed = this.#where.get(hashes.toString('latin1', i * HASH_BYTES, (i + 1) * HASH_BYTES))
-      const v = packed === undefined ? undefined : this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
+      const packed = this.#where.get(hashes, i * HASH_BYTES)
+      const v = packed < 0 ? undefined : this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
       if (!v) { sizes[i] = 0; continue }
-      const index = packed! % VOLUME_SHIFT
+      const index = packed % VOLUME_SHIFT
       const len = blockLength(v.manifest, index)
       sizes[i] = len
       locs[i] = { v, pos: index * v.manifest.blockSize, len, out: total }
       total += len
     }
-    const data = Buffer.allocUnsafe(total)
+    // Unpooled: it may move to a codec worker whole.
+    const data = Buffer.allocUnsafeSlow(total)
     const runs: Array<{ v: Volume, pos: number, len: number, out: number }> = []
     for (const l of locs) {
       if (!l) continue
@@ -175,7 +182,7 @@ export class LocalBlocks {
         failed.add(r.v)
       }
     }))
-    if (!failed.size) return { sizes, data }
+    if (!failed.size) return { sizes, data, owned: true }
     // A volume that could not be read (removed, moved): report its blocks missing.
     const parts: Buffer[] = []
     for (let i = 0; i < count; i++) {
@@ -198,16 +205,19 @@ export class LocalBlocks {
       old.complete = complete
       return old
     }
-    const v: Volume = { id: this.#nextId++, key, path, manifest, complete, lastUse: 0 }
+    const zero = zeroSlots(manifest.hashes)
+    const blocks = new Uint8Array(zero.length)
+    for (let i = 0; i < zero.length; i++) if (zero[i]) blocks[i] = 2
+    const v: Volume = { id: this.#nextId++, key, path, manifest, complete, blocks, lastUse: 0 }
     this.#volumes.set(v.id, v)
     this.#byKey.set(key, v)
     return v
   }
 
   #add (v: Volume, i: number): void {
-    if (isZeroSlot(v.manifest.hashes, i)) return
-    const k = v.manifest.hashes.toString('latin1', i * HASH_BYTES, (i + 1) * HASH_BYTES)
-    if (!this.#where.has(k)) this.#where.set(k, v.id * VOLUME_SHIFT + i)
+    if (v.blocks[i] !== 0) return
+    v.blocks[i] = 1
+    this.#where.add(v.manifest.hashes, i * HASH_BYTES, v.id * VOLUME_SHIFT + i)
   }
 
   #handle (v: Volume): Promise<fs.FileHandle> {

@@ -9,7 +9,7 @@ import type { KeyPair } from 'hyperdht'
 import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, VERIFY_FAILED } from '../../protocol/errors.js'
 import type { FleetInfo, FetchResult, ImageInfo, JobInfo, PeerInfo } from '../../protocol/rpc.js'
 import { advertExtSigningBytes, advertSigningBytes, type Advert } from '../../protocol/wire.js'
-import { blockCount, decodeManifest, encodeManifest, isZeroSlot, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
+import { blockCount, decodeManifest, encodeManifest, zeroBlockCount, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { applyManifestDelta } from '../blocks/manifest-delta.js'
 import { RateLimiter } from '../swarm/rate-limiter.js'
 import type { BlockHasher } from '../blocks/block-hasher.js'
@@ -25,7 +25,8 @@ import { chooseParent, planFetch } from './fetch-planner.js'
 import { emptyStats, Fetcher, type FetchStats } from './fetcher.js'
 import { LocalBlocks } from './local-blocks.js'
 import { Progress } from './progress.js'
-import { verifyBlocks } from './verify.js'
+import { Verifier } from './verify.js'
+import { blockPool } from '../blocks/block-pool.js'
 
 const PEER_WAIT_MS = 30_000
 // Background fetches tell peers what they have this often, not only at each synced flush, so
@@ -370,14 +371,15 @@ export class TransferService {
       stats.manifestBytes = manifestBytes
       phase('manifest')
       const count = blockCount(manifest.size, manifest.blockSize)
-      for (let i = 0; i < count; i++) if (isZeroSlot(manifest.hashes, i)) stats.zeroBlocks++
+      const zero = zeroSlots(manifest.hashes)
+      stats.zeroBlocks = zeroBlockCount(manifest)
 
       // 2. The target: resumed, or a snapshot of the best local volume (or empty).
       const progress = await Progress.open(path.join(dir, 'progress'), count)
       let vol = state ? await this.#d.store.stat(state.volume) : undefined
       let plan
       if (state && vol?.kind === 'active') {
-        for (let i = 0; i < count; i++) if (progress.has(i) && !isZeroSlot(manifest.hashes, i)) stats.resumed++
+        for (let i = 0; i < count; i++) if (!zero[i] && progress.has(i)) stats.resumed++
         plan = planFetch(manifest, undefined, h => this.local.locate(h), progress.bits)
         this.#d.log.info('fetch resumed', { root: rootHex, blocks: stats.resumed })
       } else {
@@ -397,7 +399,7 @@ export class TransferService {
         // What the snapshot already holds, and zero blocks that are holes already, are done.
         for (const i of plan.inPlace) progress.set(i)
         const over = new Set(plan.zeroOverParent)
-        for (let i = 0; i < count; i++) if (isZeroSlot(manifest.hashes, i) && !over.has(i)) progress.set(i)
+        for (let i = 0; i < count; i++) if (zero[i] && !over.has(i)) progress.set(i)
         await progress.save()
         stats.inPlace = plan.inPlace.length
         this.#d.log.info('fetch planned', { root: rootHex, parent: parent?.volume ?? '-', inPlace: plan.inPlace.length, local: plan.local.length, remote: plan.remoteBlocks, zeroOverParent: plan.zeroOverParent.length })
@@ -408,7 +410,7 @@ export class TransferService {
       // 3–4. Local copies and remote blocks, at once; the target serves what it has meanwhile.
       this.local.addPartial(state.volume, target.path, manifest)
       const doneNow: number[] = []
-      for (let i = 0; i < count; i++) if (progress.has(i) && !isZeroSlot(manifest.hashes, i)) doneNow.push(i)
+      for (let i = 0; i < count; i++) if (!zero[i] && progress.has(i)) doneNow.push(i)
       this.local.addBlocks(state.volume, doneNow)
       phase('plan')
       const background = state.background ?? opts.priority === 'background'
@@ -428,6 +430,16 @@ export class TransferService {
       // Peers learn what it has already (in place, zero, resumed); then every HAVE_MS what it
       // wrote, instead of the whole bitfield at each flush.
       if (background) swarm.broadcastHave(root, progress.bits)
+      // 5 (overlapped). Each data block is read back and checked once it is in place: the
+      // snapshot's now, copies and received blocks as they are written; the rest at the end.
+      let only: Uint8Array | undefined
+      if (opts.verify === 'written' && plan.parent) {
+        only = new Uint8Array(Math.ceil(count / 8))
+        for (const c of plan.local) only[c.index >> 3]! |= 1 << (c.index & 7)
+        for (const r of plan.remote) for (const i of r.indices) only[i >> 3]! |= 1 << (i & 7)
+      }
+      const verifier = new Verifier(target.path, manifest, blockPool(), only)
+      verifier.add(plan.inPlace)
       const fetcher = new Fetcher({
         manifest,
         volume: state.volume,
@@ -447,32 +459,27 @@ export class TransferService {
         onProgress: (done, total) => ctx.progress(`fetch ${(stats.rate / 1e6).toFixed(1)} MB/s from ${Object.keys(stats.peers).length} peer(s)`, done, total, 'blocks'),
         background,
         ...(opts.limit ? { limiter: new RateLimiter(opts.limit) } : {}),
-        ...(background
-          ? {
-              self: this.#keyPair.publicKey.toString('hex'),
-              onWritten: (indices: number[]) => {
-                for (const i of indices) dirty.add(i >> 3)
-                haveTimer ??= setTimeout(sendHaves, HAVE_MS)
-              }
-            }
-          : {})
+        ...(background ? { self: this.#keyPair.publicKey.toString('hex') } : {}),
+        onWritten: (indices: number[]) => {
+          verifier.add(indices)
+          if (!background) return
+          for (const i of indices) dirty.add(i >> 3)
+          haveTimer ??= setTimeout(sendHaves, HAVE_MS)
+        }
       })
       try {
         await fetcher.run()
+      } catch (err) {
+        verifier.close()
+        throw err
       } finally {
         clearTimeout(haveTimer)
       }
       phase('transfer')
 
-      // 5. The whole image checked again: every data block read back and hashed.
-      ctx.progress('verify', 0, manifest.size, 'bytes')
-      let only: Uint8Array | undefined
-      if (opts.verify === 'written' && plan.parent) {
-        only = new Uint8Array(Math.ceil(count / 8))
-        for (const c of plan.local) only[c.index >> 3]! |= 1 << (c.index & 7)
-        for (const r of plan.remote) for (const i of r.indices) only[i >> 3]! |= 1 << (i & 7)
-      }
-      const bad = await verifyBlocks(target.path, manifest, { signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t), ...(only ? { only } : {}) })
+      // 5. Every data block read back and hashed: what the transfer left unchecked, now.
+      ctx.progress('verify', 0, count, 'blocks')
+      const bad = await verifier.finish({ signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) })
       if (bad.length) {
         for (const i of bad) progress.bits[i >> 3]! &= ~(1 << (i & 7))
         await progress.save()
@@ -500,6 +507,7 @@ export class TransferService {
       const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex), origin: 'fetch', manifest, ctx, ...(advert?.labels?.length ? { labels: advert.labels } : {}) })
       await fs.rm(dir, { recursive: true, force: true })
       this.#partialBits.delete(rootHex)
+      phase('register')
       stats.elapsedMs = Math.round(performance.now() - started)
       this.#d.log.info('fetch done', { root: rootHex, ms: stats.elapsedMs, inPlace: stats.inPlace, local: stats.copiedLocal, received: stats.received, wire: stats.wireBytes, bad: stats.badBlocks })
       return { image, stats, alreadyPresent: false }

@@ -1,66 +1,107 @@
-// The end-of-fetch check: every non-zero block of the target is read back and hashed against
-// the manifest, in large reads. Zero blocks are zero by construction (holes of a new volume,
-// zeros written over parent data, or zero in the verified parent), so their holes are not read:
-// the whole-file hash would spend most of its time reading zeros.
+// The fetch's check of the whole image: every non-zero block of the target read back and hashed
+// against the manifest, on the block pool's workers (as background work) as soon as the block
+// is in place and final, each once, so the check left at the end is the last few blocks. Zero
+// blocks are zero by construction (holes of a new volume, zeros written over parent data, or
+// zero in the verified parent), so their holes are not read.
 
-import fs from 'node:fs/promises'
-import { hash, HASH_BYTES } from '../blocks/hash.js'
-import { blockCount, blockLength, isZeroSlot, type Manifest } from '../blocks/manifest.js'
+import { HASH_BYTES } from '../blocks/hash.js'
+import { zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { JOB_CANCELLED } from '../../protocol/errors.js'
+import type { BlockPool } from '../blocks/block-pool.js'
 
-const CHUNK_BYTES = 8 << 20
+// Blocks per check task: large reads, and enough tasks at the end to keep every worker busy.
+const TASK_BLOCKS = 2048
+// Blocks given to add() are checked once this many wait, or this long after the first.
+const ADD_DELAY_MS = 100
 
-// `only` (a bitfield), when given, limits the check to those blocks: a fetch onto a snapshot of
-// a verified volume checks only what it wrote (pre-staging's cut-over).
-export async function verifyBlocks (file: string, m: Manifest, options: { signal?: AbortSignal, onProgress?: (done: number, total: number) => void, only?: Uint8Array } = {}): Promise<number[]> {
-  const count = blockCount(m.size, m.blockSize)
-  const per = Math.max(1, Math.floor(CHUNK_BYTES / m.blockSize))
-  const bad: number[] = []
-  const fh = await fs.open(file, 'r')
-  const bufs = [Buffer.allocUnsafe(per * m.blockSize), Buffer.allocUnsafe(per * m.blockSize)]
-  try {
-    // Runs of consecutive non-zero blocks, cut at `per` blocks; the next run is read while this
-    // one is hashed.
-    const runs: Array<[number, number]> = []
-    const only = options.only
-    const skip = (i: number) => isZeroSlot(m.hashes, i) || (!!only && !(only[i >> 3]! & (1 << (i & 7))))
-    for (let i = 0; i < count;) {
-      if (skip(i)) { i++; continue }
-      let n = 1
-      while (i + n < count && n < per && !skip(i + n)) n++
-      runs.push([i, n])
-      i += n
-    }
-    const read = async (k: number): Promise<number> => {
-      const [first, n] = runs[k]!
-      const len = (n - 1) * m.blockSize + blockLength(m, first + n - 1)
-      const buf = bufs[k & 1]!
-      let got = 0
-      while (got < len) {
-        const { bytesRead } = await fh.read(buf, got, len - got, first * m.blockSize + got)
-        if (!bytesRead) break
-        got += bytesRead
-      }
-      return got
-    }
-    let pending = runs.length ? read(0) : undefined
-    for (let k = 0; k < runs.length; k++) {
-      if (options.signal?.aborted) throw JOB_CANCELLED()
-      const got = await pending!
-      pending = k + 1 < runs.length ? read(k + 1) : undefined
-      const [first, n] = runs[k]!
-      const buf = bufs[k & 1]!
-      for (let j = 0; j < n; j++) {
-        const i = first + j
-        const len = blockLength(m, i)
-        const o = j * m.blockSize
-        if (o + len > got || !hash(buf.subarray(o, o + len)).equals(m.hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES))) bad.push(i)
-      }
-      options.onProgress?.((first + n) * m.blockSize, m.size)
-    }
-    await pending
-  } finally {
-    await fh.close()
+// add() the blocks that are in place (a snapshot's at once, the others as they are written);
+// finish() checks every non-zero block not yet checked and returns those that do not match.
+export class Verifier {
+  readonly #file: string
+  readonly #m: Manifest
+  readonly #pool: BlockPool
+  // 1: queued or checked; 2: not to be checked.
+  readonly #seen: Uint8Array
+  readonly #zero: Uint8Array
+  #queue: number[] = []
+  #timer: NodeJS.Timeout | undefined
+  #tasks = new Set<Promise<void>>()
+  #bad: number[] = []
+  #failure: Error | undefined
+  #checked = 0
+
+  // `only` (a bitfield), when given, limits the check to those blocks: a fetch onto a snapshot
+  // of a verified volume checks only what it wrote (pre-staging's cut-over).
+  constructor (file: string, m: Manifest, pool: BlockPool, only?: Uint8Array) {
+    this.#file = file
+    this.#m = m
+    this.#pool = pool
+    this.#zero = zeroSlots(m.hashes)
+    this.#seen = new Uint8Array(this.#zero.length)
+    // Blocks outside `only` count as checked already.
+    if (only) for (let i = 0; i < this.#seen.length; i++) if (!(only[i >> 3]! & (1 << (i & 7)))) this.#seen[i] = 2
   }
-  return bad
+
+  // Blocks now in place and final: check them soon.
+  add (indices: Iterable<number>): void {
+    for (const i of indices) {
+      if (this.#seen[i] || this.#zero[i]) continue
+      this.#seen[i] = 1
+      this.#queue.push(i)
+    }
+    if (this.#queue.length >= TASK_BLOCKS) this.#flush()
+    else if (this.#queue.length) this.#timer ??= setTimeout(() => this.#flush(), ADD_DELAY_MS)
+  }
+
+  // Checks the rest and waits for every check; the indices that do not match, ascending.
+  async finish (options: { signal?: AbortSignal, onProgress?: (done: number, total: number) => void } = {}): Promise<number[]> {
+    let total = 0
+    for (let i = 0; i < this.#seen.length; i++) {
+      if (this.#zero[i] || this.#seen[i] === 2) continue
+      total++
+      if (this.#seen[i]) continue
+      this.#seen[i] = 1
+      this.#queue.push(i)
+      if (this.#queue.length >= TASK_BLOCKS) this.#flush()
+    }
+    this.#flush()
+    while (this.#tasks.size) {
+      if (options.signal?.aborted) throw JOB_CANCELLED()
+      await Promise.race(this.#tasks)
+      options.onProgress?.(this.#checked, total)
+    }
+    if (this.#failure) throw this.#failure
+    return this.#bad.sort((a, b) => a - b)
+  }
+
+  // Stops checking (the fetch failed): pending checks are dropped.
+  close (): void {
+    clearTimeout(this.#timer)
+    this.#queue = []
+  }
+
+  #flush (): void {
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+    const list = this.#queue.sort((a, b) => a - b)
+    this.#queue = []
+    for (let k = 0; k < list.length; k += TASK_BLOCKS) this.#check(list.slice(k, k + TASK_BLOCKS))
+  }
+
+  #check (list: number[]): void {
+    const runs: number[] = []
+    for (let k = 0; k < list.length;) {
+      let n = 1
+      while (k + n < list.length && list[k + n] === list[k]! + n) n++
+      runs.push(list[k]!, n)
+      k += n
+    }
+    const hashes = Buffer.allocUnsafe(list.length * HASH_BYTES)
+    for (let j = 0; j < list.length; j++) this.#m.hashes.copy(hashes, j * HASH_BYTES, list[j]! * HASH_BYTES, (list[j]! + 1) * HASH_BYTES)
+    const task: Promise<void> = this.#pool.verify(this.#file, this.#m.blockSize, this.#m.size, Uint32Array.from(runs), hashes).then(bad => {
+      this.#bad.push(...bad)
+      this.#checked += list.length
+    }, err => { this.#failure ??= err }).finally(() => { this.#tasks.delete(task) })
+    this.#tasks.add(task)
+  }
 }

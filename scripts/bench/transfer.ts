@@ -44,7 +44,9 @@ async function sh (cmd: string, args: string[], opts: { ns?: string } = {}) {
 
 function bg (ns: string, cmd: string, args: string[]): ChildProcess {
   const p = spawn('ip', ['netns', 'exec', `osf-${ns}`, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  p.stderr!.on('data', () => {})
+  const log = process.env.BENCH_LOGS ? fs.open(path.join(process.env.BENCH_LOGS, `${ns}-${procs.length}.log`), 'w') : undefined
+  p.stderr!.on('data', d => { void log?.then(f => f.write(d)) })
+  p.stdout!.on('data', d => { void log?.then(f => f.write(d)) })
   procs.push(p)
   return p
 }
@@ -99,7 +101,7 @@ async function startHost (ns: string, addr: string): Promise<Host> {
   await fs.rm(dir, { recursive: true, force: true })
   await fs.mkdir(dir, { recursive: true })
   const socket = path.join(dir, 'osfarmd.sock')
-  const proc = bg(ns, 'node', [OSFARMD, '--data', path.join(dir, 'data'), '--socket', socket, '--log-level', 'warn'])
+  const proc = bg(ns, 'node', [OSFARMD, '--data', path.join(dir, 'data'), '--socket', socket, '--log-level', process.env.BENCH_LOG_LEVEL ?? 'warn'])
   await waitFor(proc, 'osfarmd ready').catch(() => {})
   const h: Host = { ns, addr, dir, socket, proc, key: '' }
   for (let i = 0; i < 100; i++) {

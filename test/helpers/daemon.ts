@@ -29,11 +29,11 @@ export async function tempDir (prefix = 'osfarm-test-'): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), prefix))
 }
 
-export async function startDaemon (options: { dir?: string, args?: string[], env?: Record<string, string> } = {}): Promise<TestDaemon> {
+export async function startDaemon (options: { dir?: string, args?: string[], env?: Record<string, string>, nodeArgs?: string[] } = {}): Promise<TestDaemon> {
   const dir = options.dir ?? await tempDir()
   const dataDir = path.join(dir, 'data')
   const socket = path.join(dir, 'osfarmd.sock')
-  const proc = spawn(process.execPath, [OSFARMD, '--data', dataDir, '--socket', socket, '--log-level', 'debug', ...(options.args ?? [])], {
+  const proc = spawn(process.execPath, [...(options.nodeArgs ?? []), OSFARMD, '--data', dataDir, '--socket', socket, '--log-level', 'debug', ...(options.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...options.env }
   })
