@@ -18,6 +18,8 @@ import { runOk } from '../tools/run.js'
 import { differingRanges, readExtents } from './extent-map.js'
 
 const CHUNK_BYTES = 1 << 20
+// Unchanged blocks between two changed ones that are read rather than seeked over.
+const GAP_BLOCKS = 16
 
 export interface Disk {
   kind: 'file' | 'device'
@@ -135,46 +137,78 @@ export async function indexPoint (o: IndexOptions): Promise<IndexResult> {
 }
 
 // Hashes the blocks of `ranges` into their slots (zero blocks: all-zero slots); returns how
-// many blocks it read.
+// many blocks it hashed. Nearby ranges are read together (gaps of up to GAP_BLOCKS are read and
+// skipped), one read ahead of the hashing, so scattered writes do not cost a read each.
 async function hashRanges (file: string, size: number, blockSize: number, ranges: Array<[number, number]>, hashes: Buffer, signal?: AbortSignal, onProgress?: (done: number, total: number) => void): Promise<number> {
-  const sorted = ranges.map(([s, l]) => [Math.floor(s / blockSize) * blockSize, Math.min(size, s + l)] as [number, number]).sort((a, b) => a[0] - b[0])
-  const total = sorted.reduce((n, [s, e]) => n + Math.max(0, e - s), 0)
-  const chunk = Buffer.allocUnsafe(CHUNK_BYTES - (CHUNK_BYTES % blockSize) || blockSize)
+  const count = Math.ceil(size / blockSize)
+  // Merged block ranges [first, end).
+  const blocks: Array<[number, number]> = []
+  for (const [s, l] of [...ranges].sort((a, b) => a[0] - b[0])) {
+    const first = Math.floor(s / blockSize)
+    const end = Math.min(count, Math.ceil((s + l) / blockSize))
+    if (end <= first) continue
+    const last = blocks[blocks.length - 1]
+    if (last && first <= last[1]) last[1] = Math.max(last[1], end)
+    else blocks.push([first, end])
+  }
+  // Reads: spans of at most READ_BLOCKS, each with the ranges (to hash) inside it.
+  const per = Math.floor(CHUNK_BYTES / blockSize)
+  const reads: Array<{ first: number, end: number, parts: Array<[number, number]> }> = []
+  for (let [first, end] of blocks) {
+    while (first < end) {
+      const last = reads[reads.length - 1]
+      const stop = Math.min(end, first + per)
+      if (last && first - last.end <= GAP_BLOCKS && stop - last.first <= per) {
+        last.parts.push([first, stop])
+        last.end = stop
+      } else {
+        reads.push({ first, end: stop, parts: [[first, stop]] })
+      }
+      first = stop
+    }
+  }
+  const total = blocks.reduce((n, [f, e]) => n + e - f, 0)
+  const bufs = [Buffer.allocUnsafe(per * blockSize), Buffer.allocUnsafe(per * blockSize)]
   const zero = Buffer.alloc(blockSize)
   const fh = await fs.open(file, 'r')
-  let blocks = 0
-  let done = 0
-  let covered = 0
-  try {
-    for (const [start, end] of sorted) {
-      let pos = Math.max(start, covered)
-      while (pos < end) {
-        if (signal?.aborted) throw JOB_CANCELLED()
-        const want = Math.min(chunk.length, end - pos)
-        let got = 0
-        while (got < want) {
-          const { bytesRead } = await fh.read(chunk, got, want - got, pos + got)
-          if (bytesRead === 0) throw IO_ERROR(`${file} ended at ${pos + got}, expected ${size}`)
-          got += bytesRead
-        }
-        for (let o = 0; o < got; o += blockSize) {
-          const len = Math.min(blockSize, got - o)
-          const slot = (pos + o) / blockSize
-          const isZero = len === blockSize ? chunk.compare(zero, 0, blockSize, o, o + blockSize) === 0 : chunk.subarray(o, o + len).every(b => b === 0)
-          if (isZero) hashes.fill(0, slot * HASH_BYTES, (slot + 1) * HASH_BYTES)
-          else hashInto(chunk.subarray(o, o + len), hashes, slot * HASH_BYTES)
-          blocks++
-        }
-        pos += got
-        done += got
-        onProgress?.(done, total)
-      }
-      covered = Math.max(covered, end)
+  const read = async (k: number): Promise<void> => {
+    const r = reads[k]!
+    const len = Math.min(size, r.end * blockSize) - r.first * blockSize
+    const buf = bufs[k & 1]!
+    let got = 0
+    while (got < len) {
+      const { bytesRead } = await fh.read(buf, got, len - got, r.first * blockSize + got)
+      if (bytesRead === 0) throw IO_ERROR(`${file} ended at ${r.first * blockSize + got}, expected ${size}`)
+      got += bytesRead
     }
+  }
+  let hashed = 0
+  try {
+    let next = reads.length ? read(0) : undefined
+    for (let k = 0; k < reads.length; k++) {
+      if (signal?.aborted) throw JOB_CANCELLED()
+      await next
+      next = k + 1 < reads.length ? read(k + 1) : undefined
+      next?.catch(() => {})
+      const r = reads[k]!
+      const buf = bufs[k & 1]!
+      for (const [f, e] of r.parts) {
+        for (let i = f; i < e; i++) {
+          const o = (i - r.first) * blockSize
+          const len = Math.min(blockSize, size - i * blockSize)
+          const isZero = len === blockSize ? buf.compare(zero, 0, blockSize, o, o + blockSize) === 0 : buf.subarray(o, o + len).every(b => b === 0)
+          if (isZero) hashes.fill(0, i * HASH_BYTES, (i + 1) * HASH_BYTES)
+          else hashInto(buf.subarray(o, o + len), hashes, i * HASH_BYTES)
+          hashed++
+        }
+      }
+      onProgress?.(hashed * blockSize, total * blockSize)
+    }
+    await next
   } finally {
     await fh.close()
   }
-  return blocks
+  return hashed
 }
 
 function countChanged (a: Manifest, b: Manifest): number {
