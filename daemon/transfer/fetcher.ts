@@ -61,6 +61,7 @@ import { cloneRanges } from '../tools/xfs-io.js'
 // A response's raw cap: fewer, larger frames and packs (zstd gains too).
 const BATCH_BYTES = 1 << 20
 const MIN_WINDOW = 8
+const MIN_WINDOW_SWARM = 2
 const MAX_WINDOW = 64
 const QUEUE_SECONDS = 0.25
 const FLUSH_MS = 1000
@@ -70,6 +71,7 @@ const SCAN_LIMIT = 16_384
 const MAX_DUPLICATES = 1
 // Background fetches duplicate a request in the endgame only once it is this old.
 const ENDGAME_AGE_MS = 1500
+const ENDGAME_WHOLE_AGE_MS = 5000
 const MAX_PEER_FAILURES = 3
 const MAX_UNWRITTEN_BYTES = 64 << 20
 const LOCAL_BATCH_BLOCKS = 256
@@ -396,7 +398,10 @@ export class Fetcher {
 
   #window (ps: PeerState): number {
     const batchBytes = this.#batch * this.#m.blockSize
-    return Math.max(MIN_WINDOW, Math.min(MAX_WINDOW, Math.ceil(ps.rate * QUEUE_SECONDS / batchBytes)))
+    // Background, at a whole holder: a short queue, so what this host has asked the source for
+    // but not yet received (which the others cannot see) stays small.
+    const min = this.#o.background && ps.session.adverts.has(this.#rootHex) ? MIN_WINDOW_SWARM : MIN_WINDOW
+    return Math.max(min, Math.min(MAX_WINDOW, Math.ceil(ps.rate * QUEUE_SECONDS / batchBytes)))
   }
 
   #pumpAll (): void {
@@ -521,8 +526,9 @@ export class Fetcher {
   #takeEndgame (ps: PeerState): number[] {
     const us: number[] = []
     const others = [...this.#peers.values()].filter(p => p !== ps).sort((a, b) => a.rate - b.rate)
-    // Background: only requests that seem stuck, or the source's upload goes to copies.
-    const minAge = this.#o.background ? ENDGAME_AGE_MS : 0
+    // Background: only requests that seem stuck, and a whole holder (the source, whose upload
+    // everyone shares) only for ones stuck much longer.
+    const minAge = !this.#o.background ? 0 : ps.session.adverts.has(this.#rootHex) ? ENDGAME_WHOLE_AGE_MS : ENDGAME_AGE_MS
     const now = performance.now()
     for (const other of others) {
       for (const r of other.inflight) {
