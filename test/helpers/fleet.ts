@@ -45,7 +45,7 @@ export async function startFleet (n: number, teardown: Teardown, options: { env?
 }
 
 // Waits until `d` sees `count` peers.
-export async function waitPeers (d: TestDaemon, count: number, ms = 30_000): Promise<void> {
+export async function waitPeers (d: TestDaemon, count: number, ms = 60_000): Promise<void> {
   const end = Date.now() + ms
   for (;;) {
     const peers = await d.ctlJson('peer', 'ls')
