@@ -21,7 +21,9 @@ t.test('three hosts: a host part-way through a fetch serves a third; then both s
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
   const pair = await makeImagePair(dir, 16384, 20, 3)
   const img = await a.ctlJson('image', 'import', pair.derived, '--name', 'derived')
-  await a.ctlJson('fleet', 'init', '--upload-limit', String(3_000_000))
+  // Slow enough (about 13 MB at 1 MB/s) that B is still part-way when C starts, even when each
+  // osfarmctl call takes seconds on a loaded CI host.
+  await a.ctlJson('fleet', 'init', '--upload-limit', String(1_000_000))
   for (const d of [a, b, c]) await waitPeers(d, 2)
   const jobB = await b.ctlJson('fetch', 'derived', '--no-wait-job')
   await pollJob(b, jobB.id, j => j.progress.phase.startsWith('fetch') && j.progress.done > j.progress.total * 0.1)
