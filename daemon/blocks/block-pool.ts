@@ -63,6 +63,12 @@ export class BlockPool {
     return r.bad!
   }
 
+  // Starts every worker now (a daemon that will serve or fetch), so the first blocks do not
+  // wait for threads to start and load their native modules.
+  warm (): void {
+    while (this.#slots.length < this.threads) this.#spawn()
+  }
+
   async close (): Promise<void> {
     const slots = this.#slots
     this.#slots = []
@@ -99,6 +105,10 @@ export class BlockPool {
     let best: Slot | undefined
     for (const s of this.#slots) if (!best || s.busy < best.busy) best = s
     if (best && (best.busy === 0 || this.#slots.length >= this.threads)) return best.busy < PER_WORKER ? best : undefined
+    return this.#spawn()
+  }
+
+  #spawn (): Slot {
     const worker = new Worker(new URL('./block-worker.js', import.meta.url), { resourceLimits: { maxYoungGenerationSizeMb: 8 } })
     const slot: Slot = { worker, busy: 0 }
     worker.on('message', (r: BlockReply) => {

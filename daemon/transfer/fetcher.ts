@@ -107,6 +107,8 @@ export interface FetcherOptions {
   self?: string
   // Called with block indices once written or copied (servable, final), before they are synced.
   onWritten?: (indices: number[]) => void
+  // Called once every block is written, before the last sync.
+  onAllWritten?: () => void
   // Caps how fast this fetch asks for blocks (raw bytes per second).
   limiter?: RateLimiter
 }
@@ -198,6 +200,8 @@ export class Fetcher {
       await Promise.all([this.#copyLocal(), remote])
       await Promise.all(this.#writes)
       if (this.#failure) throw this.#failure
+      // Every block is in place: the last checks may run while the target syncs.
+      o.onAllWritten?.()
       await this.#flush()
     } catch (err) {
       this.#stopRemote()

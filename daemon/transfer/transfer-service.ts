@@ -130,6 +130,9 @@ export class TransferService {
       log: (msg, fields) => this.#d.log.info(msg, fields as Record<string, string>)
     })
     this.swarm.advertise(await this.#allAdverts())
+    // A host in a fleet serves and fetches blocks: its block workers start now, not with the
+    // first request.
+    blockPool().warm()
     for (const l of this.#swarmListeners) l(this.swarm)
     this.#d.log.info('fleet swarm open', { key: self, dht: JSON.stringify(this.swarm.address()), peers: config.allow.length - 1 })
   }
@@ -465,12 +468,20 @@ export class TransferService {
           if (!background) return
           for (const i of indices) dirty.add(i >> 3)
           haveTimer ??= setTimeout(sendHaves, HAVE_MS)
+        },
+        // The last checks run while the fetcher syncs the target.
+        onAllWritten: () => {
+          checked = verifier.finish({ signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) })
+          // Read below, or dropped if the sync fails first.
+          checked.catch(() => {})
         }
       })
+      let checked: Promise<number[]> | undefined
       try {
         await fetcher.run()
       } catch (err) {
         verifier.close()
+        await checked?.catch(() => {})
         throw err
       } finally {
         clearTimeout(haveTimer)
@@ -479,7 +490,7 @@ export class TransferService {
 
       // 5. Every data block read back and hashed: what the transfer left unchecked, now.
       ctx.progress('verify', 0, count, 'blocks')
-      const bad = await verifier.finish({ signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) })
+      const bad = await (checked ?? verifier.finish({ signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) }))
       if (bad.length) {
         for (const i of bad) progress.bits[i >> 3]! &= ~(1 << (i & 7))
         await progress.save()

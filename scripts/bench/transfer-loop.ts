@@ -46,11 +46,18 @@ async function main (): Promise<void> {
     for (let r = 0; r < RUNS; r++) {
       await execa('sync')
       const cpu0 = await Promise.all(daemons.map(d => cpuMs(d.proc.pid!)))
+      const th0 = await Promise.all(daemons.map(d => threadMs(d.proc.pid!)))
       const t0 = performance.now()
       const res = await b.ctlJson('fetch', 'T', '--from', first.publicKey)
       const s = res.stats
       const cpu1 = await Promise.all(daemons.map(d => cpuMs(d.proc.pid!)))
       console.log(`  cpu ms (user+sys, all threads): serving ${cpu1[0]! - cpu0[0]!}, fetching ${cpu1[1]! - cpu0[1]!}`)
+      const th1 = await Promise.all(daemons.map(d => threadMs(d.proc.pid!)))
+      for (const [k, who] of ['serving', 'fetching'].entries()) {
+        const by: Record<string, number> = {}
+        for (const [tid, t] of th1[k]!) { const d = t.ms - (th0[k]!.get(tid)?.ms ?? 0); if (d > 0) by[t.name] = (by[t.name] ?? 0) + d }
+        console.log(`    ${who} by thread: ${Object.entries(by).sort((a, b) => b[1] - a[1]).map(([n, v]) => `${n} ${v}`).join(', ')}`)
+      }
       console.log(`run ${r}: wall ${((performance.now() - t0) / 1000).toFixed(2)} s, job ${(s.elapsedMs / 1000).toFixed(2)} s, phases ${JSON.stringify(s.phases)}, remoteMs ${s.remoteMs}, in place ${s.inPlace}, local ${s.copiedLocal} (cloned ${s.clonedLocal ?? 0}), received ${s.received}, wire ${(s.wireBytes / 1e6).toFixed(1)} MB, manifest ${(s.manifestBytes / 1e6).toFixed(2)} MB`)
       await b.ctlJson('image', 'rm', res.image.id)
     }
@@ -60,6 +67,19 @@ async function main (): Promise<void> {
     await execa('umount', [MNT], { reject: false })
     await fs.rm(path.join(DIR, 'xfs.img'), { force: true })
   }
+}
+
+// CPU ms per thread (tid → name, ms).
+async function threadMs (pid: number): Promise<Map<string, { name: string, ms: number }>> {
+  const out = new Map<string, { name: string, ms: number }>()
+  for (const tid of await fs.readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const st = await fs.readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => '')
+    if (!st) continue
+    const name = st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'))
+    const f = st.slice(st.lastIndexOf(') ') + 2).split(' ')
+    out.set(tid, { name: tid === String(pid) ? 'main' : `${name}-${tid}`, ms: (Number(f[11]) + Number(f[12])) * 10 })
+  }
+  return out
 }
 
 // CPU time a process has used (all threads), in ms.
