@@ -15,9 +15,11 @@
 //   data, MIN_WINDOW..MAX_WINDOW). A request carries up to BATCH_BYTES of hashes, taken in index
 //   order from a cursor over the pending entries that peer has, so reads on the peer and writes
 //   here are long runs. Peers pull work as their answers come back, so a faster peer gets more;
-//   that is the rate-weighted spread. When nothing is pending but requests are out (the
-//   endgame), an idle peer asks again for blocks in flight at the slowest peers; the first valid
-//   answer wins and the other request is cancelled.
+//   that is the rate-weighted spread. With several peers, requests shrink once what is pending
+//   would not fill every peer's minimum window, so the peers finish together. When nothing is
+//   pending but requests are out (the endgame), an idle peer asks again, one request at a time,
+//   for blocks in flight at the slowest peers; the first valid answer wins and the other
+//   request is cancelled.
 //
 //   Every block is checked against its hash (BLAKE3) and length before it is written (the hash
 //   on a block-pool worker, as the response is unpacked there); one bad block drops the peer
@@ -69,6 +71,8 @@ const PEER_WAIT_MS = 60_000
 // Pending entries scanned per assignment, so a partial peer with few blocks costs little.
 const SCAN_LIMIT = 16_384
 const MAX_DUPLICATES = 1
+// Smallest request near the end of a fetch from several peers.
+const TAIL_MIN_BLOCKS = 32
 // Background fetches duplicate a request in the endgame only once it is this old.
 const ENDGAME_AGE_MS = 1500
 const ENDGAME_WHOLE_AGE_MS = 5000
@@ -418,7 +422,8 @@ export class Fetcher {
     while (ps.inflight.size < this.#window(ps) && !this.#failure && !ps.session.closed && this.#done < this.#entries.length) {
       let dup = false
       let us = this.#takePending(ps)
-      if (!us.length && this.#pending === 0) { us = this.#takeEndgame(ps); dup = true }
+      // Endgame: one copy request at a time per peer, so the tail costs little on the wire.
+      if (!us.length && this.#pending === 0 && ![...ps.inflight].some(r => r.dup)) { us = this.#takeEndgame(ps); dup = true }
       if (!us.length) return
       if (this.#o.limiter && !dup) {
         const wait = this.#o.limiter.reserve(us.length * this.#m.blockSize)
@@ -443,7 +448,8 @@ export class Fetcher {
     const n = this.#entries.length
     while (this.#cursor < n && this.#state[this.#cursor] !== 0) this.#cursor++
     if (this.#o.background) return this.#takeSwarming(ps)
-    for (let u = this.#cursor, scanned = 0; u < n && us.length < this.#batch && scanned < SCAN_LIMIT; u++, scanned++) {
+    const batch = this.#tailBatch()
+    for (let u = this.#cursor, scanned = 0; u < n && us.length < batch && scanned < SCAN_LIMIT; u++, scanned++) {
       if (this.#state[u] === 0 && this.#peerHas(ps, u)) us.push(u)
     }
     return us
@@ -526,6 +532,14 @@ export class Fetcher {
     return true
   }
 
+  // Request size: whole batches, but smaller once what is pending would not fill every peer's
+  // minimum window, so that several peers finish together and the endgame has little to copy.
+  #tailBatch (): number {
+    const peers = this.#peers.size
+    if (peers < 2) return this.#batch
+    return Math.max(Math.min(this.#batch, TAIL_MIN_BLOCKS), Math.min(this.#batch, Math.ceil(this.#pending / (peers * MIN_WINDOW))))
+  }
+
   // Blocks in flight at other peers, slowest peers' oldest requests first.
   #takeEndgame (ps: PeerState): number[] {
     const us: number[] = []
@@ -539,7 +553,7 @@ export class Fetcher {
         if (now - r.sentAt < minAge) continue
         for (const u of r.us) {
           if (this.#state[u] === 1 && this.#copies[u]! <= MAX_DUPLICATES && this.#peerHas(ps, u) && !us.includes(u)) us.push(u)
-          if (us.length >= this.#batch) return us
+          if (us.length >= this.#tailBatch()) return us
         }
       }
     }

@@ -30,7 +30,7 @@ const DHT_NODES = ['10.201.1.1:49737', '10.201.1.1:49738', '10.201.1.1:49739']
 const DHT_ADDR = DHT_NODES.join(',')
 const STEP_TIMEOUT_MS = 10 * 60_000
 const RATES = (process.env.BENCH_RATES ?? '100mbit,1gbit').split(',')
-const PAIRS = (process.env.BENCH_PAIRS ?? 'independent,layer').split(',')
+const PAIRS = (process.env.BENCH_PAIRS ?? 'independent,layer').split(',').filter(Boolean)
 const BPS: Record<string, number> = { '100mbit': 100e6, '1gbit': 1e9 }
 
 interface Row { method: string, seconds: number, wire: number, note?: string }
@@ -351,8 +351,8 @@ async function main (): Promise<void> {
     const one = await osfarmRun(b, 'T', peers[0])
     const three = await osfarmRun(b, 'T', undefined, peers)
     table('### 3 peers, each link 100 Mbit: fetch T whole (no S on the receiver)', 0, [])
-    console.log(`| one peer | ${one.row.seconds.toFixed(2)} s | ${(one.row.wire / 1e6).toFixed(1)} MB | ${(one.row.wire / 1e6 / one.row.seconds).toFixed(1)} MB/s on the wire |`)
-    console.log(`| three peers | ${three.row.seconds.toFixed(2)} s | ${(three.row.wire / 1e6).toFixed(1)} MB | ${(three.row.wire / 1e6 / three.row.seconds).toFixed(1)} MB/s on the wire |`)
+    console.log(`| one peer | ${one.row.seconds.toFixed(2)} s | ${(one.row.wire / 1e6).toFixed(1)} MB | ${(one.row.wire / 1e6 / one.row.seconds).toFixed(1)} MB/s on the wire | ${one.row.note} |`)
+    console.log(`| three peers | ${three.row.seconds.toFixed(2)} s | ${(three.row.wire / 1e6).toFixed(1)} MB | ${(three.row.wire / 1e6 / three.row.seconds).toFixed(1)} MB/s on the wire | ${three.row.note} |`)
     console.log(`\nthree peers are ${(one.row.seconds / three.row.seconds).toFixed(2)}× one peer's rate; per-peer blocks: ${Object.values(three.stats.peers).map((p: any) => p.blocks).join(', ')}`)
     await stopHosts([...peers, b])
   } finally {
