@@ -4,7 +4,7 @@
 
 import { EventEmitter } from 'node:events'
 import os from 'node:os'
-import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
+import Hyperswarm, { type NoiseStream, type PeerDiscovery, type UdxSocket } from 'hyperswarm'
 import DHT, { type KeyPair } from 'hyperdht'
 import { advertExtSigningBytes, advertSigningBytes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
 import { PROTOCOL_ERROR } from '../../protocol/errors.js'
@@ -20,6 +20,11 @@ const MAX_ADVERTS_PER_PEER = 10_000
 // While an allowed host is not connected, the fleet topic is announced and looked up again this
 // often (a young DHT can store an announce where a later lookup does not look).
 const REDISCOVER_MS = 5_000
+// Kernel buffers asked for on every UDP socket the swarm uses (the kernel caps them at
+// net.core.rmem_max / wmem_max). With the 208 KiB default, a busy moment of the event loop at
+// link speed overflowed the receive buffer here (about 1,100 drops in one 70 MB fetch on
+// loopback), and UDX slows down at every drop.
+const SOCKET_BUFFER_BYTES = 4 << 20
 
 // What the swarm serves from: manifests and blocks of this host.
 export interface BlockSource {
@@ -101,6 +106,8 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   async #start (): Promise<void> {
     await this.#dht.fullyBootstrapped()
+    widenBuffers(this.#dht.io.serverSocket)
+    widenBuffers(this.#dht.io.clientSocket)
     this.#fleet = this.#swarm.join(fleetTopic(this.config.secret), { server: true, client: true })
     for (const peer of this.config.peers) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
     await this.#fleet.flushed()
@@ -153,6 +160,8 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
       conn.destroy()
       return
     }
+    // A holepunched connection may run on a socket of its own.
+    widenBuffers(conn.rawStream?.socket)
     const address = conn.rawStream?.remoteHost ? `${conn.rawStream.remoteHost}:${conn.rawStream.remotePort}` : ''
     const session = new PeerSession(conn, key, this, address)
     // Hyperswarm keeps one connection per key; a newer one replaces the older.
@@ -351,6 +360,19 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     for (const s of this.sessions.values()) s.destroy()
     await this.#swarm.destroy()
     await this.#dht.destroy().catch(() => {})
+  }
+}
+
+const widened = new WeakSet<UdxSocket>()
+
+function widenBuffers (socket: UdxSocket | null | undefined): void {
+  if (!socket || widened.has(socket)) return
+  widened.add(socket)
+  try {
+    socket.setRecvBufferSize(SOCKET_BUFFER_BYTES)
+    socket.setSendBufferSize(SOCKET_BUFFER_BYTES)
+  } catch {
+    // A socket not bound yet or already closed keeps its defaults.
   }
 }
 

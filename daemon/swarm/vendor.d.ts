@@ -17,6 +17,7 @@ declare module 'hyperdht' {
     defaultKeyPair: KeyPair
     destroyed: boolean
     address (): { host: string, port: number, family: number } | null
+    io: { serverSocket: import('hyperswarm').UdxSocket | null, clientSocket: import('hyperswarm').UdxSocket | null }
     fullyBootstrapped (): Promise<void>
     destroy (): Promise<void>
   }
@@ -48,7 +49,13 @@ declare module 'hyperswarm' {
   export interface NoiseStream extends Duplex {
     remotePublicKey: Buffer
     publicKey: Buffer
-    rawStream: { remoteHost?: string, remotePort?: number } | null
+    rawStream: { remoteHost?: string, remotePort?: number, socket?: UdxSocket | null } | null
+  }
+  // udx-native's socket, as far as osfarm sizes its kernel buffers.
+  export interface UdxSocket {
+    setRecvBufferSize (size: number): number
+    setSendBufferSize (size: number): number
+    getRecvBufferSize (): number
   }
   export interface PeerDiscovery {
     flushed (): Promise<void>

@@ -28,9 +28,9 @@
 //   requeued the same way. Verified blocks of one answer are written with one writev per
 //   contiguous run, at every index that holds the hash.
 //
-//   Progress: a bit per block, set after the write completes. Every FLUSH_MS the target is
-//   fdatasync'ed and then the bitfield (a copy taken before the sync) is saved; a restart
-//   resumes from it. The same bits go to peers as Have, and the blocks become servable at once.
+//   Progress: a bit per block, set after the write completes. Every FLUSH_MS, and after every
+//   FLUSH_BYTES written, the target is fdatasync'ed and then the bitfield (a copy taken before
+//   the sync) is saved; a restart resumes from it. The same bits go to peers as Have, and the blocks become servable at once.
 //   onWritten hears of every block once it is in place and final: the fetch job reads it back
 //   and checks it then (verify.ts), so the whole-image check overlaps the transfer.
 //
@@ -67,6 +67,9 @@ const MIN_WINDOW_SWARM = 2
 const MAX_WINDOW = 64
 const QUEUE_SECONDS = 0.25
 const FLUSH_MS = 1000
+// Also flush once this much was written since the last flush: writeback then runs during the
+// transfer, and the last sync (which the job waits for) has only the tail to write.
+const FLUSH_BYTES = 16 << 20
 const PEER_WAIT_MS = 60_000
 // Pending entries scanned per assignment, so a partial peer with few blocks costs little.
 const SCAN_LIMIT = 16_384
@@ -157,6 +160,7 @@ export class Fetcher {
   #writes = new Set<Promise<void>>()
   #unwritten = 0
   #dirty = false
+  #writtenSinceFlush = 0
   #flushing: Promise<void> = Promise.resolve()
   #failure: Error | undefined
   #finish!: () => void
@@ -686,6 +690,11 @@ export class Fetcher {
       this.#o.onWritten?.(indices)
       this.#completed += indices.length
       this.#o.onProgress?.(this.#completed, this.#total)
+      this.#writtenSinceFlush += bytes
+      if (this.#writtenSinceFlush >= FLUSH_BYTES) {
+        this.#writtenSinceFlush = 0
+        this.#flush().catch(err => this.#abort(err))
+      }
     }).catch(err => this.#abort(err)).finally(() => {
       this.#writes.delete(p)
       this.#unwritten -= bytes
@@ -731,6 +740,7 @@ export class Fetcher {
     const run = async () => {
       if (!this.#dirty) return
       this.#dirty = false
+      this.#writtenSinceFlush = 0
       const snapshot = Buffer.from(this.#o.progress.bits)
       await this.#fh.datasync()
       await this.#o.progress.save(snapshot)
