@@ -419,16 +419,34 @@ export class TransferService {
       const background = state.background ?? opts.priority === 'background'
       let haveTimer: NodeJS.Timeout | undefined
       let dirty = new Set<number>()
+      // Sends the given bytes of a bitfield (ascending byte offsets), near ones as one range.
+      const sendRanges = (bits: Buffer, bytes: number[]) => {
+        for (let k = 0; k < bytes.length;) {
+          let j = k
+          while (j + 1 < bytes.length && bytes[j + 1]! - bytes[j]! <= 16) j++
+          swarm.broadcastHave(root, bits.subarray(bytes[k]!, bytes[j]! + 1), bytes[k]!)
+          k = j + 1
+        }
+      }
       const sendHaves = () => {
         haveTimer = undefined
         const bytes = [...dirty].sort((x, y) => x - y)
         dirty = new Set()
-        for (let k = 0; k < bytes.length;) {
-          let j = k
-          while (j + 1 < bytes.length && bytes[j + 1]! - bytes[j]! <= 16) j++
-          swarm.broadcastHave(root, progress.bits.subarray(bytes[k]!, bytes[j]! + 1), bytes[k]!)
-          k = j + 1
+        sendRanges(progress.bits, bytes)
+      }
+      // Foreground: at each flush, what changed since the last (the whole bitfield only once;
+      // it is 64 KiB for a 2 GiB image, and flushes come every 16 MiB written).
+      let flushedBits: Buffer | undefined
+      const sendFlushed = (bits: Buffer) => {
+        if (!flushedBits) {
+          swarm.broadcastHave(root, bits)
+          flushedBits = Buffer.from(bits)
+          return
         }
+        const bytes: number[] = []
+        for (let k = 0; k < bits.length; k++) if (bits[k] !== flushedBits[k]) bytes.push(k)
+        bits.copy(flushedBits)
+        sendRanges(bits, bytes)
       }
       // Peers learn what it has already (in place, zero, resumed); then every HAVE_MS what it
       // wrote, instead of the whole bitfield at each flush.
@@ -457,7 +475,7 @@ export class TransferService {
         peerWaitMs: opts.peerWaitMs,
         onFlush: bits => {
           this.#partialBits.set(rootHex, bits)
-          if (!background) swarm.broadcastHave(root, bits)
+          if (!background) sendFlushed(bits)
         },
         onProgress: (done, total) => ctx.progress(`fetch ${(stats.rate / 1e6).toFixed(1)} MB/s from ${Object.keys(stats.peers).length} peer(s)`, done, total, 'blocks'),
         background,

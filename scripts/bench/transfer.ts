@@ -81,6 +81,13 @@ async function netBytes (ns: string, dev: string): Promise<number> {
   return stdout.split('\n').reduce((n, l) => n + Number(l), 0)
 }
 
+// Peer i's link as the hub sees it: bytes toward the receiver (the hub's rx) and from it.
+async function linkBytes (i: number): Promise<{ down: number, up: number }> {
+  const { stdout } = await sh('cat', [`/sys/class/net/h0-p${i}/statistics/rx_bytes`, `/sys/class/net/h0-p${i}/statistics/tx_bytes`], { ns: 'h0' })
+  const [rx, tx] = stdout.split('\n').map(Number)
+  return { down: rx!, up: tx! }
+}
+
 async function hubBytes (peers: number[]): Promise<number> {
   let n = 0
   for (const i of peers) n += await netBytes('h0', `h0-p${i}`)
@@ -349,11 +356,13 @@ async function main (): Promise<void> {
     await fleet([...peers, b])
     for (const p of peers) await ctl(p, 'image', 'import', T, '--name', 'T')
     const one = await osfarmRun(b, 'T', peers[0])
+    const links0 = await Promise.all([1, 2, 3].map(i => linkBytes(i)))
     const three = await osfarmRun(b, 'T', undefined, peers)
+    const links = (await Promise.all([1, 2, 3].map(i => linkBytes(i)))).map((l, i) => ({ down: l.down - links0[i]!.down, up: l.up - links0[i]!.up }))
     table('### 3 peers, each link 100 Mbit: fetch T whole (no S on the receiver)', 0, [])
     console.log(`| one peer | ${one.row.seconds.toFixed(2)} s | ${(one.row.wire / 1e6).toFixed(1)} MB | ${(one.row.wire / 1e6 / one.row.seconds).toFixed(1)} MB/s on the wire | ${one.row.note} |`)
     console.log(`| three peers | ${three.row.seconds.toFixed(2)} s | ${(three.row.wire / 1e6).toFixed(1)} MB | ${(three.row.wire / 1e6 / three.row.seconds).toFixed(1)} MB/s on the wire | ${three.row.note} |`)
-    console.log(`\nthree peers are ${(one.row.seconds / three.row.seconds).toFixed(2)}× one peer's rate; per-peer blocks: ${Object.values(three.stats.peers).map((p: any) => p.blocks).join(', ')}`)
+    console.log(`\nthree peers are ${(one.row.seconds / three.row.seconds).toFixed(2)}× one peer's rate; per-peer blocks: ${Object.values(three.stats.peers).map((p: any) => p.blocks).join(', ')}; per link, MB to the receiver / from it: ${links.map(l => `${(l.down / 1e6).toFixed(1)} / ${(l.up / 1e6).toFixed(1)}`).join(', ')}`)
     await stopHosts([...peers, b])
   } finally {
     for (const p of procs) p.kill('SIGKILL')
