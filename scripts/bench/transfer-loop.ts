@@ -3,7 +3,7 @@
 // B fetches T (BENCH_RUNS times). No shaping: it shows where CPU goes when the link is not the
 // limit. PROF=DIR writes --cpu-prof profiles of both daemons there. Needs root (the mount).
 // Env: OUT (images, default /var/tmp/osfarm-bench), PERF_DIR (default /var/tmp/osfarm-perf),
-// T=ssh|ssh-layer, BENCH_RUNS=1.
+// T=ssh|ssh-layer, BENCH_RUNS=1, WHOLE=1 (B holds no S: the whole image comes over the wire).
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
@@ -37,7 +37,8 @@ async function main (): Promise<void> {
     const first = await a.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
     const second = await b.ctlJson('fleet', 'init', '--secret', first.secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
     for (const d of daemons) for (const k of [first.publicKey, second.publicKey]) await d.ctlJson('fleet', 'allow', k)
-    for (const d of daemons) await d.ctlJson('image', 'import', path.join(IMAGES, 'minbase.img'), '--name', 'S')
+    // WHOLE=1: B holds nothing, so every block of T comes over the wire.
+    for (const d of process.env.WHOLE ? [a] : daemons) await d.ctlJson('image', 'import', path.join(IMAGES, 'minbase.img'), '--name', 'S')
     await a.ctlJson('image', 'import', path.join(IMAGES, `${T}.img`), '--name', 'T')
     for (let end = Date.now() + 60_000; (await b.ctlJson('peer', 'ls')).length < 1;) {
       if (Date.now() > end) throw new Error('no peer')
