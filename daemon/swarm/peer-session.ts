@@ -172,19 +172,22 @@ export class PeerSession extends EventEmitter {
     this.#send('Have', have)
   }
 
-  // The whole manifest encoding, in chunks. The caller verifies it against the root.
+  // The whole manifest encoding, in chunks: the first tells the size, the rest are asked for
+  // at once. The caller verifies it against the root.
   async getManifest (root: Buffer, maxBytes: number): Promise<Buffer> {
-    const parts: Buffer[] = []
-    let offset = 0
-    let total = Infinity
-    while (offset < total) {
-      const r = await this.#request('ManifestRequest', 'ManifestResponse', id => ({ id, root, offset }))
-      if (r.offset !== offset || r.total > maxBytes || (r.data.length === 0 && offset < r.total)) throw PROTOCOL_ERROR('bad manifest chunk')
-      total = r.total
-      parts.push(r.data)
-      offset += r.data.length
-    }
-    return Buffer.concat(parts)
+    const first = await this.manifestChunk(root, 0, maxBytes)
+    const offsets: number[] = []
+    for (let o = first.data.length; o < first.total; o += MAX_MANIFEST_CHUNK) offsets.push(o)
+    const rest = await Promise.all(offsets.map(o => this.manifestChunk(root, o, maxBytes, first.total)))
+    return Buffer.concat([first.data, ...rest.map(r => r.data)])
+  }
+
+  // One chunk of a manifest's encoding: MAX_MANIFEST_CHUNK bytes from `offset` (fewer at the end).
+  async manifestChunk (root: Buffer, offset: number, maxBytes: number, total?: number): Promise<{ data: Buffer, total: number }> {
+    const r = await this.#request('ManifestRequest', 'ManifestResponse', id => ({ id, root, offset }))
+    const want = Math.min(MAX_MANIFEST_CHUNK, r.total - offset)
+    if (r.offset !== offset || r.total > maxBytes || (total !== undefined && r.total !== total) || want <= 0 || r.data.length !== want) throw PROTOCOL_ERROR('bad manifest chunk')
+    return { data: r.data, total: r.total }
   }
 
   // A manifest as a delta against `base`, which the caller holds, where the peer can make one;
