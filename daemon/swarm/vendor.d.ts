@@ -16,6 +16,10 @@ declare module 'hyperdht' {
     static keyPair (seed?: Buffer): KeyPair
     defaultKeyPair: KeyPair
     destroyed: boolean
+    // dht-rpc: true until this node has found that others reach it on its server socket.
+    firewalled: boolean
+    // dht-rpc, private: runs the reachability test (onlyFirewall: only that); true when reachable.
+    _updateNetworkState? (onlyFirewall?: boolean): Promise<boolean>
     address (): { host: string, port: number, family: number } | null
     io: { serverSocket: import('hyperswarm').UdxSocket | null, clientSocket: import('hyperswarm').UdxSocket | null }
     fullyBootstrapped (): Promise<void>
