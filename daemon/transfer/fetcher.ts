@@ -79,6 +79,9 @@ const TAIL_MIN_BLOCKS = 32
 // Background fetches duplicate a request in the endgame only once it is this old.
 const ENDGAME_AGE_MS = 1500
 const ENDGAME_WHOLE_AGE_MS = 5000
+// Background: another host's share is asked of a whole holder only once that host has been
+// silent this long.
+const OWNER_STALL_MS = 3000
 const MAX_PEER_FAILURES = 3
 const MAX_UNWRITTEN_BYTES = 64 << 20
 const LOCAL_BATCH_BLOCKS = 256
@@ -141,6 +144,8 @@ interface PeerState {
   scan: number
   dry: number
   idle: boolean
+  // When it last announced blocks (a Have) for this image.
+  heardAt: number
 }
 
 export class Fetcher {
@@ -353,7 +358,7 @@ export class Fetcher {
   #onHolder = (rootHex: string, session: PeerSession) => {
     if (rootHex !== this.#rootHex) return
     const known = this.#peers.get(session.remoteHex)
-    if (known) known.idle = false
+    if (known) { known.idle = false; known.heardAt = performance.now() }
     // A part-way peer that now holds it all: what it blocked may be asked of whole holders.
     if (session.adverts.has(rootHex)) this.#blocked.clear()
     this.#addPeer(session)
@@ -385,7 +390,7 @@ export class Fetcher {
     const old = this.#peers.get(hex)
     if (old?.session === session) return
     if (old) this.#removePeer(old)
-    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, scan: 0, dry: 0, idle: false })
+    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, scan: 0, dry: 0, idle: false, heardAt: performance.now() })
     this.#o.stats.peers[hex] ??= { host: session.remoteHello?.host ?? '', blocks: 0, rawBytes: 0, wireBytes: 0 }
   }
 
@@ -468,7 +473,9 @@ export class Fetcher {
       // chunk c is this host's when c mod N is its rank among the N hosts fetching (itself and
       // the part-way peers, by key). It asks for its own chunks front to back, and for others'
       // (from the back, where their owners come last) only once its own requests here have
-      // nearly drained: asked for too early, they would be asked for by their owners too.
+      // nearly drained, and only chunks of an owner that has announced nothing for OWNER_STALL_MS:
+      // asked for sooner, they would be asked for by their owners too, and every such copy
+      // costs the source's upload, which the whole roll-out waits on.
       const partial = [...this.#peers.values()].filter(p => p !== ps && !p.session.adverts.has(this.#rootHex) && !p.session.closed)
       const { order, start } = this.#chunking()
       const fetching = [...new Set([this.#o.self ?? '', ...partial.map(p => p.hex)])].sort()
@@ -491,7 +498,9 @@ export class Fetcher {
         if (order[k]! % fetching.length === rank) take(order[k]!)
       }
       if (us.length || ps.inflight.size > 1) return us
-      for (let k = this.#back - 1; k >= this.#front && !us.length; k--) take(order[k]!)
+      const now = performance.now()
+      const stalled = fetching.map(hex => hex !== this.#o.self && now - (this.#peers.get(hex)?.heardAt ?? 0) > OWNER_STALL_MS)
+      for (let k = this.#back - 1; k >= this.#front && !us.length; k--) if (stalled[order[k]! % fetching.length]) take(order[k]!)
       return us
     }
     // A part-way peer: from where it last had blocks for us, wrapping once to the cursor; once
