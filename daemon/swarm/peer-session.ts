@@ -10,6 +10,7 @@ import {
 import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js'
 import { RateLimiter } from './rate-limiter.js'
 import { blockPool } from '../blocks/block-pool.js'
+import { cpuBusy } from '../blocks/cpu-idle.js'
 
 const HELLO_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 60_000
@@ -19,7 +20,9 @@ const SERVE_CONCURRENCY = 4
 // Compress a response only when it saves at least this fraction.
 const MIN_SAVING = 0.05
 // zstd level: fast while the link keeps up; stronger while responses wait for the link to
-// drain (the link is the limit, so the packing time is free and the bytes are not).
+// drain (the link is the limit, so the packing time is free and the bytes are not), unless
+// every core is busy (then packing time is not free: bench:seed, 6 receivers on 2 cores, 19.7 s
+// at level 3, 18.3 s at level 1).
 const ZSTD_LEVEL = 1
 const ZSTD_LEVEL_LINK_BOUND = 3
 // Rate estimate: exponentially weighted over about this many milliseconds.
@@ -410,7 +413,7 @@ export class PeerSession extends EventEmitter {
     let data = batch.data
     const raw = data.length
     if (this.codec === Codec.ZSTD && raw > 0) {
-      const packed = await blockPool().pack(data, this.#drained ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL, MIN_SAVING, batch.owned)
+      const packed = await blockPool().pack(data, this.#drained && !cpuBusy() ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL, MIN_SAVING, batch.owned)
       if (this.closed) return
       data = packed.data
       if (packed.compressed) codec = Codec.ZSTD
