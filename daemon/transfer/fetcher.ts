@@ -146,6 +146,10 @@ interface PeerState {
   idle: boolean
   // When it last announced blocks (a Have) for this image.
   heardAt: number
+  // What it holds of this image, as of its last advert or Have (read on every scan: kept here
+  // rather than looked up in the session's maps by root each time).
+  whole: boolean
+  bits: Buffer | undefined
 }
 
 export class Fetcher {
@@ -180,6 +184,7 @@ export class Fetcher {
   #back = 0
   // Chunks with nothing a whole holder may be asked for (done, in flight, or a part-way peer's).
   readonly #blocked = new Set<number>()
+  #swarmView: { partial: PeerState[], fetching: string[], rank: number } | undefined
   readonly #total: number
 
   constructor (options: FetcherOptions) {
@@ -228,6 +233,7 @@ export class Fetcher {
       o.signal?.removeEventListener('abort', onAbort)
       this.#o.pool.off('holder', this.#onHolder)
       this.#o.pool.off('peer-closed', this.#onClosed)
+      this.#o.pool.off('withdrawn', this.#onWithdrawn)
       await this.#flushing
       await this.#fh.close()
     }
@@ -358,11 +364,21 @@ export class Fetcher {
   #onHolder = (rootHex: string, session: PeerSession) => {
     if (rootHex !== this.#rootHex) return
     const known = this.#peers.get(session.remoteHex)
-    if (known) { known.idle = false; known.heardAt = performance.now() }
+    if (known) {
+      known.idle = false
+      known.heardAt = performance.now()
+      if (known.session === session) this.#refreshHolding(known)
+    }
     // A part-way peer that now holds it all: what it blocked may be asked of whole holders.
     if (session.adverts.has(rootHex)) this.#blocked.clear()
     this.#addPeer(session)
     this.#pumpAll()
+  }
+
+  // A holder that withdrew the image holds what its last Have said, if anything.
+  #onWithdrawn = (rootHex: string, session: PeerSession) => {
+    const known = this.#peers.get(session.remoteHex)
+    if (rootHex === this.#rootHex && known?.session === session) this.#refreshHolding(known)
   }
 
   #onClosed = (session: PeerSession) => {
@@ -375,6 +391,7 @@ export class Fetcher {
     if (this.#entries.length === 0) { this.#finish(); return }
     this.#o.pool.on('holder', this.#onHolder)
     this.#o.pool.on('peer-closed', this.#onClosed)
+    this.#o.pool.on('withdrawn', this.#onWithdrawn)
     for (const s of this.#o.pool.holders(this.#rootHex)) this.#addPeer(s)
     this.#pumpAll()
   }
@@ -390,13 +407,23 @@ export class Fetcher {
     const old = this.#peers.get(hex)
     if (old?.session === session) return
     if (old) this.#removePeer(old)
-    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, scan: 0, dry: 0, idle: false, heardAt: performance.now() })
+    this.#peers.set(hex, { hex, session, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, scan: 0, dry: 0, idle: false, heardAt: performance.now(), whole: false, bits: undefined })
+    this.#swarmView = undefined
+    this.#refreshHolding(this.#peers.get(hex)!)
     this.#o.stats.peers[hex] ??= { host: session.remoteHello?.host ?? '', blocks: 0, rawBytes: 0, wireBytes: 0 }
+  }
+
+  #refreshHolding (ps: PeerState): void {
+    const whole = ps.session.adverts.has(this.#rootHex)
+    if (whole !== ps.whole) this.#swarmView = undefined
+    ps.whole = whole
+    ps.bits = ps.session.haves.get(this.#rootHex)
   }
 
   #removePeer (ps: PeerState): void {
     if (this.#peers.get(ps.hex) !== ps) return
     this.#peers.delete(ps.hex)
+    this.#swarmView = undefined
     this.#blocked.clear()
     for (const r of [...ps.inflight]) {
       ps.session.cancel(r.id)
@@ -417,7 +444,7 @@ export class Fetcher {
     const batchBytes = this.#batch * this.#m.blockSize
     // Background, at a whole holder: a short queue, so what this host has asked the source for
     // but not yet received (which the others cannot see) stays small.
-    const min = this.#o.background && ps.session.adverts.has(this.#rootHex) ? MIN_WINDOW_SWARM : MIN_WINDOW
+    const min = this.#o.background && ps.whole ? MIN_WINDOW_SWARM : MIN_WINDOW
     return Math.max(min, Math.min(MAX_WINDOW, Math.ceil(ps.rate * QUEUE_SECONDS / batchBytes)))
   }
 
@@ -447,9 +474,21 @@ export class Fetcher {
 
   #peerHas (ps: PeerState, u: number): boolean {
     if (ps.missing.has(u)) return false
-    const e = this.#entries[u]!
-    for (const i of e.indices) if (ps.session.has(this.#rootHex, i)) return true
+    if (ps.whole) return true
+    const bits = ps.bits
+    if (!bits) return false
+    for (const i of this.#entries[u]!.indices) if (i >> 3 < bits.length && (bits[i >> 3]! & (1 << (i & 7))) !== 0) return true
     return false
+  }
+
+  // Background: the part-way peers, and the hosts fetching this image (itself and them, by key)
+  // with its rank among them; kept until the peers or their holdings change.
+  #view (): { partial: PeerState[], fetching: string[], rank: number } {
+    if (this.#swarmView) return this.#swarmView
+    const partial = [...this.#peers.values()].filter(p => !p.whole && !p.session.closed)
+    const fetching = [...new Set([this.#o.self ?? '', ...partial.map(p => p.hex)])].sort()
+    this.#swarmView = { partial, fetching, rank: fetching.indexOf(this.#o.self ?? '') }
+    return this.#swarmView
   }
 
   #takePending (ps: PeerState): number[] {
@@ -467,7 +506,7 @@ export class Fetcher {
   #takeSwarming (ps: PeerState): number[] {
     const us: number[] = []
     const n = this.#entries.length
-    if (ps.session.adverts.has(this.#rootHex)) {
+    if (ps.whole) {
       // A whole holder: only blocks no part-way peer of ours can give. The image's blocks are
       // cut into chunks of a request's size, in one order every host derives from the root;
       // chunk c is this host's when c mod N is its rank among the N hosts fetching (itself and
@@ -476,10 +515,8 @@ export class Fetcher {
       // nearly drained, and only chunks of an owner that has announced nothing for OWNER_STALL_MS:
       // asked for sooner, they would be asked for by their owners too, and every such copy
       // costs the source's upload, which the whole roll-out waits on.
-      const partial = [...this.#peers.values()].filter(p => p !== ps && !p.session.adverts.has(this.#rootHex) && !p.session.closed)
+      const { partial, fetching, rank } = this.#view()
       const { order, start } = this.#chunking()
-      const fetching = [...new Set([this.#o.self ?? '', ...partial.map(p => p.hex)])].sort()
-      const rank = fetching.indexOf(this.#o.self ?? '')
       const take = (c: number) => {
         if (this.#blocked.has(c)) return
         let open = false
@@ -559,7 +596,7 @@ export class Fetcher {
     const others = [...this.#peers.values()].filter(p => p !== ps).sort((a, b) => a.rate - b.rate)
     // Background: only requests that seem stuck, and a whole holder (the source, whose upload
     // everyone shares) only for ones stuck much longer.
-    const minAge = !this.#o.background ? 0 : ps.session.adverts.has(this.#rootHex) ? ENDGAME_WHOLE_AGE_MS : ENDGAME_AGE_MS
+    const minAge = !this.#o.background ? 0 : ps.whole ? ENDGAME_WHOLE_AGE_MS : ENDGAME_AGE_MS
     const now = performance.now()
     for (const other of others) {
       for (const r of other.inflight) {
