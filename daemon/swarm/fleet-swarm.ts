@@ -249,7 +249,8 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     }
     have.bitfield.copy(bits, have.start >> 3)
     session.haves.set(hex, bits)
-    this.emit('holder', hex, session)
+    // The range it announced, in block indices: fetches look there for what is new.
+    this.emit('holder', hex, session, have.start & ~7, have.bitfield.length * 8)
   }
 
   readManifest (root: Buffer): Promise<Buffer | undefined> {
