@@ -18,7 +18,8 @@
 //   that is the rate-weighted spread. With several peers, requests shrink once what is pending
 //   would not fill every peer's minimum window, so the peers finish together. When nothing is
 //   pending but requests are out (the endgame), an idle peer asks again, one request at a time,
-//   for blocks in flight at the slowest peers; the first valid answer wins and the other
+//   for blocks in flight at the slowest peers that it would bring sooner (by the measured rates
+//   and what is queued ahead of them), latest first; the first valid answer wins and the other
 //   request is cancelled.
 //
 //   Every block is checked against its hash (BLAKE3) and length before it is written (the hash
@@ -88,6 +89,8 @@ const ENDGAME_WHOLE_AGE_MS = 5000
 // silent this long.
 const OWNER_STALL_MS = 3000
 const MAX_PEER_FAILURES = 3
+// Foreground endgame: a request is raced when this peer would bring it this much sooner.
+const ENDGAME_MARGIN = 1.25
 const MAX_UNWRITTEN_BYTES = 64 << 20
 const LOCAL_BATCH_BLOCKS = 256
 // Contiguous runs cloned per xfs_io call (progress and cancellation are checked between).
@@ -621,8 +624,23 @@ export class Fetcher {
     // everyone shares) only for ones stuck much longer.
     const minAge = !this.#o.background ? 0 : ps.whole ? ENDGAME_WHOLE_AGE_MS : ENDGAME_AGE_MS
     const now = performance.now()
+    const bs = this.#m.blockSize
     for (const other of others) {
-      for (const r of other.inflight) {
+      let reqs = [...other.inflight]
+      if (!this.#o.background && other.rate > 0 && ps.rate > 0) {
+        // Foreground: a request is raced only where this peer would bring it sooner than it
+        // comes from its own (after what is queued there before it), latest first. The head of
+        // a queue is about to arrive: copying it (oldest first, as before) put 6.5 MB of
+        // duplicates on the wire in a 3-peer fetch of 74 MB.
+        // One that is overdue (twice its expected time) is raced whatever the rates say.
+        let ahead = 0
+        reqs = reqs.filter(r => {
+          ahead += r.us.length * bs
+          const due = ahead / other.rate
+          return r.us.length * bs / ps.rate * ENDGAME_MARGIN < due || (now - r.sentAt) / 1000 > 2 * due
+        }).reverse()
+      }
+      for (const r of reqs) {
         if (now - r.sentAt < minAge) continue
         for (const u of r.us) {
           if (this.#state[u] === 1 && this.#copies[u]! <= MAX_DUPLICATES && this.#peerHas(ps, u) && !us.includes(u)) us.push(u)
