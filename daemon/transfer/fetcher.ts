@@ -31,7 +31,8 @@
 //
 //   Progress: a bit per block, set after the write completes. Every FLUSH_MS, and after every
 //   FLUSH_BYTES written, the target is fdatasync'ed and then the bitfield (a copy taken before
-//   the sync) is saved; a restart resumes from it. The same bits go to peers as Have, and the blocks become servable at once.
+//   the sync) is saved; a restart resumes from it. The same bits go to peers as Have, and the
+//   blocks become servable at once.
 //   onWritten hears of every block once it is in place and final: the fetch job reads it back
 //   and checks it then (verify.ts), so the whole-image check overlaps the transfer.
 //
@@ -373,7 +374,7 @@ export class Fetcher {
     const known = this.#peers.get(session.remoteHex)
     if (known) {
       known.heardAt = performance.now()
-      if (start !== undefined && count !== undefined) this.#hint(known, start, start + count)
+      if (this.#o.background && start !== undefined && count !== undefined) this.#hint(known, start, start + count)
       if (known.session === session) this.#refreshHolding(known)
     }
     // A part-way peer that now holds it all: what it blocked may be asked of whole holders.
@@ -678,7 +679,7 @@ export class Fetcher {
         // Its chunk may lie behind the swarming pointers: scan from the ends again.
         if (this.#chunks) { this.#front = 0; this.#back = this.#chunks.order.length; this.#blocked.clear() }
         // Given back: a hint again for the part-way peers that hold it.
-        for (const p of this.#peers.values()) if (!p.whole && this.#peerHas(p, u)) this.#hint(p, this.#entries[u]!.indices[0]!, this.#entries[u]!.indices[0]! + 1)
+        if (this.#o.background) for (const p of this.#peers.values()) if (!p.whole && this.#peerHas(p, u)) this.#hint(p, this.#entries[u]!.indices[0]!, this.#entries[u]!.indices[0]! + 1)
       }
     }
   }
