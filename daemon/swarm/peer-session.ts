@@ -175,18 +175,24 @@ export class PeerSession extends EventEmitter {
     this.#send('Have', have)
   }
 
-  // The whole manifest encoding, in chunks: the first tells the size, the rest are asked for
-  // at once. The caller verifies it against the root.
-  async getManifest (root: Buffer, maxBytes: number): Promise<Buffer> {
-    const first = await this.manifestChunk(root, 0, maxBytes)
+  // The whole manifest encoding, in chunks: the first (from this peer) tells the size; the rest
+  // are asked for at once, spread over this peer and `helpers` (other holders), each asked here
+  // again if its helper fails. The caller verifies it against the root.
+  async getManifest (root: Buffer, maxBytes: number, helpers: PeerSession[] = []): Promise<Buffer> {
+    const first = await this.#manifestChunk(root, 0, maxBytes)
+    const from: PeerSession[] = [this, ...helpers.filter(h => h !== this)]
     const offsets: number[] = []
     for (let o = first.data.length; o < first.total; o += MAX_MANIFEST_CHUNK) offsets.push(o)
-    const rest = await Promise.all(offsets.map(o => this.manifestChunk(root, o, maxBytes, first.total)))
+    const rest = await Promise.all(offsets.map((o, k) => {
+      const ask = (p: PeerSession) => p.#manifestChunk(root, o, maxBytes, first.total)
+      const p = from[(k + 1) % from.length]!
+      return p === this ? ask(this) : ask(p).catch(() => ask(this))
+    }))
     return Buffer.concat([first.data, ...rest.map(r => r.data)])
   }
 
   // One chunk of a manifest's encoding: MAX_MANIFEST_CHUNK bytes from `offset` (fewer at the end).
-  async manifestChunk (root: Buffer, offset: number, maxBytes: number, total?: number): Promise<{ data: Buffer, total: number }> {
+  async #manifestChunk (root: Buffer, offset: number, maxBytes: number, total?: number): Promise<{ data: Buffer, total: number }> {
     const r = await this.#request('ManifestRequest', 'ManifestResponse', id => ({ id, root, offset }))
     const want = Math.min(MAX_MANIFEST_CHUNK, r.total - offset)
     if (r.offset !== offset || r.total > maxBytes || (total !== undefined && r.total !== total) || want <= 0 || r.data.length !== want) throw PROTOCOL_ERROR('bad manifest chunk')

@@ -58,7 +58,6 @@ declare module 'hyperswarm' {
   // udx-native's socket, as far as osfarm sizes its kernel buffers.
   export interface UdxSocket {
     setRecvBufferSize (size: number): number
-    getRecvBufferSize (): number
   }
   export interface PeerDiscovery {
     flushed (): Promise<void>

@@ -567,14 +567,12 @@ export class Fetcher {
   // Adds [from, to) to a part-way peer's hints; many small ranges fold into one.
   #hint (ps: PeerState, from: number, to: number): void {
     const h = ps.hints
-    if (h.length >= 2 * MAX_HINTS) {
-      const lo = Math.min(from, ...h.filter((_, k) => k % 2 === 0))
-      const hi = Math.max(to, ...h.filter((_, k) => k % 2 === 1))
-      h.length = 0
-      h.push(lo, hi)
-      return
-    }
-    h.push(from, to)
+    if (h.length < 2 * MAX_HINTS) { h.push(from, to); return }
+    let lo = from
+    let hi = to
+    for (let k = 0; k < h.length; k += 2) { lo = Math.min(lo, h[k]!); hi = Math.max(hi, h[k + 1]!) }
+    h.length = 0
+    h.push(lo, hi)
   }
 
   // Block index → its entry in the plan's remote list (-1: not fetched from peers).

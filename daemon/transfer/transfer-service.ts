@@ -8,8 +8,7 @@ import { randomBytes } from 'node:crypto'
 import type { KeyPair } from 'hyperdht'
 import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, VERIFY_FAILED } from '../../protocol/errors.js'
 import type { FleetInfo, FetchResult, ImageInfo, JobInfo, PeerInfo } from '../../protocol/rpc.js'
-import { advertExtSigningBytes, advertSigningBytes, MAX_MANIFEST_CHUNK, type Advert } from '../../protocol/wire.js'
-import type { PeerSession } from '../swarm/peer-session.js'
+import { advertExtSigningBytes, advertSigningBytes, type Advert } from '../../protocol/wire.js'
 import { blockCount, decodeManifest, encodeManifest, zeroBlockCount, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { applyManifestDelta } from '../blocks/manifest-delta.js'
 import { RateLimiter } from '../swarm/rate-limiter.js'
@@ -588,7 +587,9 @@ export class TransferService {
       }
       tried.add(s.remoteHex)
       try {
-        const enc = await this.#manifestFrom(s, root, opts)
+        // Chunks after the first are spread over every whole holder.
+        const helpers = swarm.holders(rootHex).filter(h => h.adverts.has(rootHex) && (!opts.from || h.remoteHex === opts.from))
+        const enc = await s.getManifest(root, MAX_MANIFEST_BYTES, helpers)
         decodeManifest(enc, root)
         return enc
       } catch (err) {
@@ -597,22 +598,6 @@ export class TransferService {
       }
     }
     throw NO_PEERS(`no peer sent the manifest of ${rootHex.slice(0, 16)}${lastErr ? `: ${(lastErr as Error).message}` : ''}`)
-  }
-
-  // The manifest's first chunk from `s` (it tells the size); the other chunks at once, spread
-  // over every whole holder, each retried at `s` if its holder fails.
-  async #manifestFrom (s: PeerSession, root: Buffer, opts: FetchOptions): Promise<Buffer> {
-    const rootHex = root.toString('hex')
-    const first = await s.manifestChunk(root, 0, MAX_MANIFEST_BYTES)
-    const holders = [s, ...this.swarm!.holders(rootHex).filter(h => h !== s && h.adverts.has(rootHex) && (!opts.from || h.remoteHex === opts.from))]
-    const offsets: number[] = []
-    for (let o = first.data.length; o < first.total; o += MAX_MANIFEST_CHUNK) offsets.push(o)
-    const rest = await Promise.all(offsets.map((o, k) => {
-      const h = holders[(k + 1) % holders.length]!
-      const ask = (p: PeerSession) => p.manifestChunk(root, o, MAX_MANIFEST_BYTES, first.total)
-      return h === s ? ask(s) : ask(h).catch(() => ask(s))
-    }))
-    return Buffer.concat([first.data, ...rest.map(r => r.data)])
   }
 
   async #freeName (name: string, rootHex: string): Promise<string> {
