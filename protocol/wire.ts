@@ -89,7 +89,8 @@ export type MessageName = keyof MessageMap
 export type Message = { [K in MessageName]: { type: K, body: MessageMap[K] } }[MessageName]
 
 interface Encoding<T> {
-  encode (value: T): Buffer
+  encode (value: T, buf?: Buffer, offset?: number): Buffer
+  encodingLength (value: T): number
   decode (buf: Buffer): T
 }
 
@@ -112,13 +113,16 @@ function loadSchema (): Record<string, Encoding<unknown>> {
   throw new Error('protocol/wire.proto not found')
 }
 
-export function encodeFrame<K extends MessageName> (type: K, body: MessageMap[K]): Buffer {
-  const payload = schema[type]!.encode(body)
-  if (payload.length + 1 > MAX_FRAME_BYTES) throw FRAME_TOO_LARGE(`${type} of ${payload.length} bytes`)
-  const frame = Buffer.allocUnsafe(5 + payload.length)
-  frame.writeUInt32BE(payload.length + 1, 0)
+// The frame is encoded in place, in a buffer from `alloc` (a secret stream's own, which it then
+// encrypts in place: a block response is written once, not copied three times).
+export function encodeFrame<K extends MessageName> (type: K, body: MessageMap[K], alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
+  const enc = schema[type]!
+  const length = enc.encodingLength(body)
+  if (length + 1 > MAX_FRAME_BYTES) throw FRAME_TOO_LARGE(`${type} of ${length} bytes`)
+  const frame = alloc(5 + length)
+  frame.writeUInt32BE(length + 1, 0)
   frame.writeUInt8(TYPES[type], 4)
-  payload.copy(frame, 5)
+  enc.encode(body, frame, 5)
   return frame
 }
 

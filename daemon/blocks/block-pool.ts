@@ -8,7 +8,8 @@
 
 import os from 'node:os'
 import { Worker } from 'node:worker_threads'
-import type { BlockReply, BlockTask } from './block-worker.js'
+import { IO_ERROR } from '../../protocol/errors.js'
+import type { BlockReply, BlockTarget, BlockTask } from './block-worker.js'
 
 const MAX_THREADS = 4
 // Tasks given to one worker at a time (the next is queued there while it works on one).
@@ -50,10 +51,12 @@ export class BlockPool {
 
   // Unpacks a response payload (zstd or raw) of `raw` bytes and checks block j (sizes[j] bytes,
   // 0: missing) against hash j of `hashes`. Throws on a payload that does not decode to `raw`.
-  async unpack (zstd: boolean, data: Buffer, raw: number, sizes: number[], hashes: Buffer): Promise<{ data: Buffer, valid: Uint8Array }> {
-    const input = copyOut(data)
-    const r = await this.#run({ op: 'unpack', zstd, data: input, raw, sizes, hashes }, [input.buffer as ArrayBuffer], false)
-    return { data: asBuffer(r.data!), valid: r.valid! }
+  // `movable`: data's whole buffer is the caller's to give up.
+  // `into`: the valid blocks are written there (on the worker) and `data` comes back empty.
+  async unpack (zstd: boolean, data: Buffer, raw: number, sizes: number[], hashes: Buffer, movable = false, into?: BlockTarget): Promise<{ data: Buffer, valid: Uint8Array }> {
+    const input = movable ? data : copyOut(data)
+    const r = await this.#run({ op: 'unpack', zstd, data: input, raw, sizes, hashes, into }, [input.buffer as ArrayBuffer], false)
+    return { data: r.data ? asBuffer(r.data) : Buffer.alloc(0), valid: r.valid! }
   }
 
   // Reads runs of blocks ([first, count] pairs) of `path` back and checks them against `hashes`
@@ -80,7 +83,7 @@ export class BlockPool {
       (background ? this.#background : this.#urgent).push({ task, transfer, resolve, reject })
       this.#dispatch()
     }).then(r => {
-      if (r.error) throw new Error(r.error)
+      if (r.error) throw r.io ? IO_ERROR(r.error) : new Error(r.error)
       return r
     })
   }

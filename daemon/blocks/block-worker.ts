@@ -1,7 +1,8 @@
 // Worker thread of the BlockPool: zstd for block responses (packing on the serving side;
-// unpacking on the receiving side, each block checked against the hash it was asked by), and
-// reading blocks back from a file to check them against a manifest. Reads are synchronous:
-// this thread does nothing else.
+// unpacking on the receiving side, each block checked against the hash it was asked by and,
+// for a fetch, written to its target here, so received data never crosses to the main thread),
+// and reading blocks back from a file to check them against a manifest. Reads and writes are
+// synchronous: this thread does nothing else.
 
 import fs from 'node:fs'
 import { createRequire } from 'node:module'
@@ -19,7 +20,10 @@ const zstd = require('zstd-napi/binding') as ZstdBinding
 const READ_BYTES = 1 << 20
 
 export interface PackTask { id: number, op: 'pack', data: Uint8Array, level: number, minSaving: number }
-export interface UnpackTask { id: number, op: 'unpack', zstd: boolean, data: Uint8Array, raw: number, sizes: number[], hashes: Uint8Array }
+// `into`: the file to write each valid block to, at the byte offsets at[j] (block j of the
+// request); the blocks are then not sent back.
+export interface UnpackTask { id: number, op: 'unpack', zstd: boolean, data: Uint8Array, raw: number, sizes: number[], hashes: Uint8Array, into?: BlockTarget }
+export interface BlockTarget { path: string, at: number[][] }
 // Blocks [runs[2k], runs[2k] + runs[2k+1]) of `path`, checked against `hashes` (one per block,
 // in run order); `size` is the file's length (the last block may be short).
 export interface VerifyTask { id: number, op: 'verify', path: string, blockSize: number, size: number, runs: Uint32Array, hashes: Uint8Array }
@@ -27,7 +31,8 @@ export type BlockTask = PackTask | UnpackTask | VerifyTask
 
 export interface BlockReply {
   id: number
-  // pack: the payload to send and whether it is compressed; unpack: the raw blocks back to back.
+  // pack: the payload to send and whether it is compressed; unpack: the raw blocks back to back
+  // (none when they were written `into` a file).
   data?: Uint8Array
   compressed?: boolean
   // unpack: 1 where block j (of non-zero size) matches hash j of the request.
@@ -35,6 +40,8 @@ export interface BlockReply {
   // verify: indices of blocks that do not match (or could not be read whole).
   bad?: number[]
   error?: string
+  // The error is this host's (a write failed), not the payload's.
+  io?: boolean
 }
 
 let cctx: InstanceType<ZstdBinding['CCtx']> | undefined
@@ -71,7 +78,50 @@ function unpack (t: UnpackTask): BlockReply {
     valid[j] = digest.compare(hashes, j * HASH_BYTES, (j + 1) * HASH_BYTES) === 0 ? 1 : 0
     off += size
   }
-  return { id: t.id, data, valid }
+  if (!t.into) return { id: t.id, data, valid }
+  try {
+    write(t.into, data, t.sizes, valid)
+  } catch (err) {
+    return { id: t.id, error: `writing ${t.into.path}: ${(err as Error).message}`, io: true }
+  }
+  return { id: t.id, valid }
+}
+
+// Writes the valid blocks of `data` where `into` says, one writev per run of adjacent offsets.
+function write (into: BlockTarget, data: Buffer, sizes: number[], valid: Uint8Array): void {
+  const pieces: Array<[number, Buffer]> = []
+  for (let j = 0, off = 0; j < sizes.length; off += sizes[j]!, j++) {
+    if (!valid[j]) continue
+    const block = data.subarray(off, off + sizes[j]!)
+    for (const pos of into.at[j] ?? []) pieces.push([pos, block])
+  }
+  pieces.sort((a, b) => a[0] - b[0])
+  const fd = fs.openSync(into.path, 'r+')
+  try {
+    for (let k = 0; k < pieces.length;) {
+      const pos = pieces[k]![0]
+      const run = [pieces[k]![1]]
+      let end = pos + run[0]!.length
+      while (++k < pieces.length && pieces[k]![0] === end && run.length < 1024) {
+        run.push(pieces[k]![1])
+        end += pieces[k]![1].length
+      }
+      writeAll(fd, run, pos)
+    }
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+function writeAll (fd: number, bufs: Buffer[], pos: number): void {
+  const n = fs.writevSync(fd, bufs, pos)
+  let rest = n < bufs.reduce((sum, b) => sum + b.length, 0) ? Buffer.concat(bufs).subarray(n) : undefined
+  // A short write (rare): the rest plainly.
+  for (let at = pos + n; rest?.length;) {
+    const m = fs.writeSync(fd, rest, 0, rest.length, at)
+    rest = rest.subarray(m)
+    at += m
+  }
 }
 
 function verify (t: VerifyTask): BlockReply {

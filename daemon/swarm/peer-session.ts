@@ -10,6 +10,7 @@ import {
 import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js'
 import { RateLimiter } from './rate-limiter.js'
 import { blockPool } from '../blocks/block-pool.js'
+import type { BlockTarget } from '../blocks/block-worker.js'
 import { cpuBusy } from '../blocks/cpu-idle.js'
 
 const HELLO_TIMEOUT_MS = 15_000
@@ -38,6 +39,8 @@ export interface BlockBatch {
   valid?: Uint8Array
   // Read for serving: `data` is an unpooled buffer no one else holds (it may move to a worker).
   owned?: boolean
+  // Received with a target: the valid blocks are written there already, and `data` is empty.
+  written?: boolean
 }
 
 // What a session needs from its daemon.
@@ -66,9 +69,14 @@ const FEATURE_OF: Partial<Record<MessageName, Feature>> = { Withdraw: 'withdraw'
 
 export interface Stream extends EventEmitter {
   write (data: Buffer): boolean
+  // A secret stream's buffer for the next write, encrypted where it lies (no copy).
+  alloc? (n: number): Buffer
   destroy (err?: Error): void
   destroyed: boolean
 }
+
+// Received frames' buffers that hold nothing else (see #onData).
+const ownBuffers = new WeakSet<ArrayBufferLike>()
 
 interface Pending {
   resolve: (value: any) => void
@@ -106,6 +114,7 @@ export class PeerSession extends EventEmitter {
   closeError: Error | undefined
 
   readonly #stream: Stream
+  readonly #alloc: (n: number) => Buffer
   readonly #host: SessionHost
   readonly #decoder = new FrameDecoder(MAX_FRAME_BYTES)
   readonly #pending = new Map<number, Pending>()
@@ -124,6 +133,7 @@ export class PeerSession extends EventEmitter {
   constructor (stream: Stream, remoteKey: Buffer, host: SessionHost, address = '') {
     super()
     this.#stream = stream
+    this.#alloc = stream.alloc ? n => stream.alloc!(n) : Buffer.allocUnsafe
     this.#host = host
     this.remoteKey = remoteKey
     this.remoteHex = remoteKey.toString('hex')
@@ -222,7 +232,8 @@ export class PeerSession extends EventEmitter {
 
   // Blocks by hash; resolves with their raw bytes (not yet verified: the caller checks hashes).
   // Background requests (seeding) are served after foreground ones, under a separate limit.
-  async getBlocks (hashes: Buffer, onId?: (id: number) => void, background = false): Promise<BlockBatch> {
+  // `into`: valid blocks are written to that file there and then, and `data` comes back empty.
+  async getBlocks (hashes: Buffer, onId?: (id: number) => void, background = false, into?: BlockTarget): Promise<BlockBatch> {
     const count = hashes.length / HASH_BYTES
     const r: BlockResponse = await this.#request('BlockRequest', 'BlockResponse', id => { onId?.(id); return background ? { id, hashes, background } : { id, hashes } })
     if (r.sizes.length !== count) throw PROTOCOL_ERROR('block response does not match its request')
@@ -232,13 +243,15 @@ export class PeerSession extends EventEmitter {
     const wireBytes = r.data.length + 16 + r.sizes.length * 3
     let got: { data: Buffer, valid: Uint8Array }
     try {
-      got = await blockPool().unpack(r.codec === Codec.ZSTD, r.data, raw, r.sizes, hashes)
+      got = await blockPool().unpack(r.codec === Codec.ZSTD, r.data, raw, r.sizes, hashes, ownBuffers.has(r.data.buffer), into)
     } catch (err) {
+      // A failed write here is ours; anything else, the payload's.
+      if ((err as OsfarmError).code === 'IO_ERROR') throw err
       throw PROTOCOL_ERROR((err as Error).message)
     }
     this.stats.rawIn += raw
     this.stats.blocksIn += count
-    return { sizes: r.sizes, data: got.data, valid: got.valid, wireBytes }
+    return { sizes: r.sizes, data: got.data, valid: got.valid, wireBytes, written: !!into }
   }
 
   cancel (id: number): void {
@@ -274,7 +287,7 @@ export class PeerSession extends EventEmitter {
 
   #send<K extends MessageName> (type: K, body: MessageMap[K]): boolean {
     if (this.closed) return false
-    const frame = encodeFrame(type, body)
+    const frame = encodeFrame(type, body, this.#alloc)
     this.stats.bytesOut += frame.length
     return this.#stream.write(frame)
   }
@@ -297,6 +310,9 @@ export class PeerSession extends EventEmitter {
     if (this.closed) return
     this.stats.bytesIn += chunk.length
     this.#measure(chunk.length)
+    // A chunk that is one whole frame in a buffer of its own (a secret-stream message that
+    // spanned packets is reassembled in one): its block payload can move to a worker uncopied.
+    if (this.#decoder.buffered === 0 && chunk.length >= 4096 && chunk.length === 4 + chunk.readUInt32BE(0) && chunk.buffer.byteLength - chunk.byteLength <= 64) ownBuffers.add(chunk.buffer)
     try {
       for (const frame of this.#decoder.push(chunk)) {
         if (this.closed) return

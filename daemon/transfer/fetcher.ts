@@ -26,8 +26,10 @@
 //   on a block-pool worker, as the response is unpacked there); one bad block drops the peer
 //   (its session is closed and it is banned from this fetch) and its requests go back to
 //   pending. A peer that leaves, times out or lacks a block has its requests
-//   requeued the same way. Verified blocks of one answer are written with one writev per
-//   contiguous run, at every index that holds the hash.
+//   requeued the same way. Verified blocks of one answer are written by the worker that
+//   unpacked them (received data never crosses to the main thread, whose garbage collector it
+//   would keep busy), one writev per contiguous run, at every index that holds the hash; a
+//   failed write there fails the fetch (IO_ERROR), not the peer.
 //
 //   Progress: a bit per block, set after the write completes. Every FLUSH_MS, and after every
 //   FLUSH_BYTES written, the target is fdatasync'ed and then the bitfield (a copy taken before
@@ -661,7 +663,9 @@ export class Fetcher {
     }
     const req: Req = { peer: ps, us, sentAt: performance.now(), id: 0, dup }
     ps.inflight.add(req)
-    ps.session.getBlocks(hashes, id => { req.id = id }, this.#o.background).then(
+    const bs = this.#m.blockSize
+    const into = { path: this.#o.path, at: us.map(u => this.#entries[u]!.indices.map(i => i * bs)) }
+    ps.session.getBlocks(hashes, id => { req.id = id }, this.#o.background, into).then(
       batch => this.#onBatch(ps, req, batch),
       err => this.#onFail(ps, req, err)
     ).catch(err => this.#abort(err))
@@ -700,13 +704,13 @@ export class Fetcher {
         this.#release([u])
         continue
       }
-      const block = batch.data.subarray(off, off + size)
+      const block = batch.written ? undefined : batch.data.subarray(off, off + size)
       off += size
       raw += size
       this.#copies[u]!--
       if (this.#state[u] === 2) continue
       const e = this.#entries[u]!
-      const valid = batch.valid ? batch.valid[j] === 1 : hash(block).equals(e.hash)
+      const valid = batch.valid ? batch.valid[j] === 1 : hash(block!).equals(e.hash)
       if (size !== blockLength(this.#m, e.indices[0]!) || !valid) {
         this.#o.stats.badBlocks++
         this.#copies[u]!++
@@ -718,7 +722,7 @@ export class Fetcher {
       this.#done++
       got++
       for (const i of e.indices) {
-        writes.push([i * bs, block])
+        if (block) writes.push([i * bs, block])
         written.push(i)
       }
     }
@@ -738,7 +742,9 @@ export class Fetcher {
     s.remoteMs = Math.round(now - this.#remoteStart)
     // Duplicates of what just arrived are no longer needed.
     if (this.#pending === 0) this.#cancelDone()
-    if (writes.length) this.#queueWrite(writes, written, got)
+    if (writes.length) this.#queueWrite(writes, written)
+    else if (written.length) this.#inPlace(written)
+    if (this.#done === this.#entries.length && this.#writes.size === 0) { this.#finish(); return }
     if (this.#unwritten < MAX_UNWRITTEN_BYTES) this.#assign(ps)
     this.#pumpAll()
   }
@@ -758,6 +764,8 @@ export class Fetcher {
   #onFail (ps: PeerState, req: Req, err: Error): void {
     if (!ps.inflight.delete(req)) return
     this.#release(req.us)
+    // The target could not be written: no peer can help with that.
+    if ((err as OsfarmError).code === 'IO_ERROR') { this.#abort(err); return }
     if (ps.session.closed) {
       this.#removePeer(ps)
     } else if (++ps.failures > MAX_PEER_FAILURES) {
@@ -769,28 +777,30 @@ export class Fetcher {
     this.#pumpAll()
   }
 
-  #queueWrite (writes: Array<[number, Buffer]>, indices: number[], blocks: number): void {
+  #queueWrite (writes: Array<[number, Buffer]>, indices: number[]): void {
     const bytes = writes.length * this.#m.blockSize
     this.#unwritten += bytes
-    const p: Promise<void> = this.#writeRuns(writes).then(() => {
-      for (const i of indices) this.#mark(i)
-      this.#o.local.addBlocks(this.#o.volume, indices)
-      this.#o.onWritten?.(indices)
-      this.#completed += indices.length
-      this.#o.onProgress?.(this.#completed, this.#total)
-      this.#writtenSinceFlush += bytes
-      if (this.#writtenSinceFlush >= FLUSH_BYTES) {
-        this.#writtenSinceFlush = 0
-        this.#flush().catch(err => this.#abort(err))
-      }
-    }).catch(err => this.#abort(err)).finally(() => {
+    const p: Promise<void> = this.#writeRuns(writes).then(() => this.#inPlace(indices)).catch(err => this.#abort(err)).finally(() => {
       this.#writes.delete(p)
       this.#unwritten -= bytes
       if (this.#done === this.#entries.length && this.#writes.size === 0) this.#finish()
       else if (this.#unwritten < MAX_UNWRITTEN_BYTES) this.#pumpAll()
     })
     this.#writes.add(p)
-    void blocks
+  }
+
+  // Blocks now written at `indices`: progress, the locator, the whole-image check.
+  #inPlace (indices: number[]): void {
+    for (const i of indices) this.#mark(i)
+    this.#o.local.addBlocks(this.#o.volume, indices)
+    this.#o.onWritten?.(indices)
+    this.#completed += indices.length
+    this.#o.onProgress?.(this.#completed, this.#total)
+    this.#writtenSinceFlush += indices.length * this.#m.blockSize
+    if (this.#writtenSinceFlush >= FLUSH_BYTES) {
+      this.#writtenSinceFlush = 0
+      this.#flush().catch(err => this.#abort(err))
+    }
   }
 
   #abort (err: unknown): void {

@@ -57,8 +57,9 @@ export class Lab {
     const socket = path.join(dir, 'osfarmd.sock')
     // Logs go to a file per host, for when a run goes wrong.
     const log = await fs.open(path.join(dir, 'osfarmd.log'), 'a')
-    // BENCH_CPU_PROF=1: each daemon writes a V8 CPU profile into its dir when it stops.
-    const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : []
+    // BENCH_CPU_PROF=1: each daemon writes a V8 CPU profile into its dir when it stops;
+    // BENCH_NODE_FLAGS: more node options for every daemon (e.g. --trace-gc).
+    const prof = [...process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [], ...(process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean)]
     const proc = spawn('ip', ['netns', 'exec', `${this.prefix}-${ns}`, 'node', ...prof, OSFARMD, '--data', path.join(dir, 'data'), '--socket', socket, '--log-level', 'info'], { stdio: ['ignore', log.fd, log.fd] })
     proc.once('exit', () => { log.close().catch(() => {}) })
     this.procs.push(proc)
