@@ -60,3 +60,28 @@ t.test('unpack into a file writes each valid block at all its offsets, a bad one
   // A target that cannot be written is this host's failure (IO_ERROR), not the payload's.
   await t.rejects(pool.unpack(packed.compressed, packed.data, 3 * BS, [BS, BS, BS], hashes, false, { path: path.join(dir, 'missing', 'x.img'), at }), { code: 'IO_ERROR' })
 })
+
+t.test('packFrom reads file ranges on the worker and packs them', async t => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-pool-'))
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const bs = blocks(4)
+  const a = path.join(dir, 'a.img')
+  const b = path.join(dir, 'b.img')
+  await fs.writeFile(a, Buffer.concat([bs[0]!, bs[1]!, bs[2]!]))
+  await fs.writeFile(b, bs[3]!)
+  const pool = new BlockPool(1)
+  t.teardown(() => pool.close())
+  const reads = [{ path: a, pos: BS, len: 2 * BS }, { path: b, pos: 0, len: BS }, { path: a, pos: 0, len: BS }]
+  const want = Buffer.concat([bs[1]!, bs[2]!, bs[3]!, bs[0]!])
+  const packed = await pool.packFrom(reads, 1, 0.05)
+  t.ok(packed.compressed)
+  const hashes = Buffer.concat([bs[1]!, bs[2]!, bs[3]!, bs[0]!].map(x => hash(x)))
+  const got = await pool.unpack(true, packed.data, 4 * BS, [BS, BS, BS, BS], hashes)
+  t.ok(got.data.equals(want), 'ranges come back in order')
+  t.same([...got.valid], [1, 1, 1, 1])
+  const plain = await pool.packFrom(reads, 0, 0.05)
+  t.notOk(plain.compressed, 'level 0: raw')
+  t.ok(plain.data.equals(want))
+  await t.rejects(pool.packFrom([{ path: b, pos: 0, len: 2 * BS }], 1, 0.05), { code: 'IO_ERROR' }, 'a short file is this host\'s error')
+  await t.rejects(pool.packFrom([{ path: path.join(dir, 'gone.img'), pos: 0, len: BS }], 1, 0.05), { code: 'IO_ERROR' })
+})

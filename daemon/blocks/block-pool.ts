@@ -9,7 +9,7 @@
 import os from 'node:os'
 import { Worker } from 'node:worker_threads'
 import { IO_ERROR } from '../../protocol/errors.js'
-import type { BlockReply, BlockTarget, BlockTask } from './block-worker.js'
+import type { BlockReply, BlockTarget, BlockTask, ReadRun } from './block-worker.js'
 
 const MAX_THREADS = 4
 // Tasks given to one worker at a time (the next is queued there while it works on one).
@@ -46,6 +46,13 @@ export class BlockPool {
   async pack (data: Buffer, level: number, minSaving: number, movable = false): Promise<{ data: Buffer, compressed: boolean }> {
     const input = movable ? data : copyOut(data)
     const r = await this.#run({ op: 'pack', data: input, level, minSaving }, [input.buffer as ArrayBuffer], false)
+    return { data: asBuffer(r.data!), compressed: !!r.compressed }
+  }
+
+  // Reads `reads` (file ranges, in order) on a worker and packs them as pack() does; level 0
+  // leaves them raw. Throws IO_ERROR when a range cannot be read.
+  async packFrom (reads: ReadRun[], level: number, minSaving: number): Promise<{ data: Buffer, compressed: boolean }> {
+    const r = await this.#run({ op: 'pack', reads, level, minSaving }, [], false)
     return { data: asBuffer(r.data!), compressed: !!r.compressed }
   }
 

@@ -19,7 +19,10 @@ const zstd = require('zstd-napi/binding') as ZstdBinding
 
 const READ_BYTES = 1 << 20
 
-export interface PackTask { id: number, op: 'pack', data: Uint8Array, level: number, minSaving: number }
+// Pack the blocks in `data`, or read them first from `reads` (ranges of files, in output order):
+// served blocks then never cross to the main thread raw. `level` 0: not compressed.
+export interface PackTask { id: number, op: 'pack', data?: Uint8Array, reads?: ReadRun[], level: number, minSaving: number }
+export interface ReadRun { path: string, pos: number, len: number }
 // `into`: the file to write each valid block to, at the byte offsets at[j] (block j of the
 // request); the blocks are then not sent back.
 export interface UnpackTask { id: number, op: 'unpack', zstd: boolean, data: Uint8Array, raw: number, sizes: number[], hashes: Uint8Array, into?: BlockTarget }
@@ -40,28 +43,77 @@ export interface BlockReply {
   // verify: indices of blocks that do not match (or could not be read whole).
   bad?: number[]
   error?: string
-  // The error is this host's (a write failed), not the payload's.
+  // The error is this host's (a read or write failed), not the payload's.
   io?: boolean
 }
 
 let cctx: InstanceType<ZstdBinding['CCtx']> | undefined
 let dctx: InstanceType<ZstdBinding['DCtx']> | undefined
 const digest = Buffer.alloc(HASH_BYTES)
-let readBuf: Buffer | undefined
+// Scratch buffers, reused: what goes back to the main thread is copied out at its exact size.
+const scratch = { verify: Buffer.alloc(0), read: Buffer.alloc(0), packed: Buffer.alloc(0), unpacked: Buffer.alloc(0) }
+
+function scratchOf (name: keyof typeof scratch, n: number): Buffer {
+  if (scratch[name].length < n) scratch[name] = Buffer.allocUnsafeSlow(n)
+  return scratch[name]
+}
+
+// An unpooled copy, movable to the main thread.
+function copyOut (b: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafeSlow(b.byteLength)
+  out.set(b)
+  return out
+}
 
 function pack (t: PackTask): BlockReply {
-  cctx ??= new zstd.CCtx()
-  const out = Buffer.allocUnsafeSlow(zstd.compressBound(t.data.length))
-  const n = cctx.compress(out, t.data, t.level)
-  if (n <= t.data.length * (1 - t.minSaving)) return { id: t.id, data: out.subarray(0, n), compressed: true }
-  return { id: t.id, data: t.data, compressed: false }
+  let input: Buffer
+  if (t.data) {
+    input = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)
+  } else {
+    try {
+      input = readRuns(t.reads ?? [])
+    } catch (err) {
+      return { id: t.id, error: `reading blocks: ${(err as Error).message}`, io: true }
+    }
+  }
+  if (t.level && input.length) {
+    cctx ??= new zstd.CCtx()
+    const out = scratchOf('packed', zstd.compressBound(input.length))
+    const n = cctx.compress(out, input, t.level)
+    if (n <= input.length * (1 - t.minSaving)) return { id: t.id, data: copyOut(out.subarray(0, n)), compressed: true }
+  }
+  return { id: t.id, data: t.data ?? copyOut(input), compressed: false }
+}
+
+function readRuns (runs: ReadRun[]): Buffer {
+  let total = 0
+  for (const r of runs) total += r.len
+  const buf = scratchOf('read', total).subarray(0, total)
+  const fds = new Map<string, number>()
+  try {
+    let out = 0
+    for (const r of runs) {
+      let fd = fds.get(r.path)
+      if (fd === undefined) fds.set(r.path, fd = fs.openSync(r.path, 'r'))
+      for (let got = 0; got < r.len;) {
+        const n = fs.readSync(fd, buf, out + got, r.len - got, r.pos + got)
+        if (n === 0) throw new Error(`short read of ${r.path}`)
+        got += n
+      }
+      out += r.len
+    }
+  } finally {
+    for (const fd of fds.values()) fs.closeSync(fd)
+  }
+  return buf
 }
 
 function unpack (t: UnpackTask): BlockReply {
   let data = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)
   if (t.zstd) {
     dctx ??= new zstd.DCtx()
-    const out = Buffer.allocUnsafeSlow(t.raw)
+    // Blocks written here need no buffer of their own.
+    const out = t.into ? scratchOf('unpacked', t.raw).subarray(0, t.raw) : Buffer.allocUnsafeSlow(t.raw)
     let n: number
     try { n = dctx.decompress(out, data) } catch (err) { return { id: t.id, error: `bad zstd data: ${(err as Error).message}` } }
     if (n !== t.raw) return { id: t.id, error: 'decompressed size does not match' }
@@ -127,7 +179,7 @@ function writeAll (fd: number, bufs: Buffer[], pos: number): void {
 function verify (t: VerifyTask): BlockReply {
   const bs = t.blockSize
   const per = Math.max(1, Math.floor(READ_BYTES / bs))
-  if (!readBuf || readBuf.length < per * bs) readBuf = Buffer.allocUnsafeSlow(per * bs)
+  const readBuf = scratchOf('verify', per * bs)
   const hashes = Buffer.from(t.hashes.buffer, t.hashes.byteOffset, t.hashes.byteLength)
   const bad: number[] = []
   const fd = fs.openSync(t.path, 'r')

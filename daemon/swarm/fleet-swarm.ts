@@ -11,7 +11,7 @@ import { PROTOCOL_ERROR } from '../../protocol/errors.js'
 import type { PeerInfo } from '../../protocol/rpc.js'
 import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
 import { verify } from './identity.js'
-import { PeerSession, type BlockBatch, type ServiceMessage, type SessionHost } from './peer-session.js'
+import { PeerSession, type BlockBatch, type BlockPlaces, type ServiceMessage, type SessionHost } from './peer-session.js'
 import { RateLimiter } from './rate-limiter.js'
 
 // Images whose root topics we announce; past this only the fleet topic finds us.
@@ -34,6 +34,7 @@ const REACHABILITY_CHECK_MS = 3_000
 export interface BlockSource {
   readManifest (root: Buffer): Promise<Buffer | undefined>
   readBlocks (hashes: Buffer): Promise<BlockBatch>
+  locateBlocks? (hashes: Buffer): BlockPlaces
   readManifestDelta? (root: Buffer, base: Buffer): Promise<Buffer | undefined>
 }
 
@@ -300,6 +301,10 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   readBlocks (hashes: Buffer): Promise<BlockBatch> {
     return this.#source.readBlocks(hashes)
+  }
+
+  locateBlocks (hashes: Buffer): BlockPlaces | undefined {
+    return this.#source.locateBlocks?.(hashes)
   }
 
   // Adverts: images this host holds whole. Announced to every session and on their root topics.

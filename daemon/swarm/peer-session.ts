@@ -10,7 +10,7 @@ import {
 import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js'
 import { RateLimiter } from './rate-limiter.js'
 import { blockPool } from '../blocks/block-pool.js'
-import type { BlockTarget } from '../blocks/block-worker.js'
+import type { BlockTarget, ReadRun } from '../blocks/block-worker.js'
 import { cpuBusy } from '../blocks/cpu-idle.js'
 
 const HELLO_TIMEOUT_MS = 15_000
@@ -43,6 +43,13 @@ export interface BlockBatch {
   written?: boolean
 }
 
+// Where a batch's blocks are: each one's raw length in request order (0: not here) and the
+// file ranges that hold them, back to back.
+export interface BlockPlaces {
+  sizes: number[]
+  reads: ReadRun[]
+}
+
 // What a session needs from its daemon.
 export interface SessionHost {
   readonly hostName: string
@@ -55,6 +62,9 @@ export interface SessionHost {
   onHave (session: PeerSession, have: Have): void
   readManifest (root: Buffer): Promise<Buffer | undefined>
   readBlocks (hashes: Buffer): Promise<BlockBatch>
+  // Where blocks are in files (none: the source is not files): they are then read off the
+  // main thread.
+  locateBlocks? (hashes: Buffer): BlockPlaces | undefined
   // Seeding and pre-staging (optional): background requests' upload limit, manifest deltas,
   // withdrawn adverts and the service messages (Stage, StageStatus, SeedDefaults).
   readonly backgroundLimiter?: RateLimiter
@@ -429,29 +439,41 @@ export class PeerSession extends EventEmitter {
   }
 
   async #serve (id: number, hashes: Buffer, background = false): Promise<void> {
-    const batch = await this.#host.readBlocks(hashes)
+    const { sizes, raw, data, codec } = await this.#packBlocks(hashes)
     if (this.closed) return
-    let codec: CodecId = Codec.RAW
-    let data = batch.data
-    const raw = data.length
-    if (this.codec === Codec.ZSTD && raw > 0) {
-      const packed = await blockPool().pack(data, this.#drained && !cpuBusy() ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL, MIN_SAVING, batch.owned)
-      if (this.closed) return
-      data = packed.data
-      if (packed.compressed) codec = Codec.ZSTD
-    }
-    const wire = data.length + 16 + batch.sizes.length * 3
+    const wire = data.length + 16 + sizes.length * 3
     await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire), background ? this.#host.backgroundLimiter?.take(wire) : undefined])
     if (this.#drained) await this.#drained
     if (this.closed) return
     this.stats.rawOut += raw
-    this.stats.blocksOut += batch.sizes.length
-    if (!this.#send('BlockResponse', { id, codec, sizes: batch.sizes, data })) {
+    this.stats.blocksOut += sizes.length
+    if (!this.#send('BlockResponse', { id, codec, sizes, data })) {
       this.#drained ??= new Promise<void>(resolve => {
         const done = () => { this.#drained = undefined; resolve() }
         this.#stream.once('drain', done)
         this.once('close', done)
       })
     }
+  }
+
+  // The blocks asked for, packed (zstd where negotiated and it pays): read and packed on a
+  // block-pool worker when the host says where they are in files, else packed from what the
+  // host reads (a file that could not be read: its blocks are reported missing).
+  async #packBlocks (hashes: Buffer): Promise<{ sizes: number[], raw: number, data: Buffer, codec: CodecId }> {
+    const level = this.codec !== Codec.ZSTD ? 0 : this.#drained && !cpuBusy() ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL
+    const places = this.#host.locateBlocks?.(hashes)
+    if (places) {
+      const raw = places.sizes.reduce((sum, n) => sum + n, 0)
+      const packed = await blockPool().packFrom(places.reads, level, MIN_SAVING).catch(err => {
+        if ((err as OsfarmError).code === 'IO_ERROR') return undefined
+        throw err
+      })
+      if (packed) return { sizes: places.sizes, raw, data: packed.data, codec: packed.compressed ? Codec.ZSTD : Codec.RAW }
+    }
+    const batch = await this.#host.readBlocks(hashes)
+    const raw = batch.data.length
+    if (!level || !raw) return { sizes: batch.sizes, raw, data: batch.data, codec: Codec.RAW }
+    const packed = await blockPool().pack(batch.data, level, MIN_SAVING, batch.owned)
+    return { sizes: batch.sizes, raw, data: packed.data, codec: packed.compressed ? Codec.ZSTD : Codec.RAW }
   }
 }

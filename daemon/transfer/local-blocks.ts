@@ -1,14 +1,16 @@
 // Which local volume holds a block, in memory: the hot-path view of the catalog's locator, for
 // planning fetches and serving peers (a level lookup per hash is too slow at 1 Gbit). Filled from
 // the catalog at start, from registrations, and block by block from fetches in progress, so a
-// host part-way through a fetch serves what it has. Serves batches with coalesced reads.
+// host part-way through a fetch serves what it has. Says where a batch's blocks are, as
+// coalesced file ranges (read and packed on a block-pool worker).
 
 import fs from 'node:fs/promises'
 import { HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, blockLength, encodeManifest, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { HashIndex } from '../blocks/hash-index.js'
 import { encodeManifestDelta } from '../blocks/manifest-delta.js'
-import type { BlockBatch } from '../swarm/peer-session.js'
+import type { BlockBatch, BlockPlaces } from '../swarm/peer-session.js'
+import type { ReadRun } from '../blocks/block-worker.js'
 
 // An idle file handle is closed after this long.
 const HANDLE_IDLE_MS = 10_000
@@ -142,8 +144,33 @@ export class LocalBlocks {
     return delta
   }
 
-  // Reads the blocks in request order into one buffer; runs contiguous in a file and in the
-  // output are read with one call.
+  // Where the blocks are, in request order: each one's length (0: not here) and the file
+  // ranges to read, merged where contiguous in a file and in the output. Serving reads them
+  // on a block-pool worker (BlockPool.packFrom).
+  locateBlocks (hashes: Buffer): BlockPlaces {
+    const sizes: number[] = []
+    const reads: ReadRun[] = []
+    let last: (ReadRun & { v?: Volume }) | undefined
+    for (let o = 0; o < hashes.length; o += HASH_BYTES) {
+      const packed = this.#where.get(hashes, o)
+      const v = packed < 0 ? undefined : this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
+      if (!v) { sizes.push(0); continue }
+      const index = packed % VOLUME_SHIFT
+      const len = blockLength(v.manifest, index)
+      const pos = index * v.manifest.blockSize
+      sizes.push(len)
+      if (last?.v === v && last.pos + last.len === pos) {
+        last.len += len
+      } else {
+        last = { path: v.path, pos, len, v }
+        reads.push(last)
+      }
+    }
+    return { sizes, reads: reads.map(r => ({ path: r.path, pos: r.pos, len: r.len })) }
+  }
+
+  // Reads the blocks in request order into one buffer here; runs contiguous in a file and in
+  // the output are read with one call.
   async readBlocks (hashes: Buffer): Promise<BlockBatch> {
     const count = hashes.length / HASH_BYTES
     const sizes: number[] = new Array(count)
