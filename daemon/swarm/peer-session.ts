@@ -20,12 +20,14 @@ const MAX_QUEUED_REQUESTS = 512
 const SERVE_CONCURRENCY = 4
 // Compress a response only when it saves at least this fraction.
 const MIN_SAVING = 0.05
-// zstd level: fast while the link keeps up; stronger while responses wait for the link to
-// drain (the link is the limit, so the packing time is free and the bytes are not), unless
-// every core is busy (then packing time is not free: bench:seed, 6 receivers on 2 cores, 19.7 s
-// at level 3, 18.3 s at level 1).
+// zstd level: fast while the link keeps up; stronger while responses wait for the link (or an
+// upload limit) at least LINK_WAIT_MS each (the link is the limit, so the packing time is free
+// and the bytes are not), unless every core is busy (then packing time is not free: bench:seed,
+// 6 receivers on 2 cores, 19.7 s at level 3, 18.3 s at level 1). A shorter wait is only the
+// frame being handed to the transport: at 1 Gbit, level 3 on such waits slowed packing.
 const ZSTD_LEVEL = 1
 const ZSTD_LEVEL_LINK_BOUND = 3
+const LINK_WAIT_MS = 3
 // Rate estimate: exponentially weighted over about this many milliseconds.
 const RATE_WINDOW_MS = 2000
 
@@ -135,6 +137,8 @@ export class PeerSession extends EventEmitter {
   #background: Array<{ id: number, hashes: Buffer }> = []
   #serving = 0
   #drained: Promise<void> | undefined
+  // The last response waited for the link (or an upload limit): see ZSTD_LEVEL.
+  #linkBound = false
   #rateAt = performance.now()
   #readyResolve!: () => void
   #readyReject!: (err: Error) => void
@@ -442,8 +446,10 @@ export class PeerSession extends EventEmitter {
     const { sizes, raw, data, codec } = await this.#packBlocks(hashes)
     if (this.closed) return
     const wire = data.length + 16 + sizes.length * 3
+    const waitFrom = performance.now()
     await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire), background ? this.#host.backgroundLimiter?.take(wire) : undefined])
     if (this.#drained) await this.#drained
+    this.#linkBound = performance.now() - waitFrom >= LINK_WAIT_MS
     if (this.closed) return
     this.stats.rawOut += raw
     this.stats.blocksOut += sizes.length
@@ -460,7 +466,7 @@ export class PeerSession extends EventEmitter {
   // block-pool worker when the host says where they are in files, else packed from what the
   // host reads (a file that could not be read: its blocks are reported missing).
   async #packBlocks (hashes: Buffer): Promise<{ sizes: number[], raw: number, data: Buffer, codec: CodecId }> {
-    const level = this.codec !== Codec.ZSTD ? 0 : this.#drained && !cpuBusy() ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL
+    const level = this.codec !== Codec.ZSTD ? 0 : this.#linkBound && !cpuBusy() ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL
     const places = this.#host.locateBlocks?.(hashes)
     if (places) {
       const raw = places.sizes.reduce((sum, n) => sum + n, 0)

@@ -87,3 +87,17 @@ declare module 'hyperswarm' {
     on (event: string, fn: (...args: any[]) => void): this
   }
 }
+
+// The transport bench's view of udx-native (scripts/bench/udx-stream.ts).
+declare module 'udx-native' {
+  import type { EventEmitter } from 'node:events'
+  interface UdxSocket { bind (port: number, host: string): void }
+  interface UdxStream extends EventEmitter {
+    connect (socket: UdxSocket, remoteId: number, port: number, host: string): void
+    write (data: Buffer): boolean
+  }
+  export default class UDX {
+    createSocket (): UdxSocket
+    createStream (id: number): UdxStream
+  }
+}

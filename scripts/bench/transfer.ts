@@ -6,7 +6,8 @@
 // The daemons' data dirs live on a loop-mounted XFS with reflink, so a snapshot costs no copy.
 // Wire bytes are the receiving interface's rx+tx byte counters (everything: framing, DHT, acks).
 // Needs root. Env: BENCH_RATES=100mbit,1gbit  BENCH_PAIRS=independent,layer  BENCH_RUNS=1
-// BENCH_BASELINES=0 (osfarm only)  BENCH_THREE=0 (skip the 3-peer run)
+// BENCH_BASELINES=0 (osfarm only)  BENCH_THREE=0 (skip the 3-peer run)  BENCH_NODE_FLAGS (for
+// every daemon, e.g. --cpu-prof)
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
@@ -108,7 +109,7 @@ async function startHost (ns: string, addr: string): Promise<Host> {
   await fs.rm(dir, { recursive: true, force: true })
   await fs.mkdir(dir, { recursive: true })
   const socket = path.join(dir, 'osfarmd.sock')
-  const proc = bg(ns, 'node', [OSFARMD, '--data', path.join(dir, 'data'), '--socket', socket, '--log-level', process.env.BENCH_LOG_LEVEL ?? 'warn'])
+  const proc = bg(ns, 'node', [...(process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean), OSFARMD, '--data', path.join(dir, 'data'), '--socket', socket, '--log-level', process.env.BENCH_LOG_LEVEL ?? 'warn'])
   await waitFor(proc, 'osfarmd ready').catch(() => {})
   const h: Host = { ns, addr, dir, socket, proc, key: '' }
   for (let i = 0; i < 100; i++) {
@@ -233,6 +234,22 @@ async function baselines (S: string, T: string): Promise<Row[]> {
   return rows
 }
 
+// The transport alone: the same bytes osfarm must move, over one raw UDX stream (no crypto, no
+// framing, no disk) from p1 to h0; a ceiling for osfarm, which rides on UDX.
+async function udxCeiling (bytes: number): Promise<Row> {
+  const script = path.join(ROOT, 'dist/scripts/bench/udx-stream.js')
+  const recv = bg('h0', 'node', [script, 'recv', '40000', '10.201.1.2', '40001', String(bytes)])
+  await waitFor(recv, 'ready')
+  let out = ''
+  recv.stdout!.on('data', d => { out += d })
+  const done = new Promise<void>((resolve, reject) => recv.once('exit', code => code === 0 ? resolve() : reject(new Error(`udx-stream exited ${code}`))))
+  const send = bg('p1', 'node', [script, 'send', '40001', '10.201.1.1', '40000', String(bytes)])
+  const t = await timed(() => done)
+  send.kill('SIGKILL')
+  const r = JSON.parse(out.trim().split('\n').pop()!) as { seconds: number, cpu: number }
+  return { method: 'raw UDX stream, same bytes (transport ceiling)', seconds: r.seconds, wire: t.wire, note: `no encryption, framing or disk; receiver ${r.cpu.toFixed(2)} CPU s` }
+}
+
 // ---- osfarm ----
 
 async function osfarmRun (b: Host, name: string, from?: Host, servers: Host[] = from ? [from] : []): Promise<{ row: Row, stats: any }> {
@@ -324,11 +341,13 @@ async function main (): Promise<void> {
         }
         rows.push(best!.row)
         if (process.env.BENCH_BASELINES !== '0') rows.push(...await baselines(files.S, T))
+        const ceiling = await udxCeiling(lim.compressed + lim.manifest)
         const limitS = (lim.compressed + lim.manifest) * 8 / BPS[rate]!
-        table(`### ${rate}: move T to a host holding S`, nonZeroBytes, rows)
+        table(`### ${rate}: move T to a host holding S`, nonZeroBytes, [...rows, ceiling])
         const base = rows.slice(1).reduce((m, r) => Math.min(m, r.seconds), Infinity)
         const jobS = best!.stats.elapsedMs / 1000
         console.log(`\nphysical limit ${limitS.toFixed(2)} s; osfarm reaches ${(100 * limitS / best!.row.seconds).toFixed(0)}% of it by CLI wall time, ${(100 * limitS / jobS).toFixed(0)}% by job time; ${(base / best!.row.seconds).toFixed(2)}× faster than the best baseline (${base.toFixed(2)} s)`)
+        console.log(`the transport alone (raw UDX, same bytes) takes ${ceiling.seconds.toFixed(2)} s here: ${(100 * limitS / ceiling.seconds).toFixed(0)}% of the physical limit; osfarm reaches ${(100 * ceiling.seconds / jobS).toFixed(0)}% of the transport's rate by job time`)
       }
       await stopHosts([a, b])
     }
