@@ -35,7 +35,7 @@ export interface Advert {
 }
 export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[], features?: string[] }
 export interface Adverts { adverts: Advert[] }
-export interface ManifestRequest { id: number, root: Buffer, offset?: number | null, base?: Buffer | null }
+export interface ManifestRequest { id: number, root: Buffer, offset?: number | null, base?: Buffer | null, length?: number | null }
 export interface ManifestResponse { id: number, total: number, offset: number, data: Buffer, delta?: boolean | null }
 export interface Have { root: Buffer, start: number, bitfield: Buffer, complete?: boolean | null }
 export interface BlockRequest { id: number, hashes: Buffer, background?: boolean | null }
@@ -48,7 +48,7 @@ export interface StageStatus { id: string, seq: number, state: string, done?: nu
 export interface SeedDefaults { version: number, policies: string, author: Buffer, signature: Buffer }
 
 // What this version understands beyond wire version 1 (sent in Hello.features).
-export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta'] as const
+export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta', 'manifest-range'] as const
 export type Feature = typeof FEATURES[number]
 export const MAX_LABELS = 32
 export const MAX_SEED_DEFAULTS_BYTES = 64 << 10

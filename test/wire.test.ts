@@ -105,6 +105,25 @@ t.test('adverts are signed by the builder key', async t => {
   t.equal(back.type, 'Adverts')
 })
 
+t.test('a manifest is fetched in ranged parts spread over its holders', async t => {
+  const [a, b] = pair()
+  const [c, d] = pair()
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), host('b'))
+  const sc = new PeerSession(c, Buffer.alloc(32, 3), host('a'))
+  const sd = new PeerSession(d, Buffer.alloc(32, 1), host('d'))
+  await Promise.all([sa.ready, sb.ready, sc.ready, sd.ready])
+  t.ok(sa.supports('manifest-range'))
+  const m = await sa.getManifest(manifestRoot, 16 << 20, [sc])
+  t.ok(m.equals(manifestBytes), 'byte-identical')
+  // 256 KiB first from b, then 2.75 MiB in 3 parts: d, b, d.
+  const part = Math.ceil((manifestBytes.length - (256 << 10)) / 3)
+  t.equal(sb.stats.rawOut, (256 << 10) + part, 'b: the first chunk and one part')
+  t.equal(sd.stats.rawOut, manifestBytes.length - (256 << 10) - part, 'd: two parts')
+  t.equal(sb.stats.rawOut + sd.stats.rawOut, manifestBytes.length, 'each byte asked for once')
+  for (const s of [sa, sc]) s.destroy()
+})
+
 t.test('a session serves manifests in chunks and blocks compressed', async t => {
   const [a, b] = pair()
   const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))

@@ -18,6 +18,8 @@ const REQUEST_TIMEOUT_MS = 60_000
 // A peer may queue this many block requests with us; more is a protocol violation.
 const MAX_QUEUED_REQUESTS = 512
 const SERVE_CONCURRENCY = 4
+// A manifest's first chunk, from a peer that takes ranges (see getManifest).
+const MANIFEST_FIRST_CHUNK = 256 << 10
 // Compress a response only when it saves at least this fraction.
 const MIN_SAVING = 0.05
 // zstd level: fast while the link keeps up; stronger while responses wait for the link (or an
@@ -201,24 +203,30 @@ export class PeerSession extends EventEmitter {
 
   // The whole manifest encoding, in chunks: the first (from this peer) tells the size; the rest
   // are asked for at once, spread over this peer and `helpers` (other holders), each asked here
-  // again if its helper fails. The caller verifies it against the root.
+  // again if its helper fails. Where the holders take ranges, the first chunk is small and the
+  // rest is cut into one part per holder (a 2 MB manifest from 3 peers at 100 Mbit: 0.19 s in
+  // 1 MiB chunks). The caller verifies it against the root.
   async getManifest (root: Buffer, maxBytes: number, helpers: PeerSession[] = []): Promise<Buffer> {
-    const first = await this.#manifestChunk(root, 0, maxBytes)
-    const from: PeerSession[] = [this, ...helpers.filter(h => h !== this)]
+    const ranged = this.supports('manifest-range')
+    const first = await this.#manifestChunk(root, 0, ranged ? MANIFEST_FIRST_CHUNK : MAX_MANIFEST_CHUNK, maxBytes)
+    const from: PeerSession[] = [this, ...helpers.filter(h => h !== this && (!ranged || h.supports('manifest-range')))]
+    const rest = first.total - first.data.length
+    const size = ranged ? Math.ceil(rest / Math.max(from.length, Math.ceil(rest / MAX_MANIFEST_CHUNK))) : MAX_MANIFEST_CHUNK
     const offsets: number[] = []
-    for (let o = first.data.length; o < first.total; o += MAX_MANIFEST_CHUNK) offsets.push(o)
-    const rest = await Promise.all(offsets.map((o, k) => {
-      const ask = (p: PeerSession) => p.#manifestChunk(root, o, maxBytes, first.total)
+    for (let o = first.data.length; o < first.total; o += size) offsets.push(o)
+    const parts = await Promise.all(offsets.map((o, k) => {
+      const ask = (p: PeerSession) => p.#manifestChunk(root, o, size, maxBytes, first.total)
       const p = from[(k + 1) % from.length]!
       return p === this ? ask(this) : ask(p).catch(() => ask(this))
     }))
-    return Buffer.concat([first.data, ...rest.map(r => r.data)])
+    return Buffer.concat([first.data, ...parts.map(r => r.data)])
   }
 
-  // One chunk of a manifest's encoding: MAX_MANIFEST_CHUNK bytes from `offset` (fewer at the end).
-  async #manifestChunk (root: Buffer, offset: number, maxBytes: number, total?: number): Promise<{ data: Buffer, total: number }> {
-    const r = await this.#request('ManifestRequest', 'ManifestResponse', id => ({ id, root, offset }))
-    const want = Math.min(MAX_MANIFEST_CHUNK, r.total - offset)
+  // `length` bytes of a manifest's encoding from `offset` (fewer at the end); a length other
+  // than MAX_MANIFEST_CHUNK only of a peer that takes ranges.
+  async #manifestChunk (root: Buffer, offset: number, length: number, maxBytes: number, total?: number): Promise<{ data: Buffer, total: number }> {
+    const r = await this.#request('ManifestRequest', 'ManifestResponse', id => length === MAX_MANIFEST_CHUNK ? { id, root, offset } : { id, root, offset, length })
+    const want = Math.min(length, r.total - offset)
     if (r.offset !== offset || r.total > maxBytes || (total !== undefined && r.total !== total) || want <= 0 || r.data.length !== want) throw PROTOCOL_ERROR('bad manifest chunk')
     return { data: r.data, total: r.total }
   }
@@ -364,7 +372,7 @@ export class PeerSession extends EventEmitter {
         this.#host.onHave(this, msg.body)
         return
       case 'ManifestRequest':
-        this.#serveManifest(msg.body.id, msg.body.root, msg.body.offset ?? 0, msg.body.base ?? undefined)
+        this.#serveManifest(msg.body.id, msg.body.root, msg.body.offset ?? 0, msg.body.length || MAX_MANIFEST_CHUNK, msg.body.base ?? undefined)
         return
       case 'BlockRequest':
         if (this.#queue.length + this.#background.length >= MAX_QUEUED_REQUESTS) throw PROTOCOL_ERROR('too many queued requests')
@@ -413,14 +421,14 @@ export class PeerSession extends EventEmitter {
     }
   }
 
-  #serveManifest (id: number, root: Buffer, offset: number, base?: Buffer): void {
+  #serveManifest (id: number, root: Buffer, offset: number, length: number, base?: Buffer): void {
     const delta = base && this.#host.readManifestDelta ? this.#host.readManifestDelta(root, base) : Promise.resolve(undefined)
     delta.catch(() => undefined).then(async d => ({ enc: d ?? await this.#host.readManifest(root), delta: !!d })).then(({ enc, delta }) => {
       if (!enc) {
         this.#send('Error', { id, code: 'NOT_FOUND', message: 'no such manifest' })
         return
       }
-      const data = enc.subarray(offset, offset + MAX_MANIFEST_CHUNK)
+      const data = enc.subarray(offset, offset + Math.min(length, MAX_MANIFEST_CHUNK))
       this.stats.rawOut += data.length
       this.#send('ManifestResponse', delta ? { id, total: enc.length, offset, data, delta } : { id, total: enc.length, offset, data })
     }, err => {
