@@ -240,8 +240,8 @@ export interface SeedPolicyParams {
   maxSize?: number
   // Higher goes first among seed fetches (users' own jobs always go before any).
   priority?: number
-  // Bytes per second: how fast this policy's fetches download, and (the smallest over the
-  // policies) how fast this host serves seeding requests. 0 or absent: no limit.
+  // Bytes per second: how fast this policy's fetches download, and how fast this host serves
+  // seeding requests for the images it wants (all of them together). 0 or absent: no limit.
   uploadLimit?: number
   downloadLimit?: number
   // Publish as a fleet-wide default: every host of the fleet applies it.
@@ -260,6 +260,9 @@ export interface SeedPolicy {
   // 'host': this host's own; 'fleet': a fleet-wide default (any allowed host may change it).
   scope: 'host' | 'fleet'
   createdAt: string
+  // In listings: bytes this host has served to seeding requests under this policy since it
+  // started.
+  uploaded?: number
 }
 
 export interface SeedHolder {

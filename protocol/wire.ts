@@ -38,7 +38,7 @@ export interface Adverts { adverts: Advert[] }
 export interface ManifestRequest { id: number, root: Buffer, offset?: number | null, base?: Buffer | null, length?: number | null }
 export interface ManifestResponse { id: number, total: number, offset: number, data: Buffer, delta?: boolean | null }
 export interface Have { root: Buffer, start: number, bitfield: Buffer, complete?: boolean | null }
-export interface BlockRequest { id: number, hashes: Buffer, background?: boolean | null }
+export interface BlockRequest { id: number, hashes: Buffer, background?: boolean | null, root?: Buffer | null }
 export interface BlockResponse { id: number, codec: CodecId, sizes: number[], data: Buffer }
 export interface WireError { id?: number | null, code: string, message?: string | null }
 export interface Cancel { id: number }
@@ -171,6 +171,7 @@ function check (msg: Message): void {
     case 'BlockRequest': {
       const n = msg.body.hashes.length / HASH_BYTES
       if (!Number.isInteger(n) || n < 1 || n > MAX_HASHES_PER_REQUEST) throw bad('hash count')
+      if (msg.body.root && !isHash(msg.body.root)) throw bad('root')
       break
     }
     case 'BlockResponse': {

@@ -86,6 +86,9 @@ t.test('a fleet-wide policy seeds every host with no user action; a late host ca
   await holds(d, img1.root)
   t.same((await d.ctlJson('seed', 'ls')).map((p: any) => p.id), [policy.id], 'the late host applies the fleet policy')
   t.pass('the late host caught up')
+  // What D's seed fetch took from the others went out under their policy for that image.
+  const uploaded = await Promise.all([a, b, c].map(async x => (await x.ctlJson('seed', 'ls'))[0].uploaded as number))
+  t.ok(uploaded.reduce((s, n) => s + n, 0) > 0, `served under the policy: ${uploaded.join(', ')} bytes`)
 
   // A newer version: every host fetches it and, keeping 1, releases the old one.
   const img2 = await a.ctlJson('image', 'import', v2.derived, '--name', 'app-2', '--label', 'role=web')

@@ -84,7 +84,7 @@ t.test('frames round-trip and split anywhere', async t => {
     const out = [...d.push(all.subarray(0, cut)), ...d.push(all.subarray(cut))]
     t.equal(out.length, frames.length)
     if (cut === 0) {
-      t.same(decodeMessage(out[1]!), { type: 'BlockRequest', body: { id: 7, hashes: Buffer.alloc(64, 1), background: false } })
+      t.same(decodeMessage(out[1]!), { type: 'BlockRequest', body: { id: 7, hashes: Buffer.alloc(64, 1), background: false, root: null } })
       t.equal(decodeMessage(out[2]!).type, 'BlockResponse')
     }
   }
@@ -122,6 +122,23 @@ t.test('a manifest is fetched in ranged parts spread over its holders', async t 
   t.equal(sd.stats.rawOut, manifestBytes.length - (256 << 10) - part, 'd: two parts')
   t.equal(sb.stats.rawOut + sd.stats.rawOut, manifestBytes.length, 'each byte asked for once')
   for (const s of [sa, sc]) s.destroy()
+})
+
+t.test('a seeding request names its image, and is served under that image\'s limiter', async t => {
+  const [a, b] = pair()
+  const asked: Array<string | undefined> = []
+  const limiter = new RateLimiter(0)
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), { ...host('b'), backgroundLimiter: root => { asked.push(root?.toString('hex')); return limiter } })
+  await Promise.all([sa.ready, sb.ready])
+  const hashes = Buffer.concat([...blocks.keys()].slice(0, 4).map(k => Buffer.from(k, 'hex')))
+  const root = Buffer.alloc(32, 7)
+  const got = await sa.getBlocks(hashes, undefined, root)
+  t.equal(got.sizes.length, 4)
+  await sa.getBlocks(hashes)
+  t.same(asked, [root.toString('hex')], 'the limiter is asked for once, for the background request\'s image')
+  t.ok(limiter.bytes >= got.data.length * 0.2, `and counts what went out (${limiter.bytes} bytes)`)
+  sa.destroy()
 })
 
 t.test('a session serves manifests in chunks and blocks compressed', async t => {

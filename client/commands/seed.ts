@@ -15,7 +15,7 @@ export function register (program: Command, ctx: CliContext): void {
     .option('-k, --keep <n>', 'newest versions to hold', parseCount, 1)
     .option('--max-size <size>', 'never images larger than this (e.g. 8G)', parseSize)
     .option('-p, --priority <n>', 'higher goes first among seed fetches', Number, 0)
-    .option('--upload-limit <rate>', 'serve seeding requests at most this fast, bytes/s (e.g. 10M)', parseSize)
+    .option('--upload-limit <rate>', 'serve seeding requests for the images it wants at most this fast, bytes/s (e.g. 10M)', parseSize)
     .option('--download-limit <rate>', 'fetch at most this fast, bytes/s (e.g. 10M)', parseSize)
     .option('--fleet', 'a fleet-wide default: every host of the fleet applies it')
     .option('--json', 'print JSON')
@@ -40,9 +40,10 @@ export function register (program: Command, ctx: CliContext): void {
     .action(opts => withClient(ctx, async c => {
       const list = await c.call('seed.list', {})
       if (opts.json) return printJson(list)
-      printTable(['ID', 'SCOPE', 'MATCH', 'LABEL', 'KEEP', 'MAX SIZE', 'PRIO', 'UP LIMIT', 'DOWN LIMIT'], list.map(p => [
+      printTable(['ID', 'SCOPE', 'MATCH', 'LABEL', 'KEEP', 'MAX SIZE', 'PRIO', 'UP LIMIT', 'DOWN LIMIT', 'UPLOADED'], list.map(p => [
         p.id, p.scope, p.match, p.label ?? '-', p.keep, p.maxSize ? humanBytes(p.maxSize) : '-', p.priority,
-        p.uploadLimit ? `${humanBytes(p.uploadLimit)}/s` : '-', p.downloadLimit ? `${humanBytes(p.downloadLimit)}/s` : '-'
+        p.uploadLimit ? `${humanBytes(p.uploadLimit)}/s` : '-', p.downloadLimit ? `${humanBytes(p.downloadLimit)}/s` : '-',
+        humanBytes(p.uploaded ?? 0)
       ]))
     }))
 

@@ -88,7 +88,7 @@ export function methodTable (d: Daemon): MethodTable {
       write: true,
       handler: p => d.seeds.add(p)
     },
-    'seed.list': { params: {}, write: false, handler: () => d.seeds.policies() },
+    'seed.list': { params: {}, write: false, handler: () => d.seeds.list() },
     'seed.remove': { params: id, write: true, handler: p => d.seeds.remove(p.id) },
     'seed.status': { params: {}, write: false, handler: () => d.seeds.status() },
     'seed.cap': { params: { bytes: { type: 'number' } }, write: true, handler: p => d.seeds.setCap(p.bytes) },

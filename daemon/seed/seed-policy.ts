@@ -113,8 +113,14 @@ export function chooseWanted (policies: SeedPolicy[], offers: Offer[]): Map<stri
   return wanted
 }
 
-// The host's background upload limit: the smallest any policy sets (0: none).
-export function backgroundUploadLimit (policies: SeedPolicy[]): number {
-  const limits = policies.map(p => p.uploadLimit).filter(n => n > 0)
-  return limits.length ? Math.min(...limits) : 0
+// Whose upload limit governs serving an image that `policies` want: the most generous (no limit
+// beats any), as for downloads.
+export function uploadPolicy (policies: SeedPolicy[]): SeedPolicy | undefined {
+  const generous = (p: SeedPolicy) => p.uploadLimit === 0 ? Infinity : p.uploadLimit
+  return policies.reduce<SeedPolicy | undefined>((best, p) => !best || generous(p) > generous(best) ? p : best, undefined)
+}
+
+// For a seeding request that does not name its image (an older peer): the strictest limit.
+export function strictestUploadPolicy (policies: SeedPolicy[]): SeedPolicy | undefined {
+  return policies.filter(p => p.uploadLimit > 0).sort((a, b) => a.uploadLimit - b.uploadLimit)[0]
 }

@@ -16,7 +16,8 @@ import type { FetchResult, ImageInfo, JobInfo, SeedHolder, SeedImageStatus, Seed
 import { BAD_PARAMS, NOT_FOUND } from '../../protocol/errors.js'
 import { seedDefaultsSigningBytes, type SeedDefaults } from '../../protocol/wire.js'
 import { sign, verify } from '../swarm/identity.js'
-import { backgroundUploadLimit, checkPolicy, chooseWanted, MAX_POLICIES, newPolicy, type Offer, type Want } from './seed-policy.js'
+import { RateLimiter } from '../swarm/rate-limiter.js'
+import { checkPolicy, chooseWanted, MAX_POLICIES, newPolicy, strictestUploadPolicy, uploadPolicy, type Offer, type Want } from './seed-policy.js'
 
 // Seed fetches at once; a failed one is tried again after RETRY_MS.
 const CONCURRENCY = 2
@@ -66,6 +67,8 @@ export class SeedService {
   readonly #waiting = new Map<string, string>()
   readonly #firstSeen = new Map<string, number>()
   #wanted = new Map<string, Want>()
+  // Per policy: its upload limit for seeding requests, and the count of what went out under it.
+  readonly #uploads = new Map<string, RateLimiter>()
   #timer: NodeJS.Timeout | undefined
   #sweeper: NodeJS.Timeout | undefined
   #busy: Promise<void> | undefined
@@ -104,6 +107,11 @@ export class SeedService {
 
   policies (): SeedPolicy[] {
     return [...this.#policies.values(), ...this.#fleetPolicies].sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+  }
+
+  // The policies with what this host has served under each since it started.
+  list (): SeedPolicy[] {
+    return this.policies().map(p => ({ ...p, uploaded: this.#uploads.get(p.id)?.bytes ?? 0 }))
   }
 
   async add (params: SeedPolicyParams): Promise<SeedPolicy> {
@@ -199,8 +207,27 @@ export class SeedService {
     swarm.on('peer-closed', kick)
     swarm.on('peer', (s: PeerSession) => { this.#sendDefaults(s); kick() })
     swarm.on('SeedDefaults', (s: PeerSession, body: SeedDefaults) => this.#onDefaults(swarm, s, body))
-    swarm.backgroundLimiter.rate = backgroundUploadLimit(this.policies())
+    this.#syncUploads(this.policies())
+    swarm.backgroundLimits = rootHex => this.#uploadLimiter(rootHex)
     kick()
+  }
+
+  // ---- upload limits ----
+
+  #syncUploads (policies: SeedPolicy[]): void {
+    for (const p of policies) {
+      const limiter = this.#uploads.get(p.id) ?? new RateLimiter(0)
+      limiter.rate = p.uploadLimit
+      this.#uploads.set(p.id, limiter)
+    }
+    for (const id of this.#uploads.keys()) if (!policies.some(p => p.id === id)) this.#uploads.delete(id)
+  }
+
+  // A seeding request for `rootHex` goes out under the policy that wants that image here (an
+  // image no policy wants: no seeding limit); one that names no image, under the strictest.
+  #uploadLimiter (rootHex?: string): RateLimiter | undefined {
+    const p = rootHex === undefined ? strictestUploadPolicy(this.policies()) : uploadPolicy(this.#wanted.get(rootHex)?.policies ?? [])
+    return p && this.#uploads.get(p.id)
   }
 
   // ---- applying the policies ----
@@ -272,7 +299,7 @@ export class SeedService {
     const swarm = this.#d.transfers.swarm
     if (!swarm || this.#stopped) return
     const policies = this.policies()
-    swarm.backgroundLimiter.rate = backgroundUploadLimit(policies)
+    this.#syncUploads(policies)
     const images = await this.#d.images.list()
     const byId = new Map(images.map(i => [i.id, i]))
     const local = new Set(images.map(i => i.root))

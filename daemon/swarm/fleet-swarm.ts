@@ -52,8 +52,8 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   readonly hostName: string
   readonly codecs: CodecId[]
   readonly uploadLimiter: RateLimiter
-  // Serving background (seeding) requests; its rate is set by the seed service (0: no limit).
-  readonly backgroundLimiter = new RateLimiter(0)
+  // Set by the seed service: the upload limit for background (seeding) requests for an image.
+  backgroundLimits: ((rootHex?: string) => RateLimiter | undefined) | undefined
   readonly sessions = new Map<string, PeerSession>()
   config: FleetConfig
   #swarm: Hyperswarm
@@ -301,6 +301,10 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   readBlocks (hashes: Buffer): Promise<BlockBatch> {
     return this.#source.readBlocks(hashes)
+  }
+
+  backgroundLimiter (root?: Buffer): RateLimiter | undefined {
+    return this.backgroundLimits?.(root?.toString('hex'))
   }
 
   locateBlocks (hashes: Buffer): BlockPlaces | undefined {

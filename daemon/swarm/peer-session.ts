@@ -69,9 +69,10 @@ export interface SessionHost {
   // Where blocks are in files (none: the source is not files): they are then read off the
   // main thread.
   locateBlocks? (hashes: Buffer): BlockPlaces | undefined
-  // Seeding and pre-staging (optional): background requests' upload limit, manifest deltas,
-  // withdrawn adverts and the service messages (Stage, StageStatus, SeedDefaults).
-  readonly backgroundLimiter?: RateLimiter
+  // Seeding and pre-staging (optional): the upload limit for background requests for an image
+  // (none named: the strictest), manifest deltas, withdrawn adverts and the service messages
+  // (Stage, StageStatus, SeedDefaults).
+  backgroundLimiter? (root?: Buffer): RateLimiter | undefined
   readManifestDelta? (root: Buffer, base: Buffer): Promise<Buffer | undefined>
   onWithdraw? (session: PeerSession, roots: Buffer[]): void
   onService? (session: PeerSession, msg: ServiceMessage): void
@@ -136,7 +137,7 @@ export class PeerSession extends EventEmitter {
   #nextId = 1
   #queue: Array<{ id: number, hashes: Buffer }> = []
   // Background (seeding) requests wait until no foreground request is queued.
-  #background: Array<{ id: number, hashes: Buffer }> = []
+  #background: Array<{ id: number, hashes: Buffer, root?: Buffer | null }> = []
   #serving = 0
   #drained: Promise<void> | undefined
   // The last response waited for the link (or an upload limit): see ZSTD_LEVEL.
@@ -253,11 +254,12 @@ export class PeerSession extends EventEmitter {
   }
 
   // Blocks by hash; resolves with their raw bytes (not yet verified: the caller checks hashes).
-  // Background requests (seeding) are served after foreground ones, under a separate limit.
+  // `background`: the root of the image a seeding fetch wants; such requests are served after
+  // foreground ones, under the upload limit of the server's seed policy for that image.
   // `into`: valid blocks are written to that file there and then, and `data` comes back empty.
-  async getBlocks (hashes: Buffer, onId?: (id: number) => void, background = false, into?: BlockTarget): Promise<BlockBatch> {
+  async getBlocks (hashes: Buffer, onId?: (id: number) => void, background?: Buffer, into?: BlockTarget): Promise<BlockBatch> {
     const count = hashes.length / HASH_BYTES
-    const r: BlockResponse = await this.#request('BlockRequest', 'BlockResponse', id => { onId?.(id); return background ? { id, hashes, background } : { id, hashes } })
+    const r: BlockResponse = await this.#request('BlockRequest', 'BlockResponse', id => { onId?.(id); return background ? { id, hashes, background: true, root: background } : { id, hashes } })
     if (r.sizes.length !== count) throw PROTOCOL_ERROR('block response does not match its request')
     let raw = 0
     for (const s of r.sizes) raw += s
@@ -439,9 +441,9 @@ export class PeerSession extends EventEmitter {
   #pump (): void {
     while (this.#serving < SERVE_CONCURRENCY && (this.#queue.length || this.#background.length) && !this.closed) {
       const background = !this.#queue.length
-      const req = (background ? this.#background : this.#queue).shift()!
+      const req: { id: number, hashes: Buffer, root?: Buffer | null } = (background ? this.#background : this.#queue).shift()!
       this.#serving++
-      this.#serve(req.id, req.hashes, background).catch(err => {
+      this.#serve(req.id, req.hashes, background ? req.root ?? null : undefined).catch(err => {
         this.#send('Error', { id: req.id, code: OsfarmError.from(err).code, message: 'blocks unavailable' })
       }).finally(() => {
         this.#serving--
@@ -450,12 +452,14 @@ export class PeerSession extends EventEmitter {
     }
   }
 
-  async #serve (id: number, hashes: Buffer, background = false): Promise<void> {
+  // `background`: a seeding request (null when it did not name its image), served under the
+  // upload limit of the seed policy that wants that image.
+  async #serve (id: number, hashes: Buffer, background?: Buffer | null): Promise<void> {
     const { sizes, raw, data, codec } = await this.#packBlocks(hashes)
     if (this.closed) return
     const wire = data.length + 16 + sizes.length * 3
     const waitFrom = performance.now()
-    await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire), background ? this.#host.backgroundLimiter?.take(wire) : undefined])
+    await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire), background !== undefined ? this.#host.backgroundLimiter?.(background ?? undefined)?.take(wire) : undefined])
     if (this.#drained) await this.#drained
     this.#linkBound = performance.now() - waitFrom >= LINK_WAIT_MS
     if (this.closed) return

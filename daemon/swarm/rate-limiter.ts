@@ -4,6 +4,8 @@
 const MIN_BURST = 2 << 20
 
 export class RateLimiter {
+  // Bytes taken through it (reserve() and take()).
+  bytes = 0
   #rate: number
   #tokens: number
   #last = performance.now()
@@ -23,20 +25,21 @@ export class RateLimiter {
   // holds them, else takes nothing and returns the milliseconds until it will. Not to be mixed
   // with take() on one limiter.
   reserve (n: number): number {
-    if (this.#rate <= 0) return 0
+    if (this.#rate <= 0) { this.bytes += n; return 0 }
     const now = performance.now()
     this.#tokens = Math.min(this.#burst, this.#tokens + (now - this.#last) * this.#rate / 1000)
     this.#last = now
     const need = Math.min(n, this.#burst)
     if (this.#tokens >= need) {
       this.#tokens -= n
+      this.bytes += n
       return 0
     }
     return Math.max(1, Math.ceil((need - this.#tokens) * 1000 / this.#rate))
   }
 
   take (n: number): Promise<void> {
-    if (this.#rate <= 0) return Promise.resolve()
+    if (this.#rate <= 0) { this.bytes += n; return Promise.resolve() }
     const next = this.#queue.then(() => this.#wait(n))
     this.#queue = next
     return next
@@ -49,6 +52,7 @@ export class RateLimiter {
       this.#last = now
       if (this.#rate <= 0 || this.#tokens >= Math.min(n, this.#burst)) {
         this.#tokens -= n
+        this.bytes += n
         return
       }
       const ms = Math.min(1000, Math.ceil((Math.min(n, this.#burst) - this.#tokens) * 1000 / this.#rate))

@@ -665,7 +665,7 @@ export class Fetcher {
     ps.inflight.add(req)
     const bs = this.#m.blockSize
     const into = { path: this.#o.path, at: us.map(u => this.#entries[u]!.indices.map(i => i * bs)) }
-    ps.session.getBlocks(hashes, id => { req.id = id }, this.#o.background, into).then(
+    ps.session.getBlocks(hashes, id => { req.id = id }, this.#o.background ? this.#m.root : undefined, into).then(
       batch => this.#onBatch(ps, req, batch),
       err => this.#onFail(ps, req, err)
     ).catch(err => this.#abort(err))
