@@ -309,11 +309,20 @@ export class PeerSession extends EventEmitter {
     this.emit('close', err)
   }
 
+  // False when the stream is backed up; #drained then settles once it has drained. The secret
+  // stream's own buffer is used only while nothing waits in it: a frame written behind others
+  // would find that buffer taken by a later one, and be copied after all.
   #send<K extends MessageName> (type: K, body: MessageMap[K]): boolean {
     if (this.closed) return false
-    const frame = encodeFrame(type, body, this.#alloc)
+    const frame = encodeFrame(type, body, this.#drained ? Buffer.allocUnsafe : this.#alloc)
     this.stats.bytesOut += frame.length
-    return this.#stream.write(frame)
+    if (this.#stream.write(frame)) return true
+    this.#drained ??= new Promise<void>(resolve => {
+      const done = () => { this.#drained = undefined; resolve() }
+      this.#stream.once('drain', done)
+      this.once('close', done)
+    })
+    return false
   }
 
   #request<Q extends MessageName, R extends 'ManifestResponse' | 'BlockResponse'> (type: Q, reply: R, make: (id: number) => MessageMap[Q]): Promise<MessageMap[R]> {
@@ -460,18 +469,13 @@ export class PeerSession extends EventEmitter {
     const wire = data.length + 16 + sizes.length * 3
     const waitFrom = performance.now()
     await Promise.all([this.#limiter.take(wire), this.#host.uploadLimiter.take(wire), background !== undefined ? this.#host.backgroundLimiter?.(background ?? undefined)?.take(wire) : undefined])
-    if (this.#drained) await this.#drained
+    // One response at a time into a backed-up stream: the others wait for the next drain.
+    while (this.#drained) await this.#drained
     this.#linkBound = performance.now() - waitFrom >= LINK_WAIT_MS
     if (this.closed) return
     this.stats.rawOut += raw
     this.stats.blocksOut += sizes.length
-    if (!this.#send('BlockResponse', { id, codec, sizes, data })) {
-      this.#drained ??= new Promise<void>(resolve => {
-        const done = () => { this.#drained = undefined; resolve() }
-        this.#stream.once('drain', done)
-        this.once('close', done)
-      })
-    }
+    this.#send('BlockResponse', { id, codec, sizes, data })
   }
 
   // The blocks asked for, packed (zstd where negotiated and it pays): read and packed on a
