@@ -43,8 +43,6 @@ export interface BlockBatch {
   valid?: Uint8Array
   // Read for serving: `data` is an unpooled buffer no one else holds (it may move to a worker).
   owned?: boolean
-  // Received with a target: the valid blocks are written there already, and `data` is empty.
-  written?: boolean
 }
 
 // Where a batch's blocks are: each one's raw length in request order (0: not here) and the
@@ -275,7 +273,7 @@ export class PeerSession extends EventEmitter {
     }
     this.stats.rawIn += raw
     this.stats.blocksIn += count
-    return { sizes: r.sizes, data: got.data, valid: got.valid, wireBytes, written: !!into }
+    return { sizes: r.sizes, data: got.data, valid: got.valid, wireBytes }
   }
 
   cancel (id: number): void {

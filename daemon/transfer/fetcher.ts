@@ -55,7 +55,7 @@
 import { EventEmitter } from 'node:events'
 import fs from 'node:fs/promises'
 import { execa } from 'execa'
-import { hash, HASH_BYTES } from '../blocks/hash.js'
+import { HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, blockLength, type Manifest } from '../blocks/manifest.js'
 import { BAD_BLOCK, JOB_CANCELLED, NO_PEERS, OsfarmError } from '../../protocol/errors.js'
 import { MAX_HASHES_PER_REQUEST, MAX_BLOCK_BYTES } from '../../protocol/wire.js'
@@ -94,7 +94,6 @@ const OWNER_STALL_MS = 3000
 const MAX_PEER_FAILURES = 3
 // Foreground endgame: a request is raced when this peer would bring it this much sooner.
 const ENDGAME_MARGIN = 1.25
-const MAX_UNWRITTEN_BYTES = 64 << 20
 const LOCAL_BATCH_BLOCKS = 256
 // Contiguous runs cloned per xfs_io call (progress and cancellation are checked between).
 const CLONE_BATCH_RUNS = 8192
@@ -175,8 +174,6 @@ export class Fetcher {
   #pending: number
   #done = 0
   #fh!: fs.FileHandle
-  #writes = new Set<Promise<void>>()
-  #unwritten = 0
   #dirty = false
   #writtenSinceFlush = 0
   #flushing: Promise<void> = Promise.resolve()
@@ -226,14 +223,12 @@ export class Fetcher {
       await this.#digHoles()
       this.#startRemote()
       await Promise.all([this.#copyLocal(), remote])
-      await Promise.all(this.#writes)
       if (this.#failure) throw this.#failure
       // Every block is in place: the last checks may run while the target syncs.
       o.onAllWritten?.()
       await this.#flush()
     } catch (err) {
       this.#stopRemote()
-      await Promise.allSettled(this.#writes)
       await this.#flush().catch(() => {})
       throw err
     } finally {
@@ -690,10 +685,7 @@ export class Fetcher {
   #onBatch (ps: PeerState, req: Req, batch: BlockBatch): void {
     if (!ps.inflight.delete(req)) return
     const now = performance.now()
-    const bs = this.#m.blockSize
-    const writes: Array<[number, Buffer]> = []
     const written: number[] = []
-    let off = 0
     let raw = 0
     let got = 0
     for (let j = 0; j < req.us.length; j++) {
@@ -704,14 +696,12 @@ export class Fetcher {
         this.#release([u])
         continue
       }
-      const block = batch.written ? undefined : batch.data.subarray(off, off + size)
-      off += size
       raw += size
       this.#copies[u]!--
       if (this.#state[u] === 2) continue
       const e = this.#entries[u]!
-      const valid = batch.valid ? batch.valid[j] === 1 : hash(block!).equals(e.hash)
-      if (size !== blockLength(this.#m, e.indices[0]!) || !valid) {
+      // Checked, and written where valid, by the worker that unpacked the answer.
+      if (size !== blockLength(this.#m, e.indices[0]!) || batch.valid?.[j] !== 1) {
         this.#o.stats.badBlocks++
         this.#copies[u]!++
         this.#release(req.us.slice(j))
@@ -721,10 +711,7 @@ export class Fetcher {
       this.#state[u] = 2
       this.#done++
       got++
-      for (const i of e.indices) {
-        if (block) writes.push([i * bs, block])
-        written.push(i)
-      }
+      written.push(...e.indices)
     }
     // Rate: raw bytes over the time since this peer's previous answer (or this request's start).
     const dt = Math.max(1, now - Math.max(req.sentAt, ps.lastAt))
@@ -742,10 +729,9 @@ export class Fetcher {
     s.remoteMs = Math.round(now - this.#remoteStart)
     // Duplicates of what just arrived are no longer needed.
     if (this.#pending === 0) this.#cancelDone()
-    if (writes.length) this.#queueWrite(writes, written)
-    else if (written.length) this.#inPlace(written)
-    if (this.#done === this.#entries.length && this.#writes.size === 0) { this.#finish(); return }
-    if (this.#unwritten < MAX_UNWRITTEN_BYTES) this.#assign(ps)
+    if (written.length) this.#inPlace(written)
+    if (this.#done === this.#entries.length) { this.#finish(); return }
+    this.#assign(ps)
     this.#pumpAll()
   }
 
@@ -775,18 +761,6 @@ export class Fetcher {
       for (const u of req.us) ps.missing.add(u)
     }
     this.#pumpAll()
-  }
-
-  #queueWrite (writes: Array<[number, Buffer]>, indices: number[]): void {
-    const bytes = writes.length * this.#m.blockSize
-    this.#unwritten += bytes
-    const p: Promise<void> = this.#writeRuns(writes).then(() => this.#inPlace(indices)).catch(err => this.#abort(err)).finally(() => {
-      this.#writes.delete(p)
-      this.#unwritten -= bytes
-      if (this.#done === this.#entries.length && this.#writes.size === 0) this.#finish()
-      else if (this.#unwritten < MAX_UNWRITTEN_BYTES) this.#pumpAll()
-    })
-    this.#writes.add(p)
   }
 
   // Blocks now written at `indices`: progress, the locator, the whole-image check.
