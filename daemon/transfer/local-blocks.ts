@@ -10,7 +10,6 @@ import { blockCount, blockLength, encodeManifest, zeroSlots, type Manifest } fro
 import { HashIndex } from '../blocks/hash-index.js'
 import { encodeManifestDelta } from '../blocks/manifest-delta.js'
 import type { BlockBatch, BlockPlaces } from '../swarm/peer-session.js'
-import type { ReadRun } from '../blocks/block-worker.js'
 
 // An idle file handle is closed after this long.
 const HANDLE_IDLE_MS = 10_000
@@ -145,12 +144,56 @@ export class LocalBlocks {
   }
 
   // Where the blocks are, in request order: each one's length (0: not here) and the file
-  // ranges to read, merged where contiguous in a file and in the output. Serving reads them
-  // on a block-pool worker (BlockPool.packFrom).
+  // ranges to read, back to back. Serving reads them on a block-pool worker (BlockPool.packFrom).
   locateBlocks (hashes: Buffer): BlockPlaces {
+    const { sizes, runs } = this.#locate(hashes)
+    return { sizes, reads: runs.map(r => ({ path: r.v.path, pos: r.pos, len: r.len })) }
+  }
+
+  // Reads the blocks in request order into one buffer here (a file that cannot be read: its
+  // blocks are reported missing). Serving uses it when a worker could not read them.
+  async readBlocks (hashes: Buffer): Promise<BlockBatch> {
+    const { sizes, runs } = this.#locate(hashes)
+    let total = 0
+    for (const r of runs) total += r.len
+    // Unpooled: it may move to a codec worker whole.
+    const data = Buffer.allocUnsafeSlow(total)
+    const failed = new Set<number>()
+    let out = 0
+    await Promise.all(runs.map(async (r, k) => {
+      const at = out
+      out += r.len
+      try {
+        const fh = await this.#handle(r.v)
+        for (let got = 0; got < r.len;) {
+          const { bytesRead } = await fh.read(data, at + got, r.len - got, r.pos + got)
+          if (bytesRead === 0) throw new Error('short read')
+          got += bytesRead
+        }
+      } catch {
+        failed.add(k)
+      }
+    }))
+    if (!failed.size) return { sizes, data, owned: true }
+    // Runs cover the blocks in order: drop the blocks of the runs that failed.
+    const parts: Buffer[] = []
+    for (let i = 0, k = 0, left = runs[0]?.len ?? 0, at = 0; i < sizes.length; i++) {
+      const size = sizes[i]!
+      if (!size) continue
+      if (failed.has(k)) sizes[i] = 0
+      else parts.push(data.subarray(at, at + size))
+      at += size
+      left -= size
+      if (left === 0) left = runs[++k]?.len ?? 0
+    }
+    return { sizes, data: Buffer.concat(parts) }
+  }
+
+  // Each block's length (0: not here) and the runs that hold them, in request order, merged
+  // where they are contiguous in one volume.
+  #locate (hashes: Buffer): { sizes: number[], runs: Array<{ v: Volume, pos: number, len: number }> } {
     const sizes: number[] = []
-    const reads: ReadRun[] = []
-    let last: (ReadRun & { v?: Volume }) | undefined
+    const runs: Array<{ v: Volume, pos: number, len: number }> = []
     for (let o = 0; o < hashes.length; o += HASH_BYTES) {
       const packed = this.#where.get(hashes, o)
       const v = packed < 0 ? undefined : this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
@@ -159,65 +202,11 @@ export class LocalBlocks {
       const len = blockLength(v.manifest, index)
       const pos = index * v.manifest.blockSize
       sizes.push(len)
-      if (last?.v === v && last.pos + last.len === pos) {
-        last.len += len
-      } else {
-        last = { path: v.path, pos, len, v }
-        reads.push(last)
-      }
-    }
-    return { sizes, reads: reads.map(r => ({ path: r.path, pos: r.pos, len: r.len })) }
-  }
-
-  // Reads the blocks in request order into one buffer here; runs contiguous in a file and in
-  // the output are read with one call.
-  async readBlocks (hashes: Buffer): Promise<BlockBatch> {
-    const count = hashes.length / HASH_BYTES
-    const sizes: number[] = new Array(count)
-    const locs: Array<{ v: Volume, pos: number, len: number, out: number } | undefined> = new Array(count)
-    let total = 0
-    for (let i = 0; i < count; i++) {
-      const packed = this.#where.get(hashes, i * HASH_BYTES)
-      const v = packed < 0 ? undefined : this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
-      if (!v) { sizes[i] = 0; continue }
-      const index = packed % VOLUME_SHIFT
-      const len = blockLength(v.manifest, index)
-      sizes[i] = len
-      locs[i] = { v, pos: index * v.manifest.blockSize, len, out: total }
-      total += len
-    }
-    // Unpooled: it may move to a codec worker whole.
-    const data = Buffer.allocUnsafeSlow(total)
-    const runs: Array<{ v: Volume, pos: number, len: number, out: number }> = []
-    for (const l of locs) {
-      if (!l) continue
       const last = runs[runs.length - 1]
-      if (last && last.v === l.v && last.pos + last.len === l.pos && last.out + last.len === l.out) last.len += l.len
-      else runs.push({ ...l })
+      if (last?.v === v && last.pos + last.len === pos) last.len += len
+      else runs.push({ v, pos, len })
     }
-    const failed = new Set<Volume>()
-    await Promise.all(runs.map(async r => {
-      try {
-        const fh = await this.#handle(r.v)
-        let got = 0
-        while (got < r.len) {
-          const { bytesRead } = await fh.read(data, r.out + got, r.len - got, r.pos + got)
-          if (bytesRead === 0) throw new Error('short read')
-          got += bytesRead
-        }
-      } catch {
-        failed.add(r.v)
-      }
-    }))
-    if (!failed.size) return { sizes, data, owned: true }
-    // A volume that could not be read (removed, moved): report its blocks missing.
-    const parts: Buffer[] = []
-    for (let i = 0; i < count; i++) {
-      const l = locs[i]
-      if (!l || failed.has(l.v)) { sizes[i] = 0; continue }
-      parts.push(data.subarray(l.out, l.out + l.len))
-    }
-    return { sizes, data: Buffer.concat(parts) }
+    return { sizes, runs }
   }
 
   close (): void {
