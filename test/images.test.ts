@@ -14,8 +14,9 @@ t.test('import → list → verify → export raw and qcow2', async t => {
   // 600 blocks of 4 KiB plus a 777-byte tail: not a multiple of the block size.
   const data = await makeImage(src, { blocks: 600, tail: 777 })
 
-  const imported = await d.ctlJson('image', 'import', src, '--name', 'gen')
+  const imported = await d.ctlJson('image', 'import', src, '--name', 'gen', '--label', 'role=web, tier=1')
   t.equal(imported.name, 'gen')
+  t.same(imported.labels, ['role=web', 'tier=1'])
   t.equal(imported.size, data.length)
   t.equal(imported.blocks, 601)
   t.equal(imported.zeroBlocks, 240, '4 of every 10 blocks are zero')
@@ -76,6 +77,7 @@ t.test('bad input gets a clear error and leaves the catalog untouched', async t 
     ['a 0-byte file', ['image', 'import', empty, '--name', 'd'], 'SOURCE_EMPTY', 65],
     ['a taken name', ['image', 'import', good, '--name', 'keep'], 'NAME_IN_USE', 73],
     ['a bad name', ['image', 'import', good, '--name', '../x'], 'BAD_PARAMS', 64],
+    ['a bad label', ['image', 'import', good, '--name', 'e', '--label', 'no-equals'], 'BAD_PARAMS', 64],
     ['unknown image id', ['image', 'show', 'feedfacefeed'], 'IMAGE_NOT_FOUND', 66],
     ['verify unknown id', ['image', 'verify', 'nothere'], 'IMAGE_NOT_FOUND', 66],
     ['rm unknown id', ['image', 'rm', 'nothere'], 'IMAGE_NOT_FOUND', 66],

@@ -15,6 +15,7 @@ import { deviceSize } from '../blocks/block-hasher.js'
 import { blockCount, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
 import { HASH_BYTES, toHex } from '../blocks/hash.js'
 import { copyNonZero } from './block-copy.js'
+import { checkLabels } from './labels.js'
 import * as qemuImg from '../tools/qemu-img.js'
 import type { Logger } from '../log.js'
 
@@ -29,17 +30,8 @@ export interface RegisterOptions {
   // A manifest already verified against the volume's bytes (a fetch); else the volume is indexed.
   manifest?: Manifest
   ctx?: JobContext
-  // "key=value" labels (import --label; a fetched image keeps its advert's).
+  // "key=value" labels (import and build --label, a spec's labels; a fetched image keeps its advert's).
   labels?: string[]
-}
-
-const LABEL = /^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}=[^,\n]{0,190}$/
-
-// Checks "key=value" labels (seed policies select images by them).
-export function checkLabels (labels: string[]): string[] {
-  if (labels.length > 32) throw BAD_PARAMS('at most 32 labels')
-  for (const l of labels) if (!LABEL.test(l)) throw BAD_PARAMS(`a label is key=value with a key of letters, digits and ._/-, got ${JSON.stringify(l)}`)
-  return labels
 }
 
 export class ImageService {
