@@ -14,6 +14,7 @@ import { derivedUuid } from '../daemon/build/builder.js'
 import { resolveInRoot, writeInRoot } from '../daemon/build/steps.js'
 import { mmdebstrapArgs, debootstrapArgs } from '../daemon/build/tools/mmdebstrap.js'
 import { aptFailure, installArgs } from '../daemon/build/tools/apt.js'
+import { checkLabels, mergeLabels, sameLabels, splitLabels } from '../daemon/images/labels.js'
 import { OsfarmError } from '../protocol/errors.js'
 import { VOLUME_KEY } from '../daemon/store/layer-store.js'
 import type { HostInfo } from '../daemon/build/flavours/flavour.js'
@@ -153,6 +154,45 @@ t.test('other validation: every issue reported at once', async t => {
   t.match(specError(() => parseSpec('{"name":"x","flavour":"rootfs"}', 'json')).message, /rootfs: is required/)
   t.match(specError(() => parseSpec('{"name":"x","release":"bookworm","repositories":[{"uri":"http://r.invalid","suites":"s","key":"not a key"}]}', 'json')).message, /ASCII-armored/)
   t.match(specError(() => parseSpec('x'.repeat((1 << 20) + 1), 'json')).message, /larger than/)
+})
+
+t.test('labels: a list in JSON and XML, each checked', async t => {
+  const fromJson = parseSpec(JSON.stringify({ name: 'a', release: 'bookworm', labels: ['channel=stable', 'team=web'] }), 'json')
+  t.same(fromJson.labels, ['channel=stable', 'team=web'])
+  const fromXml = parseSpec(xml('  <labels>\n    <label>channel=stable</label>\n    <label>team=web</label>\n  </labels>'), 'xml')
+  t.same(fromXml.labels, fromJson.labels, 'XML: <labels> holds <label> elements')
+  t.same(parseSpec('{"name":"a","release":"bookworm"}', 'json').labels, [], 'none by default')
+
+  const bad = specError(() => parseSpec(JSON.stringify({ name: 'a', release: 'bookworm', labels: ['channel=stable', 'no-equals', 7, 'a=b,c', '=v'] }), 'json'))
+  t.equal(bad.code, 'SPEC_INVALID')
+  t.same(issues(bad).map(i => i.field), ['labels[1]', 'labels[2]', 'labels[3]', 'labels[4]'])
+  t.match(bad.message, /labels\[1\]: a label is key=value .*"no-equals"/, 'the bad label is named')
+  const xbad = specError(() => parseSpec(xml('  <labels>\n    <label>ok=1</label>\n    <label>team web</label>\n  </labels>'), 'xml'))
+  t.same(issues(xbad).map(i => [i.field, i.line]), [['labels[1]', 6]], 'with its line')
+  t.match(xbad.message, /"team web"/)
+  t.match(specError(() => parseSpec(xml('  <labels><package>x</package></labels>'), 'xml')).message, /holds only <label>/)
+  t.match(specError(() => parseSpec('{"name":"a","release":"bookworm","labels":"channel=stable"}', 'json')).message, /labels: must be a list/)
+  const many = Array.from({ length: 33 }, (_, i) => `k${i}=v`)
+  t.match(specError(() => parseSpec(JSON.stringify({ name: 'a', release: 'bookworm', labels: many }), 'json')).message, /labels: at most 32 labels/)
+})
+
+t.test('labels are metadata: not part of any layer key', async t => {
+  const spec = { name: 'a', release: 'bookworm', packages: ['curl'], files: [{ path: '/a', content: 'x' }], scripts: ['true'] }
+  const plain = await planBuild(parseSpec(JSON.stringify(spec), 'json'), HOST)
+  const labelled = await planBuild(parseSpec(JSON.stringify({ ...spec, labels: ['channel=stable'] }), 'json'), HOST)
+  t.equal(labelled.key, plain.key)
+  t.same(labelled.layers.map(l => l.key), plain.layers.map(l => l.key))
+})
+
+t.test('build --label: split like import\'s, each replacing the spec\'s labels with its key', async t => {
+  t.same(splitLabels(' channel=beta, ,team=ops '), ['channel=beta', 'team=ops'])
+  t.same(mergeLabels(['channel=stable', 'team=web', 'team=api', 'os=debian'], ['team=ops', 'channel=beta']), ['os=debian', 'team=ops', 'channel=beta'], 'every spec label with a given key goes')
+  t.same(mergeLabels(['a=1'], []), ['a=1'])
+  t.same(mergeLabels([], ['a=1', 'a=2', 'a=1']), ['a=1', 'a=2'], 'a key may hold several values')
+  t.ok(sameLabels(['a=1', 'b=2'], ['b=2', 'a=1']), 'order does not matter')
+  t.notOk(sameLabels(['a=1'], ['a=1', 'b=2']))
+  t.throws(() => checkLabels(['ok=1', 'bad label']), { code: 'BAD_PARAMS', message: /"bad label"/ })
+  t.throws(() => checkLabels(Array.from({ length: 33 }, (_, i) => `k${i}=v`)), { code: 'BAD_PARAMS', message: /at most 32/ })
 })
 
 t.test('canonical JSON sorts keys at every depth', async t => {

@@ -5,6 +5,8 @@ import path from 'node:path'
 import { SPEC_INVALID } from '../../protocol/errors.js'
 import { readXmlSpec, XmlSpecError, type Lines } from './xml-spec.js'
 import { flavours } from './flavours/index.js'
+import { labelProblem } from '../images/labels.js'
+import { MAX_LABELS } from '../../protocol/wire.js'
 
 export type SpecFormat = 'xml' | 'json'
 export type OutputFormat = 'raw' | 'qcow2'
@@ -59,6 +61,8 @@ export interface ImageSpec {
   bootable: boolean
   // The rootfs flavour's base: a tarball on this host (absolute path).
   rootfs?: string
+  // "key=value" labels the built image is registered with: metadata, not in the plan's key.
+  labels: string[]
 }
 
 export interface SpecIssue {
@@ -72,7 +76,7 @@ export interface ParseOptions {
   baseDir?: string
 }
 
-const TOP_FIELDS = ['name', 'flavour', 'release', 'arch', 'variant', 'mirror', 'components', 'repositories', 'packages', 'files', 'scripts', 'size', 'filesystem', 'outputs', 'bootable', 'rootfs', 'description']
+const TOP_FIELDS = ['name', 'flavour', 'release', 'arch', 'variant', 'mirror', 'components', 'repositories', 'packages', 'files', 'scripts', 'size', 'filesystem', 'outputs', 'bootable', 'rootfs', 'labels', 'description']
 const FILE_FIELDS = ['path', 'mode', 'owner', 'content', 'encoding', 'source']
 const SCRIPT_FIELDS = ['name', 'content']
 const REPO_FIELDS = ['uri', 'suites', 'components', 'key']
@@ -237,6 +241,13 @@ export function validateSpec (value: unknown, options: ValidateOptions = {}): Im
   let rootfs = str(value.rootfs, 'rootfs', false)
   if (rootfs !== undefined) rootfs = path.resolve(baseDir, rootfs)
   if (value.description !== undefined) str(value.description, 'description', false)
+  const labels = list(value.labels, 'labels').map((l, i) => {
+    const s = str(l, `labels[${i}]`, true)
+    const problem = s === undefined ? undefined : labelProblem(s)
+    if (problem) report(`labels[${i}]`, problem)
+    return problem ? undefined : s
+  }).filter(isString)
+  if (labels.length > MAX_LABELS) report('labels', `at most ${MAX_LABELS} labels`)
 
   const spec: ImageSpec = {
     name,
@@ -254,7 +265,8 @@ export function validateSpec (value: unknown, options: ValidateOptions = {}): Im
     filesystem: 'ext4',
     outputs: [...new Set(outputs)],
     bootable,
-    ...(rootfs !== undefined ? { rootfs } : {})
+    ...(rootfs !== undefined ? { rootfs } : {}),
+    labels
   }
   flavour?.check(spec, report)
   if (issues.length) throw invalid(issues)

@@ -17,7 +17,8 @@ const LISTS: Record<string, string> = {
   repositories: 'repository',
   outputs: 'output',
   components: 'component',
-  suites: 'suite'
+  suites: 'suite',
+  labels: 'label'
 }
 
 export type Lines = Map<string, number>
