@@ -18,7 +18,8 @@ export interface ImageInfo {
   volume: string
   origin: 'import' | 'build' | 'fetch'
   layers: string[]
-  // "key=value" labels, set by the builder (import --label) and carried in its signed advert.
+  // "key=value" labels, set where the image was made (import or build --label, a spec's labels)
+  // and carried in its signed advert.
   labels?: string[]
 }
 
@@ -147,6 +148,8 @@ export interface BuildParams {
   baseDir?: string
   // The image's name; the spec's name by default.
   name?: string
+  // "key=value,key=value": each replaces the spec's labels with its key.
+  labels?: string
 }
 
 export interface BuildLayerInfo {

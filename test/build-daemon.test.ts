@@ -68,6 +68,28 @@ t.test('build --wait registers the image with its layers; a repeat is cached', a
   for (const l of r.layers) t.ok(left.includes(`${l.key}.img`), `${l.step} layer of tiny kept`)
 })
 
+t.test('labels: the spec\'s, with --label over them; fixed once the image exists', async t => {
+  const motd = [{ path: '/etc/motd', content: 'labelled\n' }]
+  const spec = await writeSpec('labelled.json', { name: 'labelled', labels: ['channel=stable', 'team=web'], files: motd })
+  const r = await d.ctlJson<BuildResultInfo>('build', spec, '--wait', '--label', 'channel=beta')
+  t.same(r.image.labels, ['team=web', 'channel=beta'], 'a --label replaces the spec\'s label with its key')
+  t.same((await d.ctlJson<ImageInfo>('image', 'show', 'labelled')).labels, r.image.labels, 'in the catalog')
+
+  const same = await d.ctlJson<BuildResultInfo>('build', spec, '--wait', '--label', 'channel=beta')
+  t.equal(same.cached, true, 'the same labels again: cached')
+  const unlabelled = await d.ctlJson<BuildResultInfo>('build', await writeSpec('unlabelled.json', { name: 'labelled', files: motd }), '--wait')
+  t.equal(unlabelled.cached, true, 'no labels at all: cached')
+  t.same(unlabelled.image.labels, r.image.labels, 'and the labels are left alone')
+
+  const changed = await d.ctl('build', spec, '--wait')
+  t.equal(changed.exitCode, 73)
+  t.match(changed.stderr, /NAME_IN_USE: .*labels team=web,channel=beta, not channel=stable,team=web/)
+  const bad = await d.ctl('build', spec, '--label', 'team web')
+  t.equal(bad.exitCode, 64)
+  t.match(bad.stderr, /BAD_PARAMS: .*"team web"/)
+  t.same((await d.ctlJson<ImageInfo>('image', 'show', 'labelled')).labels, r.image.labels, 'unchanged')
+})
+
 t.test('without --wait the job id comes back at once', async t => {
   const spec = await writeSpec('quick.json', { name: 'quick' })
   const r = await d.ctl('build', spec)

@@ -1,4 +1,4 @@
-// osfarmctl build SPEC [--wait]: build an image from an XML or JSON spec. The spec's text is
+// osfarmctl build SPEC [--wait] [--label K=V]: build an image from an XML or JSON spec. The spec's text is
 // sent (so the daemon need not see the client's files); file sources named in it are read by
 // the daemon, relative to the spec's directory.
 
@@ -14,6 +14,7 @@ export function register (program: Command, ctx: CliContext): void {
   program.command('build <spec>')
     .description('build an image from a spec file (XML or JSON; - reads stdin)')
     .option('-n, --name <name>', 'image name (default: the spec\'s name)')
+    .option('-l, --label <key=value>', 'a label, carried in the image\'s advert (seed policies match them); replaces the spec\'s labels with its key; repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
     .addOption(new Option('--format <format>', 'spec format (default: from the file name or content)').choices(['xml', 'json']))
     .option('-w, --wait', 'wait for the build, with progress, and print its layers')
     .option('--logs', 'with --wait: print the build log')
@@ -25,6 +26,7 @@ export function register (program: Command, ctx: CliContext): void {
       const format = opts.format ?? (spec.endsWith('.xml') ? 'xml' : spec.endsWith('.json') ? 'json' : undefined)
       if (format) params.format = format
       if (opts.name) params.name = opts.name
+      if (opts.label.length) params.labels = opts.label.join(',')
       const job = await c.call('image.build', params)
       if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json, logs: Boolean(opts.logs) })

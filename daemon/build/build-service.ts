@@ -12,6 +12,7 @@ import type { ImageService } from '../images/images.js'
 import type { Logger } from '../log.js'
 import { Builder } from './builder.js'
 import { detectFormat, MAX_SPEC_BYTES, parseSpec, type ImageSpec } from './spec.js'
+import { checkLabels, mergeLabels, sameLabels, splitLabels } from '../images/labels.js'
 import type { LayerStore } from '../store/layer-store.js'
 
 export interface BuildServiceOptions {
@@ -30,8 +31,8 @@ export class BuildService {
   readonly #images: ImageService
   readonly #jobs: JobManager
   readonly #log: Logger
-  // Builds running per image name, with the key they build, so one name is registered once.
-  readonly #running = new Map<string, { key: string, done: Promise<BuildResultInfo> }>()
+  // Builds running per image name, with the key and labels they build, so one name is registered once.
+  readonly #running = new Map<string, { key: string, labels: string[], done: Promise<BuildResultInfo> }>()
   readonly #cacheBytes: number | undefined
 
   constructor (options: BuildServiceOptions) {
@@ -74,15 +75,18 @@ export class BuildService {
   async build (params: BuildParams): Promise<JobInfo> {
     const spec = await this.#readSpec(params)
     const name = params.name ?? spec.name
+    const labels = checkLabels(mergeLabels(spec.labels, params.labels === undefined ? [] : splitLabels(params.labels)))
     const plan = await this.builder.plan(spec)
     const running = this.#running.get(name)
     if (running) {
       if (running.key !== plan.key) throw NAME_IN_USE(`an image named "${name}" is being built from another spec`)
+      checkSameLabels(name, 'is being built', running.labels, labels)
       return this.#jobs.start('build', name, () => running.done)
     }
     const existing = (await this.#images.list()).find(i => i.name === name)
     if (existing) {
       if (existing.volume !== plan.key) throw NAME_IN_USE(`an image named "${name}" exists (built from another spec); remove it or build with another name`)
+      checkSameLabels(name, 'exists', existing.labels ?? [], labels)
       return this.#jobs.start('build', name, async () => cachedResult(existing, plan.layers.map(l => ({ key: l.key, step: l.kind }))))
     }
     await this.#images.checkName(name)
@@ -90,10 +94,10 @@ export class BuildService {
     const done = new Promise<BuildResultInfo>(resolve => { settle = resolve })
     // Joiners see a failure through their own job; unjoined, it must not count as unhandled.
     done.catch(() => {})
-    this.#running.set(name, { key: plan.key, done })
+    this.#running.set(name, { key: plan.key, labels, done })
     try {
       return this.#jobs.start('build', name, ctx => {
-        const work = this.#run(spec, name, ctx).finally(() => this.#running.delete(name))
+        const work = this.#run(spec, name, labels, ctx).finally(() => this.#running.delete(name))
         settle(work)
         return work
       })
@@ -103,7 +107,7 @@ export class BuildService {
     }
   }
 
-  async #run (spec: ImageSpec, name: string, ctx: JobContext): Promise<BuildResultInfo> {
+  async #run (spec: ImageSpec, name: string, labels: string[], ctx: JobContext): Promise<BuildResultInfo> {
     let count = 0
     const result = await this.builder.build(spec, {
       signal: ctx.signal,
@@ -114,7 +118,7 @@ export class BuildService {
       }
     })
     const layers = result.layers.map(l => ({ key: l.key, step: l.step, cached: l.cached, seconds: l.seconds }))
-    const image = await this.#images.register({ volume: result.volumeKey, name, origin: 'build', layers: layers.map(l => l.key), ctx })
+    const image = await this.#images.register({ volume: result.volumeKey, name, origin: 'build', layers: layers.map(l => l.key), labels, ctx })
     this.#log.info('image built', { image: image.id, name, key: result.key, built: layers.filter(l => !l.cached).length })
     if (this.#cacheBytes !== undefined) {
       const evicted = await this.prune(this.#cacheBytes)
@@ -139,6 +143,15 @@ export class BuildService {
     const format = params.format ?? detectFormat(text!, params.path)
     return parseSpec(text!, format, baseDir !== undefined ? { baseDir } : {})
   }
+}
+
+// A request for an image that exists (or is being built) may repeat its labels or give none; it
+// cannot change them: they are signed into the image's advert when it is registered, the
+// transfer service keeps that advert per content root, and hosts that fetched the image pass
+// the same signed advert on.
+function checkSameLabels (name: string, state: string, have: string[], asked: string[]): void {
+  if (!asked.length || sameLabels(have, asked)) return
+  throw NAME_IN_USE(`an image named "${name}" ${state} with labels ${have.join(',') || '(none)'}, not ${asked.join(',')}; an image's labels are fixed when it is registered (they are signed into its advert)`)
 }
 
 function cachedResult (image: ImageInfo, layers: Array<{ key: string, step: string }>): BuildResultInfo {

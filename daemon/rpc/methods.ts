@@ -8,6 +8,7 @@ import type { Daemon } from '../daemon.js'
 import type { JobEvent } from '../jobs/jobs.js'
 import { checkSpec } from '../console/spec-check.js'
 import { fleetImages } from '../console/fleet-images.js'
+import { splitLabels } from '../images/labels.js'
 
 export interface CallContext {
   // Sends a JSON-RPC notification to the calling connection.
@@ -34,14 +35,14 @@ export function methodTable (d: Daemon): MethodTable {
     'image.list': { params: {}, write: false, handler: () => d.images.list() },
     'image.get': { params: id, write: false, handler: p => d.images.get(p.id) },
     'image.build': {
-      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true } },
+      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true } },
       write: true,
       handler: p => d.builds.build(p)
     },
     'image.import': {
       params: { path: { type: 'string' }, name: { type: 'string' }, labels: { type: 'string', optional: true } },
       write: true,
-      handler: p => d.images.import(p.path, p.name, p.labels?.split(',').map(l => l.trim()).filter(Boolean))
+      handler: p => d.images.import(p.path, p.name, p.labels === undefined ? undefined : splitLabels(p.labels))
     },
     'image.export': {
       params: { ...id, path: { type: 'string' }, format: { type: ['raw', 'qcow2'], optional: true } },
