@@ -32,4 +32,14 @@ t.test('two hosts: fetch reuses local blocks, receives only the absent ones, byt
   // B now advertises it: A sees B holding it.
   const peers = await a.ctlJson('peer', 'ls')
   t.equal(peers.length, 1)
+
+  // The same content removed everywhere, then registered again under another name and labels:
+  // it is advertised as it is now, not as it was (the old advert is dropped with the image).
+  await b.ctlJson('image', 'rm', 'derived')
+  await a.ctlJson('image', 'rm', 'derived')
+  await a.ctlJson('image', 'import', pair.derived, '--name', 'derived2', '--label', 'stage=2')
+  const r2 = await b.ctlJson('fetch', 'derived2')
+  t.equal(r2.image.root, derived.root, 'same content')
+  t.equal(r2.image.name, 'derived2', 'under its new name')
+  t.same(r2.image.labels, ['stage=2'], 'with its new labels')
 })

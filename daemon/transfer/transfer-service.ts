@@ -100,7 +100,7 @@ export class TransferService {
   async start (): Promise<void> {
     this.#d.images.subscribe({
       registered: (image, manifest) => { this.onImage(image, manifest).catch(err => this.#d.log.warn('cannot advertise image', { image: image.id, error: (err as Error).message })) },
-      removed: image => this.onImageRemoved(image)
+      removed: image => { this.onImageRemoved(image).catch(err => this.#d.log.warn('cannot withdraw image', { image: image.id, error: (err as Error).message })) }
     })
     this.#keyPair = await loadIdentity(this.#d.dataDir)
     for (const image of await this.#d.catalog.listImages()) await this.#addImage(image).catch(() => {})
@@ -146,9 +146,15 @@ export class TransferService {
     this.swarm?.advertise([advert])
   }
 
-  onImageRemoved (image: ImageInfo): void {
-    this.local.removeVolume(image.volume)
+  // Another image may share the volume or the root (the same content under two names): then
+  // it stays served and advertised. Otherwise the saved advert goes too, so the same content
+  // registered again is advertised under its new name and labels, not the old ones.
+  async onImageRemoved (image: ImageInfo): Promise<void> {
+    const others = await this.#d.catalog.listImages()
+    if (!others.some(i => i.volume === image.volume)) this.local.removeVolume(image.volume)
+    if (others.some(i => i.root === image.root)) return
     this.swarm?.withdraw(Buffer.from(image.root, 'hex'))
+    await this.#adverts.del(image.root)
   }
 
   async #addImage (image: ImageInfo, manifest?: Manifest): Promise<void> {
