@@ -15,12 +15,15 @@ class Pipe extends EventEmitter implements Stream {
   peer: Pipe | undefined
   destroyed = false
   written: Buffer[] = []
+  // Backed up: every write says so, and 'drain' follows once the event loop turns.
+  backedUp = false
   write (data: Buffer): boolean {
     if (this.destroyed) return false
     this.written.push(data)
     const peer = this.peer
     if (peer) queueMicrotask(() => { if (!peer.destroyed) peer.emit('data', data) })
-    return true
+    if (this.backedUp) setImmediate(() => this.emit('drain'))
+    return !this.backedUp
   }
   destroy (): void {
     if (this.destroyed) return
@@ -159,6 +162,20 @@ t.test('a session serves manifests in chunks and blocks compressed', async t => 
   await t.rejects(sa.getManifest(Buffer.alloc(32), 1 << 20), { code: 'PEER_GONE' })
   sa.destroy()
   t.ok(sb.closed || await new Promise(resolve => sb.once('close', () => resolve(true))))
+})
+
+t.test('a stream that backs up again and again leaves no listeners behind', async t => {
+  const [a, b] = pair()
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), host('b'))
+  await Promise.all([sa.ready, sb.ready])
+  a.backedUp = b.backedUp = true
+  const hashes = Buffer.concat([...blocks.keys()].slice(0, 4).map(k => Buffer.from(k, 'hex')))
+  for (let i = 0; i < 50; i++) t.same((await sa.getBlocks(hashes)).sizes, [4096, 4096, 4096, 4096])
+  t.ok(a.written.length >= 50 && b.written.length >= 50, 'every request and answer went through a backed-up stream')
+  t.ok(sa.listenerCount('close') <= 1 && sb.listenerCount('close') <= 1, `close listeners: ${sa.listenerCount('close')}, ${sb.listenerCount('close')}`)
+  t.ok(a.listenerCount('drain') <= 1 && b.listenerCount('drain') <= 1, `drain listeners: ${a.listenerCount('drain')}, ${b.listenerCount('drain')}`)
+  sa.destroy()
 })
 
 t.test('10,000 random, mutated or truncated frames each end only their session', async t => {

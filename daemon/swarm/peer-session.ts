@@ -315,8 +315,14 @@ export class PeerSession extends EventEmitter {
     const frame = encodeFrame(type, body, this.#drained ? Buffer.allocUnsafe : this.#alloc)
     this.stats.bytesOut += frame.length
     if (this.#stream.write(frame)) return true
+    // Each listener goes when the other fires: a session backs up many times in its life.
     this.#drained ??= new Promise<void>(resolve => {
-      const done = () => { this.#drained = undefined; resolve() }
+      const done = () => {
+        this.#stream.off('drain', done)
+        this.off('close', done)
+        this.#drained = undefined
+        resolve()
+      }
       this.#stream.once('drain', done)
       this.once('close', done)
     })
