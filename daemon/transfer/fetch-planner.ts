@@ -24,8 +24,10 @@ export interface FetchPlan {
   zeroOverParent: number[]
   zeroBlocks: number
   local: LocalCopy[]
-  // Blocks to fetch, one entry per distinct hash: the hash and every index that holds it.
-  remote: Array<{ hash: Buffer, indices: number[] }>
+  // Blocks to fetch, one entry per distinct hash: every index that holds it (the hash is the
+  // manifest's at the first; no copy or view of it per entry, which for a big image made
+  // planning slow and left its garbage collector a heap of survivors to move).
+  remote: Array<{ indices: number[] }>
   remoteBlocks: number
 }
 
@@ -47,12 +49,12 @@ export function chooseParent (want: Manifest, candidates: Candidate[]): { volume
 // `done` (a bitfield, from an interrupted fetch) marks blocks already in the target. A fresh
 // fetch marks in-place blocks and zero blocks that are already holes as done before it starts,
 // so on a resume every zero block not yet done is one the parent had data for.
-export function planFetch (want: Manifest, parent: Candidate | undefined, locate: (hash: Buffer) => Location | undefined, done?: Buffer): FetchPlan {
+export function planFetch (want: Manifest, parent: Candidate | undefined, locate: (hashes: Buffer, offset: number) => Location | undefined, done?: Buffer): FetchPlan {
   const count = blockCount(want.size, want.blockSize)
   const parentCount = parent ? blockCount(parent.manifest.size, parent.manifest.blockSize) : 0
   const plan: FetchPlan = { parent: parent?.volume, inPlace: [], zeroOverParent: [], zeroBlocks: 0, local: [], remote: [], remoteBlocks: 0 }
   // Distinct remote hashes → their entry in plan.remote.
-  const remote = new HashIndex(k => ({ buf: plan.remote[k]!.hash, offset: 0 }))
+  const remote = new HashIndex(k => ({ buf: want.hashes, offset: plan.remote[k]!.indices[0]! * HASH_BYTES }))
   const zero = zeroSlots(want.hashes)
   const parentZero = parent ? zeroSlots(parent.manifest.hashes) : undefined
   for (let i = 0; i < count; i++) {
@@ -68,17 +70,16 @@ export function planFetch (want: Manifest, parent: Candidate | undefined, locate
       plan.inPlace.push(i)
       continue
     }
-    const hash = want.hashes.subarray(o, o + HASH_BYTES)
-    const from = locate(hash)
+    const from = locate(want.hashes, o)
     if (from) {
       plan.local.push({ index: i, from })
       continue
     }
-    const k = remote.get(hash)
+    const k = remote.get(want.hashes, o)
     if (k >= 0) plan.remote[k]!.indices.push(i)
     else {
-      remote.add(hash, 0, plan.remote.length)
-      plan.remote.push({ hash, indices: [i] })
+      remote.add(want.hashes, o, plan.remote.length)
+      plan.remote.push({ indices: [i] })
     }
     plan.remoteBlocks++
   }

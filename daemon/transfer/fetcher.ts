@@ -654,7 +654,8 @@ export class Fetcher {
       const u = us[j]!
       if (this.#state[u] === 0) { this.#state[u] = 1; this.#pending-- }
       this.#copies[u]!++
-      this.#entries[u]!.hash.copy(hashes, j * HASH_BYTES)
+      const at = this.#entries[u]!.indices[0]! * HASH_BYTES
+      this.#m.hashes.copy(hashes, j * HASH_BYTES, at, at + HASH_BYTES)
     }
     const req: Req = { peer: ps, us, sentAt: performance.now(), id: 0, dup }
     ps.inflight.add(req)

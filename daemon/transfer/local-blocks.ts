@@ -106,8 +106,8 @@ export class LocalBlocks {
     return [...this.#volumes.values()].map(v => ({ key: v.key, manifest: v.manifest, complete: v.complete }))
   }
 
-  locate (hash: Buffer): Location | undefined {
-    const packed = this.#where.get(hash)
+  locate (hashes: Buffer, offset = 0): Location | undefined {
+    const packed = this.#where.get(hashes, offset)
     if (packed < 0) return undefined
     const v = this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))
     if (!v) return undefined

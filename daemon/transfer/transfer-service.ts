@@ -389,7 +389,7 @@ export class TransferService {
       let plan
       if (state && vol?.kind === 'active') {
         for (let i = 0; i < count; i++) if (!zero[i] && progress.has(i)) stats.resumed++
-        plan = planFetch(manifest, undefined, h => this.local.locate(h), progress.bits)
+        plan = planFetch(manifest, undefined, (hashes, o) => this.local.locate(hashes, o), progress.bits)
         this.#d.log.info('fetch resumed', { root: rootHex, blocks: stats.resumed })
       } else {
         if (vol) await this.#d.store.remove(vol.key).catch(() => {})
@@ -404,7 +404,7 @@ export class TransferService {
           await fs.truncate(vol.path, manifest.size)
           vol = { ...vol, size: manifest.size }
         }
-        plan = planFetch(manifest, parent, h => this.local.locate(h))
+        plan = planFetch(manifest, parent, (hashes, o) => this.local.locate(hashes, o))
         // What the snapshot already holds, and zero blocks that are holes already, are done.
         for (const i of plan.inPlace) progress.set(i)
         const over = new Set(plan.zeroOverParent)
