@@ -1,16 +1,16 @@
-// Whether this machine's CPUs are all busy, from /proc/stat sampled at most once a second. The
+// The idle share of this machine's CPUs, from /proc/stat sampled at most every SAMPLE_MS. The
 // serving side packs harder (a slower zstd level) while the link is the limit, because packing
-// time is then free; it is not free when every core is busy (many daemons on few cores, as in a
-// roll-out), so then it packs fast. Where /proc/stat cannot be read, the machine counts as idle.
+// time is then free; it is free only where cores are idle (with many daemons on few cores, as
+// in a roll-out, it is not, so then it packs fast). Where /proc/stat cannot be read, the
+// machine counts as idle.
 
 import fs from 'node:fs'
 
-const SAMPLE_MS = 1000
-// Below this idle share of all cores over the last sample, the machine counts as busy.
-const BUSY_IDLE_SHARE = 0.1
+// Short: a fetch lasts seconds, and a sample from before it began said the cores were idle.
+const SAMPLE_MS = 250
 
 let last: { at: number, idle: number, total: number } | undefined
-let busy = false
+let share = 1
 
 function read (): { idle: number, total: number } | undefined {
   try {
@@ -24,11 +24,12 @@ function read (): { idle: number, total: number } | undefined {
   }
 }
 
-export function cpuBusy (now = Date.now()): boolean {
-  if (last && now - last.at < SAMPLE_MS) return busy
+// Idle share of all cores over the last sample (0..1; 1 until there are two samples).
+export function cpuIdleShare (now = Date.now()): number {
+  if (last && now - last.at < SAMPLE_MS) return share
   const s = read()
-  if (!s) return false
-  if (last && s.total > last.total) busy = (s.idle - last.idle) / (s.total - last.total) < BUSY_IDLE_SHARE
+  if (!s) return 1
+  if (last && s.total > last.total) share = (s.idle - last.idle) / (s.total - last.total)
   last = { at: now, ...s }
-  return busy
+  return share
 }

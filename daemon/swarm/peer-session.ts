@@ -11,7 +11,7 @@ import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js
 import { RateLimiter } from './rate-limiter.js'
 import { blockPool } from '../blocks/block-pool.js'
 import type { BlockTarget, ReadRun } from '../blocks/block-worker.js'
-import { cpuBusy } from '../blocks/cpu-idle.js'
+import { cpuIdleShare } from '../blocks/cpu-idle.js'
 
 const HELLO_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 60_000
@@ -22,14 +22,17 @@ const SERVE_CONCURRENCY = 4
 const MANIFEST_FIRST_CHUNK = 256 << 10
 // Compress a response only when it saves at least this fraction.
 const MIN_SAVING = 0.05
-// zstd level: fast while the link keeps up; stronger while responses wait for the link (or an
-// upload limit) at least LINK_WAIT_MS each (the link is the limit, so the packing time is free
-// and the bytes are not), unless every core is busy (then packing time is not free: bench:seed,
-// 6 receivers on 2 cores, 19.7 s at level 3, 18.3 s at level 1). A shorter wait is only the
-// frame being handed to the transport: at 1 Gbit, level 3 on such waits slowed packing.
-const ZSTD_LEVEL = 1
-const ZSTD_LEVEL_LINK_BOUND = 3
+// zstd level: fast (1) while the link keeps up. While responses wait for the link (or an
+// upload limit) at least LINK_WAIT_MS each, the link is the limit, so packing time is free and
+// bytes are not, as far as cores are idle: level 7 with half of them idle, 3 with a tenth, else
+// 1 (bench:seed, 6 receivers on 2 cores: 19.7 s at level 3, 18.3 s at level 1; 3 peers serving
+// one host on 2 cores were slower with levels above 3). A shorter wait is only the frame being
+// handed to the transport. On the absent blocks of bench:transfer's image, per core here:
+// level 1 2.89× at 564 MB/s, 3 3.23× at 406, 5 3.33× at 205, 7 3.42× at 140, 9 3.43× at 107.
 const LINK_WAIT_MS = 3
+function linkBoundLevel (idle: number): number {
+  return idle >= 0.5 ? 7 : idle >= 0.1 ? 3 : 1
+}
 // Rate estimate: exponentially weighted over about this many milliseconds.
 const RATE_WINDOW_MS = 2000
 
@@ -138,7 +141,7 @@ export class PeerSession extends EventEmitter {
   #background: Array<{ id: number, hashes: Buffer, root?: Buffer | null }> = []
   #serving = 0
   #drained: Promise<void> | undefined
-  // The last response waited for the link (or an upload limit): see ZSTD_LEVEL.
+  // The last response waited for the link (or an upload limit): see LINK_WAIT_MS.
   #linkBound = false
   #rateAt = performance.now()
   #readyResolve!: () => void
@@ -486,7 +489,7 @@ export class PeerSession extends EventEmitter {
   // block-pool worker when the host says where they are in files, else packed from what the
   // host reads (a file that could not be read: its blocks are reported missing).
   async #packBlocks (hashes: Buffer): Promise<{ sizes: number[], raw: number, data: Buffer, codec: CodecId }> {
-    const level = this.codec !== Codec.ZSTD ? 0 : this.#linkBound && !cpuBusy() ? ZSTD_LEVEL_LINK_BOUND : ZSTD_LEVEL
+    const level = this.codec !== Codec.ZSTD ? 0 : this.#linkBound ? linkBoundLevel(cpuIdleShare()) : 1
     const places = this.#host.locateBlocks?.(hashes)
     if (places) {
       const raw = places.sizes.reduce((sum, n) => sum + n, 0)
