@@ -48,7 +48,7 @@ export interface StageStatus { id: string, seq: number, state: string, done?: nu
 export interface SeedDefaults { version: number, policies: string, author: Buffer, signature: Buffer }
 
 // What this version understands beyond wire version 1 (sent in Hello.features).
-export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta', 'manifest-range'] as const
+export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta', 'manifest-range', 'manifest-delta-runs'] as const
 export type Feature = typeof FEATURES[number]
 export const MAX_LABELS = 32
 export const MAX_SEED_DEFAULTS_BYTES = 64 << 10

@@ -21,6 +21,10 @@ t.test('two hosts: fetch reuses local blocks, receives only the absent ones, byt
   t.ok(s.inPlace > 4500, `most blocks reused in place (${s.inPlace})`)
   t.ok(s.copiedLocal > 0, `moved blocks copied locally (${s.copiedLocal})`)
   t.equal(s.badBlocks, 0)
+  // The manifest came as a delta against base, which both hosts hold: the moved blocks named by
+  // where they lie in base, only the new blocks' hashes in full.
+  const whole = 17 + Math.ceil(r.image.blocks / 8) + (r.image.blocks - r.image.zeroBlocks) * 32
+  t.ok(s.manifestBytes < whole / 2, `manifest as a delta: ${s.manifestBytes} bytes, ${whole} whole`)
   // Wire bytes ≈ absent blocks compressed + manifest; framing is small.
   t.ok(s.wireBytes < s.rawBytes, `compressed on the wire: ${s.wireBytes} < ${s.rawBytes}`)
   const out = path.join(dir, 'out.img')

@@ -7,6 +7,8 @@ import {
 import { PeerSession, type SessionHost, type Stream } from '../daemon/swarm/peer-session.js'
 import { RateLimiter } from '../daemon/swarm/rate-limiter.js'
 import { hash } from '../daemon/blocks/hash.js'
+import { createManifest } from '../daemon/blocks/manifest.js'
+import { applyManifestDelta, encodeManifestDelta } from '../daemon/blocks/manifest-delta.js'
 import { sign, verify } from '../daemon/swarm/identity.js'
 import DHT from 'hyperdht'
 
@@ -162,6 +164,26 @@ t.test('a session serves manifests in chunks and blocks compressed', async t => 
   await t.rejects(sa.getManifest(Buffer.alloc(32), 1 << 20), { code: 'PEER_GONE' })
   sa.destroy()
   t.ok(sb.closed || await new Promise(resolve => sb.once('close', () => resolve(true))))
+})
+
+t.test('a manifest delta in runs only to a peer that reads them', async t => {
+  const base = createManifest(4096, 64 * 4096, crypto.randomBytes(64 * 32))
+  const next = createManifest(4096, 64 * 4096, Buffer.concat([base.hashes.subarray(32), crypto.randomBytes(32)]))
+  const asked: number[] = []
+  const [a, b] = pair()
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), { ...host('b'), readManifestDelta: async (root, from, version) => { asked.push(version); return root.equals(next.root) && from.equals(base.root) ? encodeManifestDelta(base, next, version) : undefined } })
+  await Promise.all([sa.ready, sb.ready])
+  const runs = await sa.getManifestDelta(next.root, base.root, 1 << 20)
+  t.ok(runs.delta && runs.data[4] === 2, 'version 2 to this version')
+  t.ok(applyManifestDelta(base, runs.data).root.equals(next.root))
+  // As if the client were a version before runs.
+  sb.remoteHello!.features = sb.remoteHello!.features!.filter(f => f !== 'manifest-delta-runs')
+  const slots = await sa.getManifestDelta(next.root, base.root, 1 << 20)
+  t.ok(slots.delta && slots.data[4] === 1, 'version 1 to a peer without the feature')
+  t.ok(applyManifestDelta(base, slots.data).root.equals(next.root))
+  t.same(asked, [2, 1])
+  sa.destroy()
 })
 
 t.test('a stream that backs up again and again leaves no listeners behind', async t => {

@@ -13,6 +13,7 @@ import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-
 import { verify } from './identity.js'
 import { PeerSession, type BlockBatch, type BlockPlaces, type ServiceMessage, type SessionHost } from './peer-session.js'
 import { RateLimiter } from './rate-limiter.js'
+import type { DeltaVersion } from '../blocks/manifest-delta.js'
 
 // Images whose root topics we announce; past this only the fleet topic finds us.
 const MAX_ROOT_TOPICS = 256
@@ -35,7 +36,7 @@ export interface BlockSource {
   readManifest (root: Buffer): Promise<Buffer | undefined>
   readBlocks (hashes: Buffer): Promise<BlockBatch>
   locateBlocks? (hashes: Buffer): BlockPlaces
-  readManifestDelta? (root: Buffer, base: Buffer): Promise<Buffer | undefined>
+  readManifestDelta? (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined>
 }
 
 export interface FleetSwarmOptions {
@@ -258,8 +259,8 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     return this.#source.readManifest(root)
   }
 
-  readManifestDelta (root: Buffer, base: Buffer): Promise<Buffer | undefined> {
-    return this.#source.readManifestDelta?.(root, base) ?? Promise.resolve(undefined)
+  readManifestDelta (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined> {
+    return this.#source.readManifestDelta?.(root, base, version) ?? Promise.resolve(undefined)
   }
 
   onWithdraw (session: PeerSession, roots: Buffer[]): void {

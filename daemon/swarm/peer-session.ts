@@ -12,6 +12,7 @@ import { RateLimiter } from './rate-limiter.js'
 import { blockPool } from '../blocks/block-pool.js'
 import type { BlockTarget, ReadRun } from '../blocks/block-worker.js'
 import { cpuIdleShare } from '../blocks/cpu-idle.js'
+import type { DeltaVersion } from '../blocks/manifest-delta.js'
 
 const HELLO_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 60_000
@@ -74,7 +75,7 @@ export interface SessionHost {
   // (none named: the strictest), manifest deltas, withdrawn adverts and the service messages
   // (Stage, StageStatus, SeedDefaults).
   backgroundLimiter? (root?: Buffer): RateLimiter | undefined
-  readManifestDelta? (root: Buffer, base: Buffer): Promise<Buffer | undefined>
+  readManifestDelta? (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined>
   onWithdraw? (session: PeerSession, roots: Buffer[]): void
   onService? (session: PeerSession, msg: ServiceMessage): void
 }
@@ -440,7 +441,8 @@ export class PeerSession extends EventEmitter {
   }
 
   #serveManifest (id: number, root: Buffer, offset: number, length: number, base?: Buffer): void {
-    const delta = base && this.#host.readManifestDelta ? this.#host.readManifestDelta(root, base) : Promise.resolve(undefined)
+    // Runs (version 2) only for a peer that reads them.
+    const delta = base && this.#host.readManifestDelta ? this.#host.readManifestDelta(root, base, this.supports('manifest-delta-runs') ? 2 : 1) : Promise.resolve(undefined)
     delta.catch(() => undefined).then(async d => ({ enc: d ?? await this.#host.readManifest(root), delta: !!d })).then(({ enc, delta }) => {
       if (!enc) {
         this.#send('Error', { id, code: 'NOT_FOUND', message: 'no such manifest' })

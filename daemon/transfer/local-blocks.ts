@@ -8,7 +8,7 @@ import fs from 'node:fs/promises'
 import { HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, blockLength, encodeManifest, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { HashIndex } from '../blocks/hash-index.js'
-import { encodeManifestDelta } from '../blocks/manifest-delta.js'
+import { encodeManifestDelta, type DeltaVersion } from '../blocks/manifest-delta.js'
 import type { BlockBatch, BlockPlaces } from '../swarm/peer-session.js'
 
 // An idle file handle is closed after this long.
@@ -128,14 +128,14 @@ export class LocalBlocks {
 
   // Manifest `root` as a delta against `base`, when both are known here and the delta is
   // smaller than the manifest.
-  async readManifestDelta (root: Buffer, base: Buffer): Promise<Buffer | undefined> {
-    const key = root.toString('hex') + base.toString('hex')
+  async readManifestDelta (root: Buffer, base: Buffer, version: DeltaVersion = 2): Promise<Buffer | undefined> {
+    const key = root.toString('hex') + base.toString('hex') + version
     const cached = this.#deltas.get(key)
     if (cached) return cached
     const next = this.#manifests.get(root.toString('hex'))
     const prev = this.#manifests.get(base.toString('hex'))
     if (!next || !prev) return undefined
-    const delta = encodeManifestDelta(prev.manifest, next.manifest)
+    const delta = encodeManifestDelta(prev.manifest, next.manifest, version)
     next.encoded ??= encodeManifest(next.manifest)
     if (delta.length >= next.encoded.length) return undefined
     this.#deltas.set(key, delta)

@@ -551,15 +551,17 @@ export class TransferService {
     }
   }
 
-  // The manifest from a holder, checked against the root; as a delta against opts.manifestBase
-  // where a holder can make one (wireBytes counts what came over the wire).
+  // The manifest from a holder, checked against the root; as a delta where a holder can make
+  // one: against opts.manifestBase, or else against the newest image this host holds that a
+  // holder also advertises (wireBytes counts what came over the wire).
   async #getManifest (root: Buffer, opts: FetchOptions, ctx: JobContext): Promise<{ manifest: Manifest, wireBytes: number }> {
-    const base = opts.manifestBase ? this.local.manifest(Buffer.from(opts.manifestBase, 'hex')) ?? await this.#d.catalog.manifest(opts.manifestBase) : undefined
+    const rootHex = root.toString('hex')
+    const baseHex = opts.manifestBase ?? await this.#commonImage(rootHex, opts.from)
+    const base = baseHex ? this.local.manifest(Buffer.from(baseHex, 'hex')) ?? await this.#d.catalog.manifest(baseHex) : undefined
     if (base) {
-      const rootHex = root.toString('hex')
       const deadline = Date.now() + Math.min(opts.peerWaitMs ?? PEER_WAIT_MS, 10_000)
       while (Date.now() < deadline && !ctx.signal.aborted) {
-        const s = this.swarm!.holders(rootHex).find(h => h.adverts.has(rootHex) && (!opts.from || h.remoteHex === opts.from))
+        const s = this.swarm!.holders(rootHex).find(h => h.adverts.has(rootHex) && (!opts.from || h.remoteHex === opts.from) && (opts.manifestBase !== undefined || h.adverts.has(baseHex!)))
         if (!s) { await new Promise(resolve => setTimeout(resolve, 200)); continue }
         try {
           const got = await s.getManifestDelta(root, base.root, MAX_MANIFEST_BYTES)
@@ -574,6 +576,16 @@ export class TransferService {
     }
     const enc = await this.#getWholeManifest(root, opts, ctx)
     return { manifest: decodeManifest(enc, root), wireBytes: enc.length }
+  }
+
+  // The newest image here that a whole holder of `rootHex` (`from`, if given) advertises too.
+  async #commonImage (rootHex: string, from?: string): Promise<string | undefined> {
+    const holders = this.swarm!.holders(rootHex).filter(h => h.adverts.has(rootHex) && (!from || h.remoteHex === from))
+    let best: ImageInfo | undefined
+    for (const i of await this.#d.catalog.listImages()) {
+      if (i.root !== rootHex && holders.some(h => h.adverts.has(i.root)) && (!best || i.createdAt > best.createdAt)) best = i
+    }
+    return best?.root
   }
 
   async #getWholeManifest (root: Buffer, opts: FetchOptions, ctx: JobContext): Promise<Buffer> {
