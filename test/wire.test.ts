@@ -43,6 +43,15 @@ function pair (): [Pipe, Pipe] {
   return [a, b]
 }
 
+// Host a's session (sa) and host b's (sb) over a pipe pair, both past their Hellos.
+async function sessions (hostB: SessionHost = host('b')): Promise<{ a: Pipe, b: Pipe, sa: PeerSession, sb: PeerSession }> {
+  const [a, b] = pair()
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), hostB)
+  await Promise.all([sa.ready, sb.ready])
+  return { a, b, sa, sb }
+}
+
 const blocks = new Map<string, Buffer>()
 for (let i = 0; i < 64; i++) {
   const b = crypto.randomBytes(4096)
@@ -130,12 +139,9 @@ t.test('a manifest is fetched in ranged parts spread over its holders', async t 
 })
 
 t.test('a seeding request names its image, and is served under that image\'s limiter', async t => {
-  const [a, b] = pair()
   const asked: Array<string | undefined> = []
   const limiter = new RateLimiter(0)
-  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
-  const sb = new PeerSession(b, Buffer.alloc(32, 1), { ...host('b'), backgroundLimiter: root => { asked.push(root?.toString('hex')); return limiter } })
-  await Promise.all([sa.ready, sb.ready])
+  const { sa } = await sessions({ ...host('b'), backgroundLimiter: root => { asked.push(root?.toString('hex')); return limiter } })
   const hashes = Buffer.concat([...blocks.keys()].slice(0, 4).map(k => Buffer.from(k, 'hex')))
   const root = Buffer.alloc(32, 7)
   const got = await sa.getBlocks(hashes, undefined, root)
@@ -147,10 +153,7 @@ t.test('a seeding request names its image, and is served under that image\'s lim
 })
 
 t.test('a session serves manifests in chunks and blocks compressed', async t => {
-  const [a, b] = pair()
-  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
-  const sb = new PeerSession(b, Buffer.alloc(32, 1), host('b'))
-  await Promise.all([sa.ready, sb.ready])
+  const { sa, sb } = await sessions()
   t.equal(sa.codec, Codec.ZSTD)
   const m = await sa.getManifest(manifestRoot, 16 << 20)
   t.ok(m.equals(manifestBytes), 'manifest of 3 MiB in chunks')
@@ -170,10 +173,7 @@ t.test('a manifest delta in runs only to a peer that reads them', async t => {
   const base = createManifest(4096, 64 * 4096, crypto.randomBytes(64 * 32))
   const next = createManifest(4096, 64 * 4096, Buffer.concat([base.hashes.subarray(32), crypto.randomBytes(32)]))
   const asked: number[] = []
-  const [a, b] = pair()
-  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
-  const sb = new PeerSession(b, Buffer.alloc(32, 1), { ...host('b'), readManifestDelta: async (root, from, version) => { asked.push(version); return root.equals(next.root) && from.equals(base.root) ? encodeManifestDelta(base, next, version) : undefined } })
-  await Promise.all([sa.ready, sb.ready])
+  const { sa, sb } = await sessions({ ...host('b'), readManifestDelta: async (root, from, version) => { asked.push(version); return root.equals(next.root) && from.equals(base.root) ? encodeManifestDelta(base, next, version) : undefined } })
   const runs = await sa.getManifestDelta(next.root, base.root, 1 << 20)
   t.ok(runs.delta && runs.data[4] === 2, 'version 2 to this version')
   t.ok(applyManifestDelta(base, runs.data).root.equals(next.root))
@@ -187,10 +187,7 @@ t.test('a manifest delta in runs only to a peer that reads them', async t => {
 })
 
 t.test('a stream that backs up again and again leaves no listeners behind', async t => {
-  const [a, b] = pair()
-  const sa = new PeerSession(a, Buffer.alloc(32, 2), host('a'))
-  const sb = new PeerSession(b, Buffer.alloc(32, 1), host('b'))
-  await Promise.all([sa.ready, sb.ready])
+  const { a, b, sa, sb } = await sessions()
   a.backedUp = b.backedUp = true
   const hashes = Buffer.concat([...blocks.keys()].slice(0, 4).map(k => Buffer.from(k, 'hex')))
   for (let i = 0; i < 50; i++) t.same((await sa.getBlocks(hashes)).sizes, [4096, 4096, 4096, 4096])
