@@ -25,8 +25,7 @@ export interface FetchPlan {
   zeroBlocks: number
   local: LocalCopy[]
   // Blocks to fetch, one entry per distinct hash: every index that holds it (the hash is the
-  // manifest's at the first; no copy or view of it per entry, which for a big image made
-  // planning slow and left its garbage collector a heap of survivors to move).
+  // manifest's at the first, so an entry holds no copy or view of it).
   remote: Array<{ indices: number[] }>
   remoteBlocks: number
 }

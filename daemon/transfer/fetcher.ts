@@ -12,15 +12,15 @@
 //
 //   Remote: each holder of the root (whole, by advert, or part-way, by Have bitfield) is a peer
 //   with a window of blocks asked for and not yet answered, sized from its measured rate (about
-//   QUEUE_SECONDS of data, MIN_WINDOW..MAX_WINDOW full requests' worth). A request carries up
-//   to BATCH_BYTES of hashes, taken in index order from a cursor over the pending entries that
-//   peer has, so reads on the peer and writes here are long runs. Peers pull work as their answers come back, so a faster peer gets more;
-//   that is the rate-weighted spread. With several peers, requests shrink once what is pending
-//   would not fill every peer's minimum window, so the peers finish together. When nothing is
-//   pending but requests are out (the endgame), an idle peer asks again, one request at a time,
-//   for blocks in flight at the slowest peers that it would bring sooner (by the measured rates
-//   and what is queued ahead of them), latest first; the first valid answer wins and the other
-//   request is cancelled.
+//   QUEUE_SECONDS of data, MIN_WINDOW..MAX_WINDOW full requests' worth). A request carries up to
+//   BATCH_BYTES of hashes, taken in index order from a cursor over the pending entries that peer
+//   has, so reads on the peer and writes here are long runs. Peers pull work as their answers come
+//   back, so a faster peer gets more; that is the rate-weighted spread. With several peers,
+//   requests shrink once what is pending would not fill every peer's minimum window, so the peers
+//   finish together. When nothing is pending but requests are out (the endgame), an idle peer asks
+//   again, one request at a time, for blocks in flight at the slowest peers that it would bring
+//   sooner (by the measured rates and what is queued ahead of them), latest first; the first valid
+//   answer wins and the other request is cancelled.
 //
 //   Every block is checked against its hash (BLAKE3) and length before it is written (the hash
 //   on a block-pool worker, as the response is unpacked there); one bad block drops the peer
