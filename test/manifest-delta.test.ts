@@ -42,6 +42,17 @@ t.test('version 2 names moved blocks by where they lie in the base', async t => 
   t.ok(d1.length > whole, `version 1 sends every moved hash (${d1.length})`)
 })
 
+t.test('scattered single changes: the smaller encoding, slots', async t => {
+  const base = manifestOf(crypto.randomBytes(1000 * HASH_BYTES))
+  const hashes = Buffer.from(base.hashes)
+  for (let i = 0; i < 1000; i += 3) crypto.randomBytes(HASH_BYTES).copy(hashes, i * HASH_BYTES)
+  const next = manifestOf(hashes)
+  const d = encodeManifestDelta(base, next, 2)
+  t.equal(d[4], 1, 'version 1: 36 bytes a changed block, where a run of one would take 41')
+  t.equal(d.length, encodeManifestDelta(base, next, 1).length)
+  t.ok(applyManifestDelta(base, d).root.equals(next.root))
+})
+
 t.test('a bigger or smaller image, and one with nothing in common', async t => {
   const grown = pair(5000, 3, 1500)
   t.ok(applyManifestDelta(grown.base, encodeManifestDelta(grown.base, grown.next)).root.equals(grown.next.root), 'grown')
