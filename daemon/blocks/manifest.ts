@@ -54,16 +54,19 @@ export function zeroSlots (hashes: Buffer): Uint8Array {
   if (map) return map
   const count = hashes.length / HASH_BYTES
   map = new Uint8Array(count)
-  if (hashes.byteOffset % 4 === 0) {
-    const w = new Int32Array(hashes.buffer, hashes.byteOffset, count * 8)
-    for (let i = 0, o = 0; i < count; i++, o += 8) {
-      map[i] = (w[o]! | w[o + 1]! | w[o + 2]! | w[o + 3]! | w[o + 4]! | w[o + 5]! | w[o + 6]! | w[o + 7]!) === 0 ? 1 : 0
-    }
-  } else {
-    for (let i = 0; i < count; i++) map[i] = isZeroSlot(hashes, i) ? 1 : 0
+  const w = hashWords(hashes)
+  for (let i = 0, o = 0; i < count; i++, o += 8) {
+    map[i] = (w[o]! | w[o + 1]! | w[o + 2]! | w[o + 3]! | w[o + 4]! | w[o + 5]! | w[o + 6]! | w[o + 7]!) === 0 ? 1 : 0
   }
   zeroMaps.set(hashes, map)
   return map
+}
+
+// A hash table as 32-bit words, 8 a slot (a copy where it is not 4-byte aligned): loops over
+// every slot compare words, not bytes or Buffer.compare calls (30 ms for a 2 GiB image).
+export function hashWords (hashes: Buffer): Int32Array {
+  const b = hashes.byteOffset % 4 === 0 ? hashes : Buffer.from(hashes)
+  return new Int32Array(b.buffer, b.byteOffset, b.length / 4)
 }
 
 // Block i of two hash tables holds the same hash.

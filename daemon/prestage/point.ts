@@ -11,7 +11,8 @@ import type { PrestagePoint } from '../../protocol/rpc.js'
 import type { BlockHasher } from '../blocks/block-hasher.js'
 import { deviceSize } from '../blocks/block-hasher.js'
 import { hashInto, HASH_BYTES } from '../blocks/hash.js'
-import { blockCount, createManifest, type Manifest } from '../blocks/manifest.js'
+import { blockCount, createManifest, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
+import { changedSlots } from '../blocks/manifest-delta.js'
 import { copyNonZero } from '../images/block-copy.js'
 import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
 import { runOk } from '../tools/run.js'
@@ -123,7 +124,7 @@ export async function indexPoint (o: IndexOptions): Promise<IndexResult> {
   if (!ranges) {
     const manifest = await o.hasher.indexFile(o.volume.path, { blockSize: o.blockSize, size: o.size, signal: o.signal, onProgress: o.onProgress })
     const count = blockCount(o.size, o.blockSize)
-    return { manifest, index: 'full', hashedBlocks: count, changedBlocks: prev ? countChanged(prev.manifest, manifest) : count - zeroSlots(manifest) }
+    return { manifest, index: 'full', hashedBlocks: count, changedBlocks: prev ? changedSlots(prev.manifest, manifest).length : count - zeroBlockCount(manifest) }
   }
   const count = blockCount(o.size, o.blockSize)
   const hashes = Buffer.alloc(count * HASH_BYTES)
@@ -133,7 +134,7 @@ export async function indexPoint (o: IndexOptions): Promise<IndexResult> {
   if (prev && o.size > prevSize) ranges.push([Math.floor(prevSize / o.blockSize) * o.blockSize, o.size - Math.floor(prevSize / o.blockSize) * o.blockSize])
   const hashed = await hashRanges(o.volume.path, o.size, o.blockSize, ranges, hashes, o.signal, o.onProgress)
   const manifest = createManifest(o.blockSize, o.size, hashes)
-  return { manifest, index, hashedBlocks: hashed, changedBlocks: prev ? countChanged(prev.manifest, manifest) : count - zeroSlots(manifest) }
+  return { manifest, index, hashedBlocks: hashed, changedBlocks: prev ? changedSlots(prev.manifest, manifest).length : count - zeroBlockCount(manifest) }
 }
 
 // Hashes the blocks of `ranges` into their slots (zero blocks: all-zero slots); returns how
@@ -209,26 +210,4 @@ async function hashRanges (file: string, size: number, blockSize: number, ranges
     await fh.close()
   }
   return hashed
-}
-
-function countChanged (a: Manifest, b: Manifest): number {
-  const n = blockCount(b.size, b.blockSize)
-  const m = blockCount(a.size, a.blockSize)
-  let c = 0
-  for (let i = 0; i < n; i++) {
-    const o = i * HASH_BYTES
-    if (i >= m ? !isZero(b.hashes, o) : b.hashes.compare(a.hashes, o, o + HASH_BYTES, o, o + HASH_BYTES) !== 0) c++
-  }
-  return c
-}
-
-function zeroSlots (m: Manifest): number {
-  let n = 0
-  for (let o = 0; o < m.hashes.length; o += HASH_BYTES) if (isZero(m.hashes, o)) n++
-  return n
-}
-
-function isZero (buf: Buffer, o: number): boolean {
-  for (let j = 0; j < HASH_BYTES; j++) if (buf[o + j] !== 0) return false
-  return true
 }
