@@ -423,6 +423,9 @@ export class Fetcher {
   #refreshHolding (ps: PeerState): void {
     const whole = ps.session.adverts.has(this.#rootHex)
     if (whole !== ps.whole) this.#swarmView = undefined
+    // What it answered missing while part-way, it holds now (else those blocks, asked of it
+    // alone, waited for PEER_WAIT_MS and failed the fetch).
+    if (whole && !ps.whole) ps.missing.clear()
     ps.whole = whole
     ps.bits = ps.session.haves.get(this.#rootHex)
   }
