@@ -381,6 +381,9 @@ export interface Methods {
   'image.build': { params: BuildParams, result: JobInfo }
   'image.export': { params: { id: string, path: string, format?: 'raw' | 'qcow2' }, result: JobInfo }
   'image.remove': { params: { id: string }, result: { id: string, removed: boolean } }
+  // Sets labels (`set`: "key=value,..."; a key replaces that key's labels) and removes others
+  // (`remove`: "key,key=value,..."), on the builder host only; the new advert reaches the fleet.
+  'image.label': { params: { id: string, set?: string, remove?: string }, result: ImageInfo }
   'image.verify': { params: { id: string }, result: JobInfo }
   'job.get': { params: { id: string }, result: JobInfo }
   'job.list': { params: Record<string, never>, result: JobInfo[] }

@@ -32,6 +32,9 @@ export interface Advert {
   created?: number | null
   labels?: string[]
   extSignature?: Buffer | null
+  // Appended (fields 11–12): trusted only with a valid revSignature (advertRevSigningBytes).
+  revision?: number | null
+  revSignature?: Buffer | null
 }
 export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[], features?: string[] }
 export interface Adverts { adverts: Advert[] }
@@ -212,6 +215,7 @@ function checkAdvert (a: Advert): void {
   if (!Number.isSafeInteger(a.size) || a.name.length > 255) throw PROTOCOL_ERROR('bad advert: size or name')
   if ((a.labels?.length ?? 0) > MAX_LABELS || a.labels?.some(l => l.length > 255)) throw PROTOCOL_ERROR('bad advert: labels')
   if (a.extSignature && a.extSignature.length !== 64) throw PROTOCOL_ERROR('bad advert: key lengths')
+  if (a.revSignature && (a.revSignature.length !== 64 || !a.extSignature)) throw PROTOCOL_ERROR('bad advert: revision signature')
 }
 
 // Bytes the builder signs for an advert: everything but the signature, in a fixed layout.
@@ -245,6 +249,18 @@ export function advertExtSigningBytes (a: Omit<Advert, 'signature' | 'extSignatu
     parts.push(len, b)
   }
   return Buffer.concat(parts)
+}
+
+// Bytes the builder signs for a relabelled advert: the ext bytes, then the revision.
+export function advertRevSigningBytes (a: Omit<Advert, 'signature' | 'extSignature' | 'revSignature'>): Buffer {
+  const rev = Buffer.alloc(4)
+  rev.writeUInt32BE(a.revision ?? 0, 0)
+  return Buffer.concat([advertExtSigningBytes(a), Buffer.from('osfarm-advert-rev-v1', 'latin1'), rev])
+}
+
+// Whether `a` replaces `b`: both the same builder's adverts for one root, `a` relabelled later.
+export function supersedes (a: Advert, b: Advert): boolean {
+  return (a.revision ?? 0) > (b.revision ?? 0) && a.root.equals(b.root) && a.builder.equals(b.builder)
 }
 
 // Bytes an allowed host signs for the fleet's default seed policies.

@@ -140,3 +140,55 @@ t.test('a host policy: newest N, max size, and a user\'s job goes first', async 
   const st = await b.ctlJson('seed', 'status')
   t.same(st.images.filter((i: any) => i.local === 'held').map((i: any) => i.name).sort(), ['db-2', 'db-3'], 'the two newest are held (db-3 the user fetched)')
 })
+
+t.test('relabelling: the builder changes an image\'s labels; holders, late hosts and seed policies follow', async t => {
+  const fleet = await startFleet(3, t.teardown)
+  const [a, b, c] = fleet.daemons as [TestDaemon, TestDaemon, TestDaemon]
+  const dir = await tempDir('osfarm-relabel-')
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const pair = await makeImagePair(dir, 1024, 20, 31)
+  const img = await a.ctlJson('image', 'import', pair.derived, '--name', 'svc-1', '--label', 'role=db', '--label', 'team=x')
+  for (const d of [a, b, c]) await waitPeers(d, 2)
+  const labelsOn = async (d: TestDaemon) => (await d.ctlJson('image', 'show', 'svc-1')).labels ?? []
+  const labelled = (d: TestDaemon, want: string[]) => until(`labels ${want.join(',')}`, async () => {
+    const got = await labelsOn(d)
+    return got.length === want.length && want.every(l => got.includes(l))
+  })
+
+  // B holds a copy (a user's fetch); C seeds what is labelled role=web: nothing yet.
+  const fetched = await b.ctlJson('fetch', 'svc-1')
+  t.same(fetched.image.labels, ['role=db', 'team=x'])
+  await c.ctlJson('seed', 'add', 'svc-*', '--label', 'role=web')
+  const refused = await b.ctl('image', 'label', 'svc-1', 'role=web')
+  t.equal(refused.exitCode, 77, 'a host that did not build the image cannot relabel it')
+  t.match(refused.stderr, /only that host can change its labels/)
+  t.same(await labelsOn(b), ['role=db', 'team=x'], 'and its copy keeps its labels')
+  const bad = await a.ctl('image', 'label', 'svc-1', 'no label')
+  t.equal(bad.exitCode, 64, 'a malformed label is refused')
+  t.same(await labelsOn(a), ['role=db', 'team=x'], 'and changes nothing')
+
+  // The builder relabels: B's copy follows, and C's policy now wants the image.
+  const r1 = await a.ctlJson('image', 'label', 'svc-1', 'role=web', '--rm', 'team')
+  t.same(r1.labels, ['role=web'])
+  await labelled(b, ['role=web'])
+  const seeded = await holds(c, img.root)
+  t.same(seeded.labels, ['role=web'], 'seeded with the new labels')
+  t.pass('the holder relabelled its copy; the policy fetched the image')
+
+  // Back to role=db: C releases it (no policy wants it), B keeps its own fetch, relabelled.
+  await a.ctlJson('image', 'label', 'svc-1', 'role=db')
+  await lacks(c, img.root)
+  await labelled(b, ['role=db'])
+  t.pass('released where no policy wants it any more')
+
+  // The builder goes; a host that joins now hears the image only from B, with its newest labels.
+  await a.stop('SIGKILL')
+  const d = await startDaemon()
+  t.teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
+  const info = await d.ctlJson('fleet', 'init', '--secret', fleet.secret, '--bootstrap', fleet.bootstrap, '--dht-host', '127.0.0.1')
+  for (const k of fleet.keys) await d.ctlJson('fleet', 'allow', k)
+  for (const x of [b, c]) await x.ctlJson('fleet', 'allow', info.publicKey)
+  await d.ctlJson('seed', 'add', 'svc-*', '--label', 'role=db')
+  const late = await holds(d, img.root)
+  t.same(late.labels, ['role=db'], 'passed on by the holder with the builder\'s newest labels (team=x gone)')
+})

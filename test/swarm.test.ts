@@ -6,6 +6,8 @@ import { fleetTopic, newFleetConfig, rootTopic, type FleetConfig } from '../daem
 import { advertSigningBytes, type Advert } from '../protocol/wire.js'
 import { sign } from '../daemon/swarm/identity.js'
 import { hash } from '../daemon/blocks/hash.js'
+import type { PeerSession } from '../daemon/swarm/peer-session.js'
+import { signedAdvert } from './helpers/adverts.js'
 
 const source: BlockSource = {
   readManifest: async () => undefined,
@@ -49,6 +51,39 @@ t.test('allow-listed hosts connect and exchange signed adverts; others are refus
   // Denying b disconnects it.
   a.reconfigure({ ...a.config, allow: [allow[0]!] })
   t.ok(await until(() => a.sessions.size === 0 && b.sessions.size === 0), 'denied peer disconnected')
+})
+
+t.test('a relabelled advert replaces older copies of it; a stale copy heard later does not undo it', async t => {
+  const testnet = await createTestnet(3, t.teardown)
+  const config = newFleetConfig({ allow: [], bootstrap: testnet.bootstrap.map(b => `${b.host}:${b.port}`), dht: { host: '127.0.0.1' } })
+  const swarm = await FleetSwarm.open({ keyPair: DHT.keyPair(), config, source, hostName: 'x' })
+  t.teardown(() => swarm.close())
+  // Two peers' sessions, as far as adverts go.
+  const session = (hex: string) => ({ remoteHex: hex, adverts: new Map(), haves: new Map(), destroy () {} }) as unknown as PeerSession
+  const [s1, s2] = [session('01'), session('02')]
+  swarm.sessions.set('01', s1)
+  swarm.sessions.set('02', s2)
+  const revised: Advert[] = []
+  swarm.on('revised', (a: Advert) => revised.push(a))
+  const builder = DHT.keyPair()
+  const hex = signedAdvert(builder, [], null).root.toString('hex')
+  swarm.onAdverts(s1, [signedAdvert(builder, ['role=db'], null)])
+  swarm.onAdverts(s2, [signedAdvert(builder, ['role=db'], null)])
+  t.same(revised, [], 'an advert as built is no relabelling')
+  const v1 = signedAdvert(builder, ['role=web'], 1)
+  swarm.onAdverts(s1, [v1])
+  t.same(revised.map(a => a.labels), [['role=web']], 'the relabelling is announced once')
+  t.same(s2.adverts.get(hex)!.labels, ['role=web'], 'and replaces the older copy another peer sent')
+  swarm.onAdverts(s2, [signedAdvert(builder, ['role=db'], null)])
+  t.same(s2.adverts.get(hex)!.labels, ['role=web'], 'a stale copy heard later does not undo it')
+  t.equal(swarm.newest(signedAdvert(builder, ['role=db'], null)), v1)
+  swarm.onAdverts(s1, [v1])
+  t.equal(revised.length, 1, 'hearing it again announces nothing')
+  t.throws(() => swarm.onAdverts(s1, [{ ...signedAdvert(builder, ['role=ops'], 1), revision: 7 }]), { code: 'PROTOCOL_ERROR' }, 'a forged revision is refused')
+  const other = signedAdvert(DHT.keyPair(), ['role=db'], null)
+  swarm.onAdverts(s2, [other])
+  t.equal(s2.adverts.get(hex), other, 'another builder\'s advert for the same content is its own')
+  t.equal(swarm.newest(other), other)
 })
 
 t.test('topics are keyed by the fleet secret', async t => {

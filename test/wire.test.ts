@@ -2,7 +2,8 @@ import t from 'tap'
 import crypto from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import {
-  advertSigningBytes, Codec, decodeMessage, encodeFrame, FrameDecoder, MAX_FRAME_BYTES, TYPES, WIRE_VERSION, type Advert
+  advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, Codec, decodeMessage, encodeFrame, FrameDecoder, MAX_FRAME_BYTES,
+  supersedes, TYPES, WIRE_VERSION, type Advert
 } from '../protocol/wire.js'
 import { PeerSession, type SessionHost, type Stream } from '../daemon/swarm/peer-session.js'
 import { RateLimiter } from '../daemon/swarm/rate-limiter.js'
@@ -11,6 +12,7 @@ import { createManifest } from '../daemon/blocks/manifest.js'
 import { applyManifestDelta, encodeManifestDelta } from '../daemon/blocks/manifest-delta.js'
 import { sign, verify } from '../daemon/swarm/identity.js'
 import DHT from 'hyperdht'
+import { signedAdvert } from './helpers/adverts.js'
 
 // An in-memory stream pair: what one side writes, the other reads.
 class Pipe extends EventEmitter implements Stream {
@@ -117,6 +119,24 @@ t.test('adverts are signed by the builder key', async t => {
   const frame = encodeFrame('Adverts', { adverts: [advert] })
   const back = decodeMessage(frame.subarray(4))
   t.equal(back.type, 'Adverts')
+})
+
+t.test('a relabelled advert carries a signed revision that supersedes the builder\'s older ones', async t => {
+  const kp = DHT.keyPair()
+  const v0 = signedAdvert(kp, ['role=db'], null)
+  const v1 = signedAdvert(kp, ['role=web'], 1)
+  const back = decodeMessage(encodeFrame('Adverts', { adverts: [v1] }).subarray(4))
+  const got = (back.body as { adverts: Advert[] }).adverts[0]!
+  t.equal(got.revision, 1)
+  t.ok(verify(advertRevSigningBytes(got), got.revSignature!, kp.publicKey), 'the revision verifies')
+  t.ok(verify(advertExtSigningBytes(got), got.extSignature!, kp.publicKey), 'a peer that predates revisions still verifies the new labels')
+  t.notOk(verify(advertRevSigningBytes({ ...got, revision: 9 }), got.revSignature!, kp.publicKey), 'a raised revision does not verify')
+  t.ok(supersedes(v1, v0))
+  t.notOk(supersedes(v0, v1))
+  t.notOk(supersedes(v1, v1), 'the same revision supersedes nothing')
+  const other = DHT.keyPair()
+  t.notOk(supersedes({ ...v1, builder: other.publicKey }, v0), 'another builder\'s advert never replaces one')
+  t.throws(() => decodeMessage(encodeFrame('Adverts', { adverts: [{ ...v1, extSignature: null }] }).subarray(4)), { code: 'PROTOCOL_ERROR' }, 'a revision without the labels\' signature is refused')
 })
 
 t.test('a manifest is fetched in ranged parts spread over its holders', async t => {

@@ -1,4 +1,4 @@
-// osfarmctl image ls|show|import|export|rm|verify
+// osfarmctl image ls|show|import|label|export|rm|verify
 
 import path from 'node:path'
 import { Option, type Command } from 'commander'
@@ -49,6 +49,16 @@ export function register (program: Command, ctx: CliContext): void {
       const img = end.result as ImageInfo
       if (opts.json) return printJson(img)
       console.log(`imported ${img.name}: id ${shortId(img.id)}, root ${shortId(img.root)}, ${humanBytes(img.size)} (${humanBytes(dataBytes(img))} data)`)
+    }))
+
+  image.command('label <id> [labels...]')
+    .description('set labels (key=value; a key replaces that key\'s labels) on an image this host built; the fleet hears the new labels')
+    .option('--rm <key>', 'remove the labels of a key (or one key=value); repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
+    .option('--json', 'print JSON')
+    .action((ref, labels: string[], opts) => withClient(ctx, async c => {
+      const i = await c.call('image.label', { id: ref, ...(labels.length ? { set: labels.join(',') } : {}), ...(opts.rm.length ? { remove: opts.rm.join(',') } : {}) })
+      if (opts.json) return printJson(i)
+      console.log(`${i.name}: ${i.labels?.join(', ') || '(no labels)'}`)
     }))
 
   image.command('export <id>')

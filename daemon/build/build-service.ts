@@ -151,7 +151,7 @@ export class BuildService {
 // the same signed advert on.
 function checkSameLabels (name: string, state: string, have: string[], asked: string[]): void {
   if (!asked.length || sameLabels(have, asked)) return
-  throw NAME_IN_USE(`an image named "${name}" ${state} with labels ${have.join(',') || '(none)'}, not ${asked.join(',')}; an image's labels are fixed when it is registered (they are signed into its advert)`)
+  throw NAME_IN_USE(`an image named "${name}" ${state} with labels ${have.join(',') || '(none)'}, not ${asked.join(',')}; change them with osfarmctl image label`)
 }
 
 function cachedResult (image: ImageInfo, layers: Array<{ key: string, step: string }>): BuildResultInfo {

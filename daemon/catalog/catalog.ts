@@ -118,6 +118,11 @@ export class Catalog {
       .write()
   }
 
+  // Rewrites an image's record (its name and manifest unchanged).
+  async updateImage (image: ImageInfo): Promise<void> {
+    await this.images.put(image.id, image)
+  }
+
   // Removes manifest files no image names: left by a crash between a manifest and its record.
   async sweepManifests (): Promise<string[]> {
     const roots = new Set((await this.listImages()).map(i => i.root))

@@ -22,6 +22,13 @@ import type { Logger } from '../log.js'
 const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$/
 const MAX_BAD_BLOCKS_LISTED = 1000
 
+// Told of every change to the catalog's images.
+export interface ImageListener {
+  registered (image: ImageInfo, manifest: Manifest): void
+  removed (image: ImageInfo): void
+  relabelled? (image: ImageInfo): void
+}
+
 export interface RegisterOptions {
   volume: string
   name: string
@@ -44,9 +51,9 @@ export class ImageService {
   // Names claimed by imports still running, so two cannot race for one name.
   readonly #claimed = new Set<string>()
   // Told of every registered and removed image (transfers serve and advertise them).
-  readonly #listeners: Array<{ registered (image: ImageInfo, manifest: Manifest): void, removed (image: ImageInfo): void }> = []
+  readonly #listeners: ImageListener[] = []
 
-  subscribe (listener: { registered (image: ImageInfo, manifest: Manifest): void, removed (image: ImageInfo): void }): void {
+  subscribe (listener: ImageListener): void {
     this.#listeners.push(listener)
   }
 
@@ -221,6 +228,17 @@ export class ImageService {
       if (!result.ok) this.#log.warn('image failed verification', { image: image.id, badBlocks: badBlocks.length })
       return result
     })
+  }
+
+  // Sets an image's labels in the catalog. Its advert, which carries them to the fleet, is the
+  // transfer service's (TransferService.relabel).
+  async setLabels (image: ImageInfo, labels: string[]): Promise<ImageInfo> {
+    const updated: ImageInfo = { ...image, labels }
+    if (!labels.length) delete updated.labels
+    await this.#catalog.updateImage(updated)
+    this.#log.info('image relabelled', { image: image.id, name: image.name, labels: labels.join(',') || '-' })
+    for (const l of this.#listeners) l.relabelled?.(updated)
+    return updated
   }
 
   async remove (ref: string): Promise<{ id: string, removed: boolean }> {

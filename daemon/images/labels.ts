@@ -33,6 +33,13 @@ export function mergeLabels (base: string[], over: string[]): string[] {
   return [...new Set([...base.filter(l => !keys.has(keyOf(l))), ...over])]
 }
 
+// `labels` without those named in `remove`: a key drops every label of that key, a "key=value"
+// that label alone.
+export function dropLabels (labels: string[], remove: string[]): string[] {
+  const names = new Set(remove)
+  return labels.filter(l => !names.has(l) && !names.has(keyOf(l)))
+}
+
 // One set of labels whatever their order.
 export function sameLabels (a: string[], b: string[]): boolean {
   const set = new Set(a)

@@ -50,6 +50,11 @@ export function methodTable (d: Daemon): MethodTable {
       handler: p => d.images.export(p.id, p.path, p.format ?? 'raw')
     },
     'image.remove': { params: id, write: true, handler: p => d.images.remove(p.id) },
+    'image.label': {
+      params: { ...id, set: { type: 'string', optional: true }, remove: { type: 'string', optional: true } },
+      write: true,
+      handler: p => d.transfers.relabel(p.id, { set: splitLabels(p.set ?? ''), remove: splitLabels(p.remove ?? '') })
+    },
     'image.verify': { params: id, write: false, handler: p => d.images.verify(p.id) },
     'job.get': { params: id, write: false, handler: p => d.jobs.get(p.id) },
     'job.list': { params: {}, write: false, handler: () => d.jobs.list() },

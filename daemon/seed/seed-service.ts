@@ -88,7 +88,7 @@ export class SeedService {
       else if (key === 'defaults') this.#setDefaults(value as Defaults)
       else if (key === 'cap') this.#cap = (value as number) || null
     }
-    this.#d.images.subscribe({ registered: () => this.schedule(), removed: () => this.schedule() })
+    this.#d.images.subscribe({ registered: () => this.schedule(), removed: () => this.schedule(), relabelled: () => this.schedule() })
     this.#d.jobs.onActivity((job, event) => this.#onJob(job, event))
     this.#d.transfers.onSwarm(swarm => this.#attach(swarm))
     this.#sweeper = setInterval(() => this.schedule(), SWEEP_MS)

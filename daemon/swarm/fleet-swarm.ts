@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events'
 import os from 'node:os'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery, type UdxSocket } from 'hyperswarm'
 import DHT, { type KeyPair } from 'hyperdht'
-import { advertExtSigningBytes, advertSigningBytes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
+import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, supersedes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
 import { PROTOCOL_ERROR } from '../../protocol/errors.js'
 import type { PeerInfo } from '../../protocol/rpc.js'
 import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
@@ -18,6 +18,8 @@ import type { DeltaVersion } from '../blocks/manifest-delta.js'
 // Images whose root topics we announce; past this only the fleet topic finds us.
 const MAX_ROOT_TOPICS = 256
 const MAX_ADVERTS_PER_PEER = 10_000
+// Relabelled adverts remembered (oldest forgotten first).
+const MAX_REVISED = 10_000
 // While an allowed host is not connected, the fleet topic is announced and looked up again this
 // often (a young DHT can store an announce where a later lookup does not look).
 const REDISCOVER_MS = 5_000
@@ -63,6 +65,8 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   #adverts = new Map<string, Advert>()
   // Adverts meant for one peer only (pre-staging): peer hex → root hex → advert.
   #targeted = new Map<string, Map<string, Advert>>()
+  // The newest relabelling heard of each builder's advert for a root (root + builder, hex).
+  #revised = new Map<string, Advert>()
   #topics = new Map<string, PeerDiscovery>()
   #fleet: PeerDiscovery | undefined
   #source: BlockSource
@@ -230,12 +234,43 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
         a.created = null
         a.labels = []
       }
+      if (a.revSignature) {
+        if (!verify(advertRevSigningBytes(a), a.revSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad revision signature')
+      } else {
+        a.revision = null
+      }
       if (session.adverts.size >= MAX_ADVERTS_PER_PEER) throw PROTOCOL_ERROR('too many adverts')
       const hex = a.root.toString('hex')
-      session.adverts.set(hex, a)
+      session.adverts.set(hex, this.#remember(a))
       session.haves.delete(hex)
       this.emit('holder', hex, session)
     }
+  }
+
+  // The newest relabelling heard of `a` (the builder's own, or a holder's copy of it), or `a`.
+  newest (a: Advert): Advert {
+    const known = this.#revised.get(a.root.toString('hex') + a.builder.toString('hex'))
+    return known && supersedes(known, a) ? known : a
+  }
+
+  // Keeps the newest of `a` and the relabellings of it heard before: a copy passed on by a holder
+  // that has not heard of a relabelling yet never undoes it. A newer one replaces the older in
+  // every session and is announced ('revised'): holders take it and pass it on.
+  #remember (a: Advert): Advert {
+    const key = a.root.toString('hex') + a.builder.toString('hex')
+    const known = this.#revised.get(key)
+    if (known && !supersedes(a, known)) return known
+    if (!a.revision) return a
+    this.#revised.delete(key)
+    this.#revised.set(key, a)
+    if (this.#revised.size > MAX_REVISED) this.#revised.delete(this.#revised.keys().next().value!)
+    const hex = a.root.toString('hex')
+    for (const s of this.sessions.values()) {
+      const old = s.adverts.get(hex)
+      if (old && supersedes(a, old)) s.adverts.set(hex, a)
+    }
+    this.emit('revised', a)
+    return a
   }
 
   onHave (session: PeerSession, have: Have): void {
@@ -312,9 +347,13 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     return this.#source.locateBlocks?.(hashes)
   }
 
-  // Adverts: images this host holds whole. Announced to every session and on their root topics.
+  // Adverts: images this host holds whole. Announced to every session and on their root topics;
+  // a relabelled advert replaces the one it supersedes.
   advertise (adverts: Advert[]): void {
-    const fresh = adverts.filter(a => !this.#adverts.has(a.root.toString('hex')))
+    const fresh = adverts.filter(a => {
+      const old = this.#adverts.get(a.root.toString('hex'))
+      return !old || supersedes(a, old)
+    })
     for (const a of fresh) {
       const hex = a.root.toString('hex')
       this.#adverts.set(hex, a)

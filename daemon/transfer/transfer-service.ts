@@ -6,9 +6,10 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { KeyPair } from 'hyperdht'
-import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, VERIFY_FAILED } from '../../protocol/errors.js'
+import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, PERMISSION_DENIED, VERIFY_FAILED } from '../../protocol/errors.js'
 import type { FleetInfo, FetchResult, ImageInfo, JobInfo, PeerInfo } from '../../protocol/rpc.js'
-import { advertExtSigningBytes, advertSigningBytes, type Advert } from '../../protocol/wire.js'
+import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, supersedes, type Advert } from '../../protocol/wire.js'
+import { checkLabels, dropLabels, mergeLabels, sameLabels } from '../images/labels.js'
 import { blockCount, decodeManifest, encodeManifest, zeroBlockCount, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { applyManifestDelta } from '../blocks/manifest-delta.js'
 import { RateLimiter } from '../swarm/rate-limiter.js'
@@ -130,6 +131,11 @@ export class TransferService {
       log: (msg, fields) => this.#d.log.info(msg, fields as Record<string, string>)
     })
     this.swarm.advertise(await this.#allAdverts())
+    // One at a time: each checks the saved advert before it replaces it.
+    let revising = Promise.resolve()
+    this.swarm.on('revised', (a: Advert) => {
+      revising = revising.then(() => this.#onRevised(a)).catch(err => this.#d.log.warn('cannot take a relabelled advert', { root: a.root.toString('hex'), error: (err as Error).message }))
+    })
     // A host in a fleet serves and fetches blocks: its block workers start now, not with the
     // first request.
     blockPool().warm()
@@ -172,10 +178,49 @@ export class TransferService {
     return advert
   }
 
-  // An advert this host signs as the builder, with the appended fields (created, labels).
-  signAdvert (a: { root: Buffer, name: string, size: number, blockSize: number, created?: number, labels?: string[] }): Advert {
-    const body = { root: a.root, name: a.name, size: a.size, blockSize: a.blockSize, specKey: null, builder: this.#keyPair.publicKey, created: a.created ?? Date.now(), labels: a.labels ?? [] }
-    return { ...body, signature: sign(advertSigningBytes(body), this.#keyPair), extSignature: sign(advertExtSigningBytes(body), this.#keyPair) }
+  // An advert this host signs as the builder, with the appended fields (created, labels, and
+  // the revision once relabelled).
+  signAdvert (a: { root: Buffer, name: string, size: number, blockSize: number, created?: number, labels?: string[], revision?: number }): Advert {
+    const body = { root: a.root, name: a.name, size: a.size, blockSize: a.blockSize, specKey: null, builder: this.#keyPair.publicKey, created: a.created ?? Date.now(), labels: a.labels ?? [], revision: a.revision || null }
+    const advert: Advert = { ...body, signature: sign(advertSigningBytes(body), this.#keyPair), extSignature: sign(advertExtSigningBytes(body), this.#keyPair) }
+    if (body.revision) advert.revSignature = sign(advertRevSigningBytes(body), this.#keyPair)
+    return advert
+  }
+
+  // Changes an image's labels. Labels are signed into the image's advert, so only its builder
+  // can: the advert is signed again with the next revision, and every host that hears it
+  // replaces the older one (holders update their copies' labels and pass it on).
+  async relabel (ref: string, change: { set: string[], remove: string[] }): Promise<ImageInfo> {
+    const image = await this.#d.images.get(ref)
+    const saved = await this.advertOf(image.root)
+    if (saved && !saved.builder.equals(this.#keyPair.publicKey)) {
+      throw PERMISSION_DENIED(`image ${image.name} was built by host ${saved.builder.toString('hex').slice(0, 16)}: only that host can change its labels (they are signed into its advert)`)
+    }
+    const current = saved?.labels ?? image.labels ?? []
+    const labels = checkLabels(mergeLabels(dropLabels(current, change.remove), checkLabels(change.set)))
+    if (sameLabels(labels, current) && sameLabels(labels, image.labels ?? [])) return image
+    let updated = image
+    // The advert first: a crash before the catalog is updated is mended by running it again.
+    if (saved) {
+      const next = this.signAdvert({ root: saved.root, name: saved.name, size: saved.size, blockSize: saved.blockSize, created: saved.created ?? undefined, labels, revision: (saved.revision ?? 0) + 1 })
+      await this.#adverts.put(image.root, serializeAdvert(next))
+      this.swarm?.advertise([next])
+    }
+    for (const i of await this.#d.catalog.listImages()) {
+      if (i.root === image.root) { const u = await this.#d.images.setLabels(i, labels); if (i.id === image.id) updated = u }
+    }
+    return updated
+  }
+
+  // A relabelling heard from the fleet. For an image held here it replaces the saved advert and
+  // the copies' labels, and this host advertises the new one from now on.
+  async #onRevised (a: Advert): Promise<void> {
+    const hex = a.root.toString('hex')
+    const saved = await this.advertOf(hex)
+    if (!saved || !supersedes(a, saved)) return
+    await this.#adverts.put(hex, serializeAdvert(a))
+    for (const i of await this.#d.catalog.listImages()) if (i.root === hex) await this.#d.images.setLabels(i, a.labels ?? [])
+    this.swarm?.advertise([a])
   }
 
   // The advert this host sends for a local image (its builder's, for a fetched one).
@@ -529,7 +574,7 @@ export class TransferService {
         await fs.rm(dir, { recursive: true, force: true })
         this.#partialBits.delete(rootHex)
         phase('register')
-      stats.elapsedMs = Math.round(performance.now() - started)
+        stats.elapsedMs = Math.round(performance.now() - started)
         this.#d.log.info('fetch done', { root: rootHex, ms: stats.elapsedMs, inPlace: stats.inPlace, local: stats.copiedLocal, received: stats.received, wire: stats.wireBytes, volume: state.volume })
         const image: ImageInfo = {
           id: '', name: state.name, size: manifest.size, root: rootHex, blockSize: manifest.blockSize, blocks: count,
@@ -537,9 +582,11 @@ export class TransferService {
         }
         return { image, stats, alreadyPresent: false, volume: state.volume }
       }
-      if (advert) await this.#adverts.put(rootHex, serializeAdvert(advert))
+      // The builder may have relabelled the image since the fetch began.
+      const newest = advert && (this.swarm?.newest(advert) ?? advert)
+      if (newest) await this.#adverts.put(rootHex, serializeAdvert(newest))
       // Registration tells this service (subscribe), which serves and advertises it whole.
-      const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex), origin: 'fetch', manifest, ctx, ...(advert?.labels?.length ? { labels: advert.labels } : {}) })
+      const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex), origin: 'fetch', manifest, ctx, ...(newest?.labels?.length ? { labels: newest.labels } : {}) })
       await fs.rm(dir, { recursive: true, force: true })
       this.#partialBits.delete(rootHex)
       phase('register')
@@ -681,7 +728,9 @@ function serializeAdvert (a: Advert): SerializedAdvert {
     signature: a.signature.toString('hex'),
     created: a.created ?? null,
     labels: a.labels ?? [],
-    extSignature: a.extSignature ? a.extSignature.toString('hex') : null
+    extSignature: a.extSignature ? a.extSignature.toString('hex') : null,
+    revision: a.revision ?? null,
+    revSignature: a.revSignature ? a.revSignature.toString('hex') : null
   }
 }
 
@@ -694,7 +743,8 @@ function parseAdvert (s: SerializedAdvert): Advert {
     specKey: s.specKey ? Buffer.from(s.specKey as string, 'hex') : null,
     builder: Buffer.from(s.builder as string, 'hex'),
     signature: Buffer.from(s.signature as string, 'hex'),
-    ...(s.extSignature ? { created: s.created as number, labels: (s.labels as string[] | undefined) ?? [], extSignature: Buffer.from(s.extSignature as string, 'hex') } : {})
+    ...(s.extSignature ? { created: s.created as number, labels: (s.labels as string[] | undefined) ?? [], extSignature: Buffer.from(s.extSignature as string, 'hex') } : {}),
+    ...(s.revSignature ? { revision: s.revision as number, revSignature: Buffer.from(s.revSignature as string, 'hex') } : {})
   }
 }
 
