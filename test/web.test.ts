@@ -284,7 +284,9 @@ t.test('the console: a bad spec, a real build, the repository, downloads', async
     await page.getByRole('button', { name: 'Add a file' }).click()
     await page.getByTestId('file-0-path').fill('/etc/motd')
     await page.getByTestId('file-0-content').fill('built from the web console\n')
-    const xml = await waitText(page.getByTestId('spec-preview'), /<file path="\/etc\/motd" mode="0644" owner="root:root">built from the web console/)
+    await page.getByTestId('labels-input').fill('channel=stable')
+    await page.getByTestId('labels-input').press('Enter')
+    const xml = await waitText(page.getByTestId('spec-preview'), /<file path="\/etc\/motd" mode="0644" owner="root:root">built from the web console[\s\S]*<label>channel=stable<\/label>/)
     t.match(xml, /<image name="web-minbase">[\s\S]*<size>512M<\/size>/, 'the preview shows the XML to submit')
     await page.getByTestId('check').click()
     t.match(await waitText(page.getByTestId('spec-plan'), /2 layers/), /web-minbase: 2 layers, 0 already built/, 'check plans base and files layers')
@@ -305,6 +307,7 @@ t.test('the console: a bad spec, a real build, the repository, downloads', async
     await shot(page, 'jobs')
     built = (await rpc(base, 'job.get', { id: jobId })).body.result.result
     t.equal(built.layers.length, 2)
+    t.same(built.image.labels, ['channel=stable'], 'with the labels given in the editor')
   })
 
   await t.test('the image is in the repository and downloads as raw and qcow2', async t => {
@@ -317,7 +320,17 @@ t.test('the console: a bad spec, a real build, the repository, downloads', async
     t.match(text, /512 MiB/, 'size')
     t.match(text, /2 layers/, 'layers')
     t.match(text, built.image.root.slice(0, 16), 'content root')
+    t.match(await row.getByTestId('image-labels').textContent(), /channel=stable/, 'labels')
     await shot(page, 'images')
+
+    // Labels change from the repository (this host built the image).
+    await row.getByRole('button', { name: 'actions for web-minbase' }).click()
+    await page.getByRole('menuitem', { name: 'Change labels…' }).click()
+    await page.getByTestId('relabel-input').fill('team=web')
+    await page.getByTestId('relabel-input').press('Enter')
+    await page.getByTestId('relabel-save').click()
+    t.match(await waitText(row.getByTestId('image-labels'), /team=web/), /channel=stable.*team=web|team=web.*channel=stable/, 'the new label shows')
+    t.same((await rpc(base, 'image.get', { id: built.image.id })).body.result.labels.sort(), ['channel=stable', 'team=web'], 'and is the image\'s')
 
     const dir = await tempDir('osfarm-web-dl-')
     t.teardown(() => fs.rm(dir, { recursive: true, force: true }))

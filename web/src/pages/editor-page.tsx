@@ -20,7 +20,7 @@ import {
 
 const EXAMPLES: Array<{ label: string, form: () => SpecForm }> = [
   { label: 'Debian bookworm, minbase', form: () => ({ ...emptyForm(), name: 'bookworm-minbase' }) },
-  { label: 'bookworm + OpenSSH server', form: () => ({ ...emptyForm(), name: 'bookworm-ssh', packages: ['openssh-server'] }) },
+  { label: 'bookworm + OpenSSH server', form: () => ({ ...emptyForm(), name: 'bookworm-ssh', packages: ['openssh-server'], labels: ['role=ssh'] }) },
   {
     label: 'bookworm with files and a script',
     form: () => ({
@@ -213,6 +213,10 @@ function ImageFields ({ form, set, errors }: SectionProps) {
         </Grid.Col>
         <Grid.Col span={4}>
           <Switch mt='lg' label='Bootable' description='kernel, init, direct kernel boot' checked={form.bootable} onChange={e => set({ bootable: e.currentTarget.checked })} error={errors.for(['bootable'])} />
+        </Grid.Col>
+        <Grid.Col span={12}>
+          <TagsInput label='Labels' description='key=value; seed policies select images by them' placeholder='e.g. channel=stable, then Enter' value={form.labels}
+            onChange={labels => set({ labels })} error={errors.for(['labels'], true)} clearable data-testid='labels-input' />
         </Grid.Col>
       </Grid>
     </Fieldset>

@@ -2,7 +2,7 @@
 // hosts hold the same root, and download links (raw streams the volume, qcow2 is converted).
 
 import { useMemo, useState } from 'react'
-import { ActionIcon, Alert, Anchor, Badge, Button, Code, CopyButton, Group, Menu, Modal, Stack, Table, Text, Title, Tooltip } from '@mantine/core'
+import { ActionIcon, Alert, Anchor, Badge, Button, Code, CopyButton, Group, Menu, Modal, Stack, Table, TagsInput, Text, Title, Tooltip } from '@mantine/core'
 import { useLocation } from 'wouter'
 import type { FleetImage, ImageInfo } from '../../../protocol/rpc.ts'
 import { call, downloadUrl, RpcError } from '../rpc.ts'
@@ -19,6 +19,7 @@ export function ImagesPage () {
   const [, navigate] = useLocation()
   const [layersOf, setLayersOf] = useState<ImageInfo>()
   const [confirm, setConfirm] = useState<ImageInfo>()
+  const [relabel, setRelabel] = useState<{ image: ImageInfo, labels: string[] }>()
   const [problem, setProblem] = useState<RpcError>()
 
   const holders = useMemo(() => {
@@ -52,6 +53,7 @@ export function ImagesPage () {
               <Table.Th>Size</Table.Th>
               <Table.Th>Data</Table.Th>
               <Table.Th>Layers</Table.Th>
+              <Table.Th>Labels</Table.Th>
               <Table.Th>Content root</Table.Th>
               <Table.Th>Held by</Table.Th>
               <Table.Th>Created</Table.Th>
@@ -70,6 +72,9 @@ export function ImagesPage () {
                   <Table.Td><Tooltip label={`${i.blocks - i.zeroBlocks} of ${i.blocks} blocks of ${i.blockSize} bytes hold data`}><span>{bytes((i.blocks - i.zeroBlocks) * i.blockSize)}</span></Tooltip></Table.Td>
                   <Table.Td>
                     {i.layers.length ? <Anchor component='button' size='sm' onClick={() => setLayersOf(i)}>{i.layers.length} layer{i.layers.length > 1 ? 's' : ''}</Anchor> : <Text size='sm' c='dimmed'>-</Text>}
+                  </Table.Td>
+                  <Table.Td data-testid='image-labels'>
+                    {i.labels?.length ? <Group gap={4}>{i.labels.map(l => <Badge key={l} variant='light' color='grape' size='sm' tt='none'>{l}</Badge>)}</Group> : <Text size='sm' c='dimmed'>-</Text>}
                   </Table.Td>
                   <Table.Td>
                     <CopyButton value={i.root}>
@@ -94,6 +99,7 @@ export function ImagesPage () {
                       <Menu.Target><ActionIcon variant='subtle' aria-label={`actions for ${i.name}`}>⋯</ActionIcon></Menu.Target>
                       <Menu.Dropdown>
                         <Menu.Item onClick={() => act(async () => { const j = await call('image.verify', { id: i.id }); navigate(`/jobs/${j.id}`) })}>Verify against its manifest</Menu.Item>
+                        <Menu.Item disabled={!canWrite(session)} onClick={() => setRelabel({ image: i, labels: i.labels ?? [] })}>Change labels…</Menu.Item>
                         <Menu.Item color='red' disabled={!canWrite(session)} onClick={() => setConfirm(i)}>Remove…</Menu.Item>
                       </Menu.Dropdown>
                     </Menu>
@@ -109,6 +115,22 @@ export function ImagesPage () {
         <Stack gap={4}>
           <Text size='sm' c='dimmed'>Bottom first; each layer's key is BLAKE3 of its parent's key and its step. The top layer's key is the image's.</Text>
           {layersOf?.layers.map((l, n) => <Group key={l} gap='xs'><Badge variant='light' w={28}>{n}</Badge><Code>{l}</Code></Group>)}
+        </Stack>
+      </Modal>
+
+      <Modal opened={!!relabel} onClose={() => setRelabel(undefined)} title={`Labels of ${relabel?.image.name ?? ''}`} centered>
+        <Stack>
+          <Text size='sm'>Labels are signed into the image's advert: only the host that built it can change them, and the whole fleet hears the change.</Text>
+          <TagsInput label='Labels' placeholder='key=value, then Enter' value={relabel?.labels ?? []} onChange={labels => setRelabel(r => r && { ...r, labels })} data-testid='relabel-input' />
+          <Group justify='flex-end'>
+            <Button variant='default' onClick={() => setRelabel(undefined)}>Cancel</Button>
+            <Button data-testid='relabel-save' onClick={() => {
+              const { image, labels } = relabel!
+              setRelabel(undefined)
+              const gone = (image.labels ?? []).filter(l => !labels.includes(l))
+              act(() => call('image.label', { id: image.id, ...(labels.length ? { set: labels.join(',') } : {}), ...(gone.length ? { remove: gone.join(',') } : {}) }))
+            }}>Save</Button>
+          </Group>
         </Stack>
       </Modal>
 

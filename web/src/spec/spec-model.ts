@@ -25,6 +25,7 @@ export interface SpecForm {
   packages: string[]
   files: FileForm[]
   scripts: ScriptForm[]
+  labels: string[]
 }
 
 export const FLAVOURS: Array<{ value: Flavour, label: string }> = [
@@ -57,7 +58,8 @@ export function emptyForm (): SpecForm {
     repositories: [],
     packages: [],
     files: [],
-    scripts: []
+    scripts: [],
+    labels: []
   }
 }
 
@@ -88,6 +90,7 @@ export function toSpecObject (f: SpecForm): Record<string, unknown> {
   if (f.scripts.length) o.scripts = f.scripts.map(s => ({ ...(s.name ? { name: s.name } : {}), content: s.content }))
   if (f.bootable) o.bootable = true
   if (f.outputs.length) o.outputs = [...f.outputs]
+  if (f.labels.length) o.labels = [...f.labels]
   return o
 }
 
@@ -134,6 +137,7 @@ export function toXml (f: SpecForm): string {
     out.push('  </scripts>')
   }
   if (f.outputs.length) list('outputs', 'output', f.outputs)
+  if (f.labels.length) list('labels', 'label', f.labels)
   out.push('</image>')
   return out.join('\n') + '\n'
 }
