@@ -228,6 +228,8 @@ export interface FleetImage {
   root: string
   name: string
   size: number
+  // The builder's labels, as its newest advert carries them.
+  labels: string[]
   holders: Array<{ key: string, host: string }>
 }
 

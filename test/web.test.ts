@@ -367,7 +367,7 @@ t.test('the console with a fleet: peers, holders, a fetch with live progress', a
   const pair = await makeImagePair(dir, 16384)
   await a.ctlJson('image', 'import', pair.base, '--name', 'base')
   await b.ctlJson('image', 'import', pair.base, '--name', 'base')
-  const derived = await b.ctlJson('image', 'import', pair.derived, '--name', 'derived')
+  const derived = await b.ctlJson('image', 'import', pair.derived, '--name', 'derived', '--label', 'stage=web')
   await waitPeers(a, 1)
 
   const base = urlOf(a)
@@ -376,7 +376,7 @@ t.test('the console with a fleet: peers, holders, a fetch with live progress', a
   const peers = page.getByTestId('peers-table')
   t.match(await waitText(peers, new RegExp(second.publicKey.slice(0, 12)), 30_000), os.hostname(), 'the peer is listed with its host')
   const adverts = page.getByTestId('adverts-table')
-  await waitText(adverts, /derived/, 30_000)
+  t.match(await waitText(adverts, /derived/, 30_000), /stage=web/, 'with the builder\'s labels')
   await shot(page, 'fleet')
   await adverts.getByRole('row', { name: /derived/ }).getByRole('button', { name: 'Fetch' }).click()
   await page.waitForURL(/\/jobs\/[0-9a-f]+$/)

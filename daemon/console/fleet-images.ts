@@ -11,7 +11,7 @@ export function fleetImages (swarm: FleetSwarm | undefined): FleetImage[] {
     if (peer.closed || !peer.remoteHello) continue
     const root = advert.root.toString('hex')
     let image = byRoot.get(root)
-    if (!image) byRoot.set(root, image = { root, name: advert.name, size: advert.size, holders: [] })
+    if (!image) byRoot.set(root, image = { root, name: advert.name, size: advert.size, labels: advert.labels ?? [], holders: [] })
     if (!image.holders.some(h => h.key === peer.remoteHex)) image.holders.push({ key: peer.remoteHex, host: peer.remoteHello.host })
   }
   return [...byRoot.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))

@@ -89,11 +89,12 @@ export function FleetPage () {
       {adverts.data && !adverts.data.length && <Text c='dimmed'>Peers advertise no image.</Text>}
       {adverts.data && adverts.data.length > 0 && (
         <Table verticalSpacing='xs' data-testid='adverts-table'>
-          <Table.Thead><Table.Tr><Table.Th>Name</Table.Th><Table.Th>Size</Table.Th><Table.Th>Root</Table.Th><Table.Th>Held by</Table.Th><Table.Th /></Table.Tr></Table.Thead>
+          <Table.Thead><Table.Tr><Table.Th>Name</Table.Th><Table.Th>Labels</Table.Th><Table.Th>Size</Table.Th><Table.Th>Root</Table.Th><Table.Th>Held by</Table.Th><Table.Th /></Table.Tr></Table.Thead>
           <Table.Tbody>
             {adverts.data.map(a => (
               <Table.Tr key={a.root}>
                 <Table.Td fw={600}>{a.name}</Table.Td>
+                <Table.Td><Group gap={4}>{a.labels.map(l => <Badge key={l} variant='light' color='grape' size='sm' tt='none'>{l}</Badge>)}</Group></Table.Td>
                 <Table.Td>{bytes(a.size)}</Table.Td>
                 <Table.Td><Code>{short(a.root, 16)}</Code></Table.Td>
                 <Table.Td><Group gap={4}>{a.holders.map(h => <Badge key={h.key} variant='outline' size='sm'>{h.host || short(h.key, 8)}</Badge>)}</Group></Table.Td>
