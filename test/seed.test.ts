@@ -3,6 +3,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from './helpers/fleet.js'
 import { startDaemon, type TestDaemon } from './helpers/daemon.js'
+import { OsfarmClient } from '../client/client.js'
 
 const WAIT_MS = 120_000
 
@@ -181,6 +182,16 @@ t.test('relabelling: the builder changes an image\'s labels; holders, late hosts
   await labelled(b, ['role=db'])
   t.pass('released where no policy wants it any more')
 
+  // Relabellings at once (one connection, no CLI start-up between them): the builder signs
+  // them one after the other, and B ends as A does.
+  const client = await OsfarmClient.connect(a.socket)
+  await Promise.all([1, 2, 3, 4].map(n => client.call('image.label', { id: 'svc-1', set: `tier=${n}` })))
+  client.close()
+  const final = await labelsOn(a)
+  t.equal(final.length, 2, `one tier label wins on the builder: ${final.join(',')}`)
+  await labelled(b, final)
+  t.pass('the holder agrees with the builder')
+
   // The builder goes; a host that joins now hears the image only from B, with its newest labels.
   await a.stop('SIGKILL')
   const d = await startDaemon()
@@ -190,5 +201,5 @@ t.test('relabelling: the builder changes an image\'s labels; holders, late hosts
   for (const x of [b, c]) await x.ctlJson('fleet', 'allow', info.publicKey)
   await d.ctlJson('seed', 'add', 'svc-*', '--label', 'role=db')
   const late = await holds(d, img.root)
-  t.same(late.labels, ['role=db'], 'passed on by the holder with the builder\'s newest labels (team=x gone)')
+  t.same(late.labels.sort(), [...final].sort(), 'passed on by the holder with the builder\'s newest labels (team=x gone)')
 })

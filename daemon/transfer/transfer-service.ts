@@ -85,6 +85,7 @@ export class TransferService {
   #keyPair!: KeyPair
   #adverts
   #running = new Map<string, Promise<JobInfo>>()
+  #relabels: Promise<unknown> = Promise.resolve()
   #partialBits = new Map<string, Buffer>()
   // Root → id of the newest fetch job started for it.
   #jobOf = new Map<string, string>()
@@ -131,10 +132,8 @@ export class TransferService {
       log: (msg, fields) => this.#d.log.info(msg, fields as Record<string, string>)
     })
     this.swarm.advertise(await this.#allAdverts())
-    // One at a time: each checks the saved advert before it replaces it.
-    let revising = Promise.resolve()
     this.swarm.on('revised', (a: Advert) => {
-      revising = revising.then(() => this.#onRevised(a)).catch(err => this.#d.log.warn('cannot take a relabelled advert', { root: a.root.toString('hex'), error: (err as Error).message }))
+      this.#relabelling(() => this.#onRevised(a)).catch(err => this.#d.log.warn('cannot take a relabelled advert', { root: a.root.toString('hex'), error: (err as Error).message }))
     })
     // A host in a fleet serves and fetches blocks: its block workers start now, not with the
     // first request.
@@ -190,7 +189,19 @@ export class TransferService {
   // Changes an image's labels. Labels are signed into the image's advert, so only its builder
   // can: the advert is signed again with the next revision, and every host that hears it
   // replaces the older one (holders update their copies' labels and pass it on).
-  async relabel (ref: string, change: { set: string[], remove: string[] }): Promise<ImageInfo> {
+  relabel (ref: string, change: { set: string[], remove: string[] }): Promise<ImageInfo> {
+    return this.#relabelling(() => this.#relabel(ref, change))
+  }
+
+  // Relabellings, local and heard, one at a time: each reads the saved advert it replaces (two
+  // at once would sign one revision twice, with different labels).
+  #relabelling<T> (fn: () => Promise<T>): Promise<T> {
+    const run = this.#relabels.then(fn)
+    this.#relabels = run.catch(() => {})
+    return run
+  }
+
+  async #relabel (ref: string, change: { set: string[], remove: string[] }): Promise<ImageInfo> {
     const image = await this.#d.images.get(ref)
     const saved = await this.advertOf(image.root)
     if (saved && !saved.builder.equals(this.#keyPair.publicKey)) {
