@@ -50,7 +50,7 @@ export class ImageService {
   readonly #log: Logger
   // Names claimed by imports still running, so two cannot race for one name.
   readonly #claimed = new Set<string>()
-  // Told of every registered and removed image (transfers serve and advertise them).
+  // Told of every registered, removed and relabelled image (transfers serve and advertise them).
   readonly #listeners: ImageListener[] = []
 
   subscribe (listener: ImageListener): void {
