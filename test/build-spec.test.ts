@@ -14,7 +14,7 @@ import { derivedUuid } from '../daemon/build/builder.js'
 import { resolveInRoot, writeInRoot } from '../daemon/build/steps.js'
 import { mmdebstrapArgs, debootstrapArgs } from '../daemon/build/tools/mmdebstrap.js'
 import { aptFailure, installArgs } from '../daemon/build/tools/apt.js'
-import { checkLabels, mergeLabels, sameLabels, splitLabels } from '../daemon/images/labels.js'
+import { checkLabels, dropLabels, mergeLabels, sameLabels, splitLabels } from '../daemon/images/labels.js'
 import { OsfarmError } from '../protocol/errors.js'
 import { VOLUME_KEY } from '../daemon/store/layer-store.js'
 import type { HostInfo } from '../daemon/build/flavours/flavour.js'
@@ -191,6 +191,8 @@ t.test('build --label: split like import\'s, each replacing the spec\'s labels w
   t.same(mergeLabels([], ['a=1', 'a=2', 'a=1']), ['a=1', 'a=2'], 'a key may hold several values')
   t.ok(sameLabels(['a=1', 'b=2'], ['b=2', 'a=1']), 'order does not matter')
   t.notOk(sameLabels(['a=1'], ['a=1', 'b=2']))
+  t.same(dropLabels(['team=web', 'team=api', 'os=debian'], ['team']), ['os=debian'], 'a key drops every label of that key')
+  t.same(dropLabels(['team=web', 'team=api'], ['team=api', 'nothing']), ['team=web'], 'a key=value drops that label alone; an unknown one nothing')
   t.throws(() => checkLabels(['ok=1', 'bad label']), { code: 'BAD_PARAMS', message: /"bad label"/ })
   t.throws(() => checkLabels(Array.from({ length: 33 }, (_, i) => `k${i}=v`)), { code: 'BAD_PARAMS', message: /at most 32/ })
 })
