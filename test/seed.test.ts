@@ -187,10 +187,19 @@ t.test('relabelling: the builder changes an image\'s labels; holders, late hosts
   const client = await OsfarmClient.connect(a.socket)
   await Promise.all([1, 2, 3, 4].map(n => client.call('image.label', { id: 'svc-1', set: `tier=${n}` })))
   client.close()
-  const final = await labelsOn(a)
-  t.equal(final.length, 2, `one tier label wins on the builder: ${final.join(',')}`)
-  await labelled(b, final)
+  const tiers = await labelsOn(a)
+  t.equal(tiers.length, 2, `one tier label wins on the builder: ${tiers.join(',')}`)
+  await labelled(b, tiers)
   t.pass('the holder agrees with the builder')
+
+  // A fetch that began before a relabelling registers the labels as they are when it ends.
+  const slow = await c.ctlJson('fetch', 'svc-1', '--limit', '200k', '--no-wait-job')
+  await until('the slow fetch under way', async () => { const j = await c.ctlJson('job', 'show', slow.id); return j.state === 'running' && j.progress?.unit !== 'steps' })
+  await a.ctlJson('image', 'label', 'svc-1', 'tier=5')
+  const fetched2 = await until('the slow fetch', async () => { const j = await c.ctlJson('job', 'show', slow.id); return j.state !== 'running' && j.state !== 'queued' ? j : undefined })
+  t.equal(fetched2.state, 'done')
+  t.same((await labelsOn(c)).sort(), ['role=db', 'tier=5'], 'registered with the labels given during the fetch')
+  const final = await labelsOn(a)
 
   // The builder goes; a host that joins now hears the image only from B, with its newest labels.
   await a.stop('SIGKILL')
