@@ -12,7 +12,6 @@ import { OSFARMD, startDaemon, tempDir, type TestDaemon } from '../test/helpers/
 
 const EXAMPLES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples')
 const MB = 1e6
-const DHT_PORT = 49801
 
 function step (text: string): void {
   console.log(`\n== ${text}`)
@@ -30,7 +29,8 @@ async function startDht (nodes = 3): Promise<{ address: string, stop: () => void
   const procs: ChildProcess[] = []
   const addresses: string[] = []
   for (let i = 0; i < nodes; i++) {
-    const proc = spawn(process.execPath, [OSFARMD, 'dht', '--host', '127.0.0.1', '--port', String(DHT_PORT + i), ...(addresses.length ? ['--bootstrap', addresses.join(',')] : [])], { stdio: ['ignore', 'pipe', 'inherit'] })
+    // Port 0: any free port (each node prints the one it bound).
+    const proc = spawn(process.execPath, [OSFARMD, 'dht', '--host', '127.0.0.1', '--port', '0', ...(addresses.length ? ['--bootstrap', addresses.join(',')] : [])], { stdio: ['ignore', 'pipe', 'inherit'] })
     procs.push(proc)
     addresses.push(await new Promise<string>((resolve, reject) => {
       let out = ''
