@@ -17,9 +17,9 @@ export function register (program: Command, ctx: CliContext): void {
     .action(opts => withClient(ctx, async c => {
       const images = await c.call('image.list', {})
       if (opts.json) return printJson(images)
-      printTable(['ID', 'NAME', 'SIZE', 'DATA', 'ROOT', 'ORIGIN', 'LAYERS', 'CREATED'], images.map(i => [
+      printTable(['ID', 'NAME', 'SIZE', 'DATA', 'ROOT', 'ORIGIN', 'LAYERS', 'LABELS', 'CREATED'], images.map(i => [
         shortId(i.id), i.name, humanBytes(i.size), humanBytes(dataBytes(i)), shortId(i.root), i.origin,
-        i.layers.length ? i.layers.map(l => shortId(l, 8)).join('>') : '-', i.createdAt.replace(/\.\d+Z$/, 'Z')
+        i.layers.length ? i.layers.map(l => shortId(l, 8)).join('>') : '-', i.labels?.join(',') || '-', i.createdAt.replace(/\.\d+Z$/, 'Z')
       ]))
     }))
 
