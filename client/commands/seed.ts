@@ -83,8 +83,8 @@ function describe (p: SeedPolicy): string {
 function show (st: SeedStatus): void {
   console.log(`${st.policies.length} polic${st.policies.length === 1 ? 'y' : 'ies'}; seeding holds ${humanBytes(st.heldBytes)}${st.cap ? ` of ${humanBytes(st.cap)}` : ''} here${st.paused ? '; waiting for a user\'s job' : ''}`)
   if (!st.images.length) return
-  printTable(['NAME', 'ROOT', 'SIZE', 'CREATED', 'HERE', 'HOLDERS', 'ROLL-OUT'], st.images.map(i => [
-    i.name, shortId(i.root), humanBytes(i.size), i.created?.replace(/\.\d+Z$/, 'Z') ?? '-',
+  printTable(['NAME', 'ROOT', 'SIZE', 'LABELS', 'CREATED', 'HERE', 'HOLDERS', 'ROLL-OUT'], st.images.map(i => [
+    i.name, shortId(i.root), humanBytes(i.size), i.labels.join(',') || '-', i.created?.replace(/\.\d+Z$/, 'Z') ?? '-',
     i.local === 'fetching' ? `fetching ${Math.round(i.progress * 100)}%` : i.reason ? `${i.local} (${i.reason})` : i.local,
     i.holders.map(h => h.complete ? h.host : `${h.host} ${Math.round(100 * (h.blocks ?? 0) / (h.total ?? 1))}%`).join(', ') || '-',
     `${i.fleet.complete}/${i.fleet.hosts} hosts, ${Math.round(i.fleet.progress * 100)}%`
