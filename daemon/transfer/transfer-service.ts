@@ -210,17 +210,20 @@ export class TransferService {
     const current = saved?.labels ?? image.labels ?? []
     const labels = checkLabels(mergeLabels(dropLabels(current, change.remove), checkLabels(change.set)))
     if (sameLabels(labels, current) && sameLabels(labels, image.labels ?? [])) return image
-    let updated = image
     // The advert first: a crash before the catalog is updated is mended by running it again.
     if (saved) {
       const next = this.signAdvert({ root: saved.root, name: saved.name, size: saved.size, blockSize: saved.blockSize, created: saved.created ?? undefined, labels, revision: (saved.revision ?? 0) + 1 })
       await this.#adverts.put(image.root, serializeAdvert(next))
       this.swarm?.advertise([next])
     }
-    for (const i of await this.#d.catalog.listImages()) {
-      if (i.root === image.root) { const u = await this.#d.images.setLabels(i, labels); if (i.id === image.id) updated = u }
-    }
-    return updated
+    return (await this.#labelImagesOf(image.root, labels)).find(i => i.id === image.id) ?? image
+  }
+
+  // Sets `labels` on every image here whose content is `root` (they share one advert).
+  async #labelImagesOf (root: string, labels: string[]): Promise<ImageInfo[]> {
+    const out: ImageInfo[] = []
+    for (const i of await this.#d.catalog.listImages()) if (i.root === root) out.push(await this.#d.images.setLabels(i, labels))
+    return out
   }
 
   // A relabelling heard from the fleet. For an image held here it replaces the saved advert and
@@ -230,7 +233,7 @@ export class TransferService {
     const saved = await this.advertOf(hex)
     if (!saved || !supersedes(a, saved)) return
     await this.#adverts.put(hex, serializeAdvert(a))
-    for (const i of await this.#d.catalog.listImages()) if (i.root === hex) await this.#d.images.setLabels(i, a.labels ?? [])
+    await this.#labelImagesOf(hex, a.labels ?? [])
     this.swarm?.advertise([a])
   }
 
