@@ -461,11 +461,6 @@ export class Fetcher {
     return Math.max(min * this.#batch, Math.min(MAX_WINDOW * this.#batch, Math.ceil(ps.rate * QUEUE_SECONDS / this.#m.blockSize)))
   }
 
-  #asked (ps: PeerState): number {
-    let n = 0
-    for (const r of ps.inflight) n += r.us.length
-    return n
-  }
 
   #pumpAll (): void {
     if (this.#failure) return
@@ -474,7 +469,12 @@ export class Fetcher {
   }
 
   #assign (ps: PeerState): void {
-    while (this.#asked(ps) < this.#window(ps) && ps.inflight.size < MAX_REQUESTS && !this.#failure && !ps.session.closed && this.#done < this.#entries.length) {
+    // Blocks asked of it and not yet answered: counted once, then kept up as requests go out
+    // (answers arrive only after this returns).
+    let asked = 0
+    for (const r of ps.inflight) asked += r.us.length
+    const window = this.#window(ps)
+    while (asked < window && ps.inflight.size < MAX_REQUESTS && !this.#failure && !ps.session.closed && this.#done < this.#entries.length) {
       let dup = false
       let us = this.#takePending(ps)
       // Endgame: one copy request at a time per peer, so the tail costs little on the wire.
@@ -488,6 +488,7 @@ export class Fetcher {
         }
       }
       this.#send(ps, us, dup)
+      asked += us.length
     }
   }
 
