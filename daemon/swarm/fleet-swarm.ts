@@ -249,7 +249,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   // The newest relabelling heard of `a` (the builder's own, or a holder's copy of it), or `a`.
   newest (a: Advert): Advert {
-    const known = this.#revised.get(a.root.toString('hex') + a.builder.toString('hex'))
+    const known = this.#revised.get(revisedKey(a))
     return known && supersedes(known, a) ? known : a
   }
 
@@ -257,7 +257,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   // that has not heard of a relabelling yet never undoes it. A newer one replaces the older in
   // every session and is announced ('revised'): holders take it and pass it on.
   #remember (a: Advert): Advert {
-    const key = a.root.toString('hex') + a.builder.toString('hex')
+    const key = revisedKey(a)
     const known = this.#revised.get(key)
     if (known && !supersedes(a, known)) return known
     if (!a.revision) return a
@@ -438,6 +438,11 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     await this.#swarm.destroy()
     await this.#dht.destroy().catch(() => {})
   }
+}
+
+// One builder's adverts for one root share a key in #revised.
+function revisedKey (a: Advert): string {
+  return a.root.toString('hex') + a.builder.toString('hex')
 }
 
 const widened = new WeakSet<UdxSocket>()
