@@ -50,6 +50,9 @@ export const ERRORS = {
   PACKAGE_NOT_FOUND: { rpc: -32073, exit: 65, text: 'package not found in the repositories' },
   SCRIPT_FAILED: { rpc: -32074, exit: 65, text: 'a build script exited non-zero' },
   SIZE_TOO_SMALL: { rpc: -32075, exit: 73, text: 'image size too small for its content' },
+  SOURCE_CHANGED: { rpc: -32025, exit: 74, text: 'source changed while it was read' },
+  NO_SPACE: { rpc: -32026, exit: 73, text: 'no space left on the target\'s filesystem' },
+  DAEMON_BUSY: { rpc: -32006, exit: 75, text: 'daemon has too many connections; try again' },
 } as const satisfies Record<string, ErrorSpec>
 
 export type ErrorCode = keyof typeof ERRORS
@@ -121,3 +124,6 @@ export const MIRROR_UNREACHABLE = factory('MIRROR_UNREACHABLE')
 export const PACKAGE_NOT_FOUND = factory('PACKAGE_NOT_FOUND')
 export const SCRIPT_FAILED = factory('SCRIPT_FAILED')
 export const SIZE_TOO_SMALL = factory('SIZE_TOO_SMALL')
+export const SOURCE_CHANGED = factory('SOURCE_CHANGED')
+export const NO_SPACE = factory('NO_SPACE')
+export const DAEMON_BUSY = factory('DAEMON_BUSY')
