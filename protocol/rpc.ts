@@ -3,8 +3,12 @@
 
 export const API_VERSION = 1
 
-// A frame is one line of JSON; anything longer is refused without being parsed.
-export const MAX_FRAME_BYTES = 1 << 20
+// A spec's text (XML or JSON) is at most this many bytes of UTF-8, whatever it holds.
+export const MAX_SPEC_BYTES = 1 << 20
+// A frame is one line of JSON; anything longer is refused without being parsed. JSON escaping
+// grows a string at most sixfold (a control character becomes \u00XX), so a spec of
+// MAX_SPEC_BYTES always fits with room for the other params.
+export const MAX_FRAME_BYTES = 8 << 20
 
 export interface ImageInfo {
   id: string
