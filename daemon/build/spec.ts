@@ -7,11 +7,12 @@ import { readXmlSpec, XmlSpecError, type Lines } from './xml-spec.js'
 import { flavours } from './flavours/index.js'
 import { labelProblem } from '../images/labels.js'
 import { MAX_LABELS } from '../../protocol/wire.js'
+import { MAX_SPEC_BYTES } from '../../protocol/rpc.js'
 
 export type SpecFormat = 'xml' | 'json'
 export type OutputFormat = 'raw' | 'qcow2'
 
-export const MAX_SPEC_BYTES = 1 << 20
+export { MAX_SPEC_BYTES }
 export const MIN_SIZE = 32 << 20
 export const MAX_SIZE = 2 ** 40
 export const DEFAULT_SIZE = 2 ** 31
