@@ -9,6 +9,10 @@
 
 import sax from 'sax'
 
+// No field of a spec lies deeper than a few elements; deeper nesting is refused while parsing,
+// before anything recurses over it.
+export const MAX_XML_DEPTH = 16
+
 // List containers and the one item element each may hold.
 const LISTS: Record<string, string> = {
   packages: 'package',
@@ -54,6 +58,12 @@ export function readXmlSpec (text: string): { value: unknown, lines: Lines } {
   }
   parser.ondoctype = () => fail('DOCTYPE is not allowed in a spec', parser.line + 1)
   parser.onopentag = tag => {
+    if (stack.length >= MAX_XML_DEPTH) {
+      fail(`<${tag.name}> is nested ${stack.length + 1} elements deep; a spec goes at most ${MAX_XML_DEPTH} deep`, parser.line + 1)
+      // Counted but not kept: the tree stays within the limit.
+      stack.push(stack.at(-1)!)
+      return
+    }
     const node: Node = { name: tag.name, line: parser.line + 1, attributes: { ...(tag.attributes as Record<string, string>) }, children: [], text: '' }
     const parent = stack.at(-1)
     if (parent) parent.children.push(node)
