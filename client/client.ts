@@ -1,10 +1,13 @@
 // The typed client: the only code that touches the daemon's socket. A refused connection becomes
 // DAEMON_UNREACHABLE with a hint; a JSON-RPC error becomes the OsfarmError the daemon raised.
+// An error the daemon could not tie to a call (id null: a frame it refused, a connection it
+// refused) fails every call in flight with that error, and a connection that ends fails them
+// with DAEMON_UNREACHABLE, so no call ever waits for an answer that cannot come.
 
 import net from 'node:net'
 import { JSONRPCClient, JSONRPCErrorException } from 'json-rpc-2.0'
-import { DAEMON_UNREACHABLE, OsfarmError, isErrorCode } from '../protocol/errors.js'
-import type { MethodName, Notifications, Params, Result } from '../protocol/rpc.js'
+import { DAEMON_UNREACHABLE, FRAME_TOO_LARGE, OsfarmError, SPEC_INVALID, isErrorCode } from '../protocol/errors.js'
+import { MAX_FRAME_BYTES, MAX_SPEC_BYTES, type MethodName, type Notifications, type Params, type Result } from '../protocol/rpc.js'
 
 export const DEFAULT_SOCKET = '/run/osfarm/osfarmd.sock'
 
@@ -15,6 +18,8 @@ export class OsfarmClient {
   readonly #rpc: JSONRPCClient
   #onNotification: NotificationHandler = () => {}
   #closed = false
+  // Why the connection can answer no more calls, once it cannot.
+  #fatal: OsfarmError | undefined
 
   private constructor (socket: net.Socket) {
     this.#socket = socket
@@ -31,7 +36,7 @@ export class OsfarmClient {
     })
     socket.on('close', () => {
       this.#closed = true
-      this.#rpc.rejectAllPendingRequests('connection to osfarmd closed')
+      this.#fail(DAEMON_UNREACHABLE('osfarmd closed the connection before answering (did it stop? Try: systemctl status osfarmd)'))
     })
     socket.on('error', () => {})
   }
@@ -52,11 +57,13 @@ export class OsfarmClient {
   }
 
   async call<M extends MethodName> (method: M, params: Params<M>): Promise<Result<M>> {
+    if (this.#fatal) throw this.#fatal
     if (this.#closed) throw DAEMON_UNREACHABLE('connection to osfarmd closed')
+    checkOutgoing(method, params)
     try {
       return await this.#rpc.request(method, params as Record<string, unknown>, undefined)
     } catch (err) {
-      throw toOsfarmError(err)
+      throw this.#fatal ?? toOsfarmError(err)
     }
   }
 
@@ -76,8 +83,30 @@ export class OsfarmClient {
       this.#onNotification(msg.method as keyof Notifications, msg.params as never)
       return
     }
+    const error = (msg as { error?: { message?: unknown, code?: unknown, data?: unknown } }).error
+    if (msg.id === null && error) {
+      this.#fail(toOsfarmError(new JSONRPCErrorException(String(error.message ?? 'error'), Number(error.code ?? 0), error.data)))
+      return
+    }
     this.#rpc.receive(msg as never)
   }
+
+  #fail (err: OsfarmError): void {
+    this.#fatal ??= err
+    this.#rpc.rejectAllPendingRequests(err.message)
+  }
+}
+
+// What the daemon would refuse anyway is refused here, before a byte is sent, with the reason.
+function checkOutgoing (method: string, params: unknown): void {
+  const spec = (params as { spec?: unknown } | undefined)?.spec
+  if (typeof spec === 'string') {
+    const bytes = Buffer.byteLength(spec)
+    if (bytes > MAX_SPEC_BYTES) throw SPEC_INVALID(`the spec is ${bytes} bytes, over the limit of ${MAX_SPEC_BYTES}`)
+  }
+  // The request's frame: the params plus the envelope's few dozen bytes.
+  const bytes = Buffer.byteLength(JSON.stringify(params ?? null)) + method.length + 64
+  if (bytes > MAX_FRAME_BYTES) throw FRAME_TOO_LARGE(`${method}: the request is about ${bytes} bytes, over the frame limit of ${MAX_FRAME_BYTES}`)
 }
 
 function toOsfarmError (err: unknown): OsfarmError {

@@ -7,6 +7,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { startDaemon } from './helpers/daemon.js'
 import { makeImage } from './helpers/images.js'
+import { MAX_FRAME_BYTES } from '../protocol/rpc.js'
 
 // Sends raw bytes and collects the newline-delimited replies until `count` arrive.
 async function exchange (socket: string, payload: string | Buffer, count: number): Promise<any[]> {
@@ -59,7 +60,7 @@ t.test('malformed requests get JSON-RPC errors with stable codes', async t => {
 t.test('a frame over the size cap is refused and the connection recovers', async t => {
   const d = await startDaemon()
   t.teardown(() => d.stop())
-  const huge = '{"jsonrpc":"2.0","id":1,"method":"image.get","params":{"id":"' + 'a'.repeat(3 << 20) + '"}}\n'
+  const huge = '{"jsonrpc":"2.0","id":1,"method":"image.get","params":{"id":"' + 'a'.repeat(MAX_FRAME_BYTES + (1 << 20)) + '"}}\n'
   const replies = await exchange(d.socket, huge + JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'daemon.version' }) + '\n', 2)
   t.equal(replies[0].error.data.code, 'FRAME_TOO_LARGE')
   t.equal(replies[1].id, 2)

@@ -75,6 +75,11 @@ export function frameTooLarge (): JSONRPCResponse {
   return createJSONRPCErrorResponse(null, ERRORS.FRAME_TOO_LARGE.rpc, `frame larger than ${MAX_FRAME_BYTES} bytes`, { code: 'FRAME_TOO_LARGE' })
 }
 
+// The answer (id null) to a connection over the cap, before it is closed.
+export function daemonBusy (max: number): JSONRPCResponse {
+  return createJSONRPCErrorResponse(null, ERRORS.DAEMON_BUSY.rpc, `osfarmd already serves ${max} connections on this socket; try again`, { code: 'DAEMON_BUSY' })
+}
+
 // Errors the library makes itself (invalid request, unknown method) get a code in data too.
 function withCodes (response: RpcResponse): RpcResponse {
   if (Array.isArray(response)) return response.map(r => withCodes(r) as JSONRPCResponse)
