@@ -7,7 +7,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { createRequire } from 'node:module'
 import { BAD_CONFIG, DAEMON_ALREADY_RUNNING } from '../protocol/errors.js'
-import { API_VERSION, type DaemonStatus } from '../protocol/rpc.js'
+import { API_VERSION, type DaemonStatus, type Rights } from '../protocol/rpc.js'
 import type { Config } from './config.js'
 import { Catalog } from './catalog/catalog.js'
 import { JobManager } from './jobs/jobs.js'
@@ -17,6 +17,8 @@ import { BuildService } from './build/build-service.js'
 import { openStore } from './store/open-store.js'
 import type { LayerStore } from './store/layer-store.js'
 import { RpcServer } from './rpc/server.js'
+import { StreamRegistry } from './rpc/streams.js'
+import { DEFAULT_MAX_ROOTFS_BYTES, DEFAULT_MAX_SOURCE_BYTES } from './images/host-files.js'
 import { HttpServer } from './http/http-server.js'
 import { PackageIndex } from './console/package-index.js'
 import { methodTable } from './rpc/methods.js'
@@ -50,6 +52,7 @@ export class Daemon {
   seeds!: SeedService
   prestages!: PrestageService
   readonly packages = new PackageIndex()
+  readonly streams = new StreamRegistry()
   #http: HttpServer | undefined
   readonly metrics = new Metrics()
   #rpc: RpcServer[] = []
@@ -75,8 +78,22 @@ export class Daemon {
       // Hashing threads start with the daemon: their memory is part of its steady state.
       this.hasher = new BlockHasher(this.config.hashThreads)
       this.hasher.start()
-      this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log })
-      this.builds = new BuildService({ store: this.store, images: this.images, jobs: this.jobs, log: this.log, workDir: path.join(dataDir, 'build'), cacheBytes: this.config.buildCacheBytes || undefined })
+      // Converted downloads on their way to a caller; a crash leaves them, a start removes them.
+      const streamScratch = path.join(dataDir, 'streams')
+      await fs.rm(streamScratch, { recursive: true, force: true })
+      this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log, streams: this.streams, scratchDir: streamScratch })
+      this.builds = new BuildService({
+        store: this.store,
+        images: this.images,
+        jobs: this.jobs,
+        log: this.log,
+        workDir: path.join(dataDir, 'build'),
+        cacheBytes: this.config.buildCacheBytes || undefined,
+        sourcesDir: path.join(dataDir, 'sources'),
+        sourceLimits: { fileBytes: DEFAULT_MAX_SOURCE_BYTES, rootfsBytes: DEFAULT_MAX_ROOTFS_BYTES },
+        streams: this.streams
+      })
+      await this.builds.sources.start()
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
       await this.transfers.start()
       this.seeds = new SeedService({ catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, transfers: this.transfers, log: this.log })
@@ -86,11 +103,15 @@ export class Daemon {
       this.#addGauges()
       const group = this.config.socketGroup === null ? null : await groupId(this.config.socketGroup)
       const table = methodTable(this)
-      const sockets = [{ socket, mode: parseInt(this.config.socketMode, 8), group, readOnly: this.config.writeRequiresRoot }]
-      if (this.config.writeRequiresRoot) sockets.push({ socket: adminSocketPath(socket), mode: 0o600, group: null, readOnly: false })
+      // The main socket is for its group: never root's rights, whoever connects. Root's is the
+      // admin socket, 0600, which osfarmctl run as root picks.
+      const sockets: Array<{ socket: string, mode: number, group: number | null, rights: Rights }> = [
+        { socket, mode: parseInt(this.config.socketMode, 8), group, rights: this.config.writeRequiresRoot ? 'read' : 'user' },
+        { socket: adminSocketPath(socket), mode: 0o600, group: null, rights: 'admin' }
+      ]
       for (const s of sockets) {
         await prepareSocket(s.socket)
-        const server = new RpcServer({ ...s, table, log: this.log })
+        const server = new RpcServer({ ...s, table, log: this.log, maxConnections: this.config.maxConnections, idleMs: this.config.idleTimeoutSeconds * 1000, streams: this.streams })
         await server.listen()
         this.#rpc.push(server)
       }
@@ -98,6 +119,8 @@ export class Daemon {
       if (this.config.http.listen) {
         this.#http = new HttpServer({
           listen: this.config.http.listen,
+          maxConnections: this.config.maxConnections,
+          idleMs: this.config.idleTimeoutSeconds * 1000,
           table,
           daemon: this,
           log: this.log,
@@ -129,6 +152,7 @@ export class Daemon {
   }
 
   async #closeAll (): Promise<void> {
+    this.builds?.sources.stop()
     await this.seeds?.stop()
     await this.transfers?.stop()
     await this.hasher?.close()

@@ -3,6 +3,11 @@
 
 export const API_VERSION = 1
 
+// What a caller may do (README, "Who may do what"): `admin` (root, through the admin socket or
+// a loopback browser of uid 0) may also name host paths for osfarmd to open; `user` (the socket
+// group, an HTTP token) moves bytes through the API instead; `read` may only look.
+export type Rights = 'admin' | 'user' | 'read'
+
 // A spec's text (XML or JSON) is at most this many bytes of UTF-8, whatever it holds.
 export const MAX_SPEC_BYTES = 1 << 20
 // A frame is one line of JSON; anything longer is refused without being parsed. JSON escaping
@@ -154,6 +159,29 @@ export interface BuildParams {
   name?: string
   // "key=value,key=value": each replaces the spec's labels with its key.
   labels?: string
+  // Uploaded sources (source.upload) by the absolute path the spec names: path → blake3. Callers
+  // other than root must upload every source their spec names.
+  sources?: Record<string, string>
+}
+
+export type ExportFormat = 'raw' | 'qcow2'
+
+// A job whose bytes travel on a stream: attach to `stream` (protocol/stream.ts).
+export interface StreamJob {
+  job: JobInfo
+  stream: string
+}
+
+export interface SpecSource {
+  // The spec field, e.g. "files[2].source" or "rootfs".
+  field: string
+  // Absolute, resolved against baseDir.
+  path: string
+}
+
+export interface SourceInfo {
+  blake3: string
+  size: number
 }
 
 export interface BuildLayerInfo {
@@ -377,15 +405,26 @@ export interface PrestageStartParams {
 // both checked against this map.
 export interface Methods {
   'daemon.status': { params: Record<string, never>, result: DaemonStatus }
-  'daemon.version': { params: Record<string, never>, result: { version: string, apiVersion: number } }
+  // `rights`: what this connection may do.
+  'daemon.version': { params: Record<string, never>, result: { version: string, apiVersion: number, rights: Rights } }
   'daemon.stats': { params: Record<string, never>, result: MetricFamily[] }
   'image.list': { params: Record<string, never>, result: ImageInfo[] }
   'image.get': { params: { id: string }, result: ImageInfo }
   // labels: "key=value,key=value" (values without commas).
+  // Copies a host file in (root only: osfarmd opens `path`).
   'image.import': { params: { path: string, name: string, labels?: string }, result: JobInfo }
+  // The same, with the bytes streamed by the caller (protocol/stream.ts) on the returned stream.
+  'image.upload': { params: { name: string, size: number, labels?: string }, result: StreamJob }
+  // Streams an image to the caller: raw (holes never sent) or converted; the job's result is an ExportResult.
+  'image.download': { params: { id: string, format?: ExportFormat }, result: StreamJob }
+  // A spec's source file (files[].source, rootfs), streamed; its RESULT is a SourceInfo, named in image.build's `sources`.
+  'source.upload': { params: { size: number }, result: { stream: string } }
+  // The host files a spec names (files[].source, rootfs), each with its field, for a caller to upload.
+  'spec.sources': { params: { spec: string, format?: 'xml' | 'json', baseDir?: string }, result: SpecSource[] }
   // Builds an image from a spec (layers cached by key); the job's result is a BuildResultInfo.
   'image.build': { params: BuildParams, result: JobInfo }
-  'image.export': { params: { id: string, path: string, format?: 'raw' | 'qcow2' }, result: JobInfo }
+  // Writes an image to a host file (root only: osfarmd opens `path`).
+  'image.export': { params: { id: string, path: string, format?: ExportFormat }, result: JobInfo }
   'image.remove': { params: { id: string }, result: { id: string, removed: boolean } }
   // Sets labels (`set`: "key=value,..."; a key replaces that key's labels) and removes others
   // (`remove`: "key,key=value,..."), on the builder host only; the new advert reaches the fleet.
@@ -405,7 +444,7 @@ export interface Methods {
   'fleet.deny': { params: { key: string }, result: FleetInfo }
   'peer.list': { params: Record<string, never>, result: PeerInfo[] }
   'package.search': { params: { query: string, suite: string, uri?: string, component?: string, arch?: string, limit?: number }, result: PackageSearchResult }
-  'spec.check': { params: { spec: string, format?: 'xml' | 'json' }, result: SpecCheckResult }
+  'spec.check': { params: { spec: string, format?: 'xml' | 'json', baseDir?: string, sources?: Record<string, string> }, result: SpecCheckResult }
   'fleet.images': { params: Record<string, never>, result: FleetImage[] }
   'seed.add': { params: SeedPolicyParams, result: SeedPolicy }
   'seed.list': { params: Record<string, never>, result: SeedPolicy[] }

@@ -11,6 +11,7 @@ import { Builder } from '../daemon/build/builder.js'
 import { parseSpec } from '../daemon/build/spec.js'
 import { exportBoot, qemuBootArgs, readBootInfo } from '../daemon/build/boot-export.js'
 import { createFileStore } from '../daemon/store/file/file-store.js'
+import { specResolver } from './helpers/sources.js'
 
 const MARKER = 'OSFARM-BOOT-OK'
 const BOOT_TIMEOUT_MS = 5 * 60_000
@@ -21,7 +22,7 @@ t.test('the bootable example boots and prints its marker on the serial console',
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
   const store = await createFileStore({ dir: path.join(dir, 'store') })
   const builder = new Builder({ store, workDir: path.join(dir, 'work') })
-  const spec = parseSpec(await fs.readFile(path.join(EXAMPLES, 'bookworm-boot.xml'), 'utf8'), 'xml')
+  const spec = await (await specResolver(dir))(parseSpec(await fs.readFile(path.join(EXAMPLES, 'bookworm-boot.xml'), 'utf8'), 'xml'))
   t.equal(spec.bootable, true)
 
   const built = await builder.build(spec)

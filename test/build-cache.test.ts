@@ -9,6 +9,7 @@ import { execa } from 'execa'
 import { Builder } from '../daemon/build/builder.js'
 import { parseSpec } from '../daemon/build/spec.js'
 import { createFileStore } from '../daemon/store/file/file-store.js'
+import { specResolver } from './helpers/sources.js'
 
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-build-cache-'))
 t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
@@ -21,16 +22,17 @@ await fs.writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh
 const tarball = path.join(dir, 'rootfs.tar')
 await execa('tar', ['-C', root, '--numeric-owner', '-cf', tarball, '.'])
 
-const spec = (n: number) => parseSpec(JSON.stringify({ name: `s${n}`, flavour: 'rootfs', rootfs: tarball, size: '64M', files: [{ path: '/n', content: `${n}\n` }] }), 'json')
+const resolved = await specResolver(dir)
+const spec = (n: number) => resolved(parseSpec(JSON.stringify({ name: `s${n}`, flavour: 'rootfs', rootfs: tarball, size: '64M', files: [{ path: '/n', content: `${n}\n` }] }), 'json'))
 
 t.test('prune evicts the least recently used layers, never kept ones', async t => {
   const store = await createFileStore({ dir: path.join(dir, 'store-a') })
   const builder = new Builder({ store, workDir: path.join(dir, 'work-a') })
-  const one = await builder.build(spec(1))
-  const two = await builder.build(spec(2))
-  const three = await builder.build(spec(3))
+  const one = await builder.build(await spec(1))
+  const two = await builder.build(await spec(2))
+  const three = await builder.build(await spec(3))
   t.equal(one.layers[0]!.key, two.layers[0]!.key, 'one shared base')
-  await builder.build(spec(1)) // now layer s1 is more recent than s2
+  await builder.build(await spec(1)) // now layer s1 is more recent than s2
   const sizes = new Map((await store.list()).map(v => [v.key, v.allocated]))
   const total = [...sizes.values()].reduce((a, b) => a + b, 0)
   // Room for all but one files layer: the least recently used unkept one (s2's) must go.
@@ -44,15 +46,15 @@ t.test('prune evicts the least recently used layers, never kept ones', async t =
   t.same((await store.list()).map(v => v.key), [three.key])
   // The usage record survives a new Builder (a daemon restart).
   const again = new Builder({ store, workDir: path.join(dir, 'work-a') })
-  const rebuilt = await again.build(spec(1))
+  const rebuilt = await again.build(await spec(1))
   t.same(rebuilt.layers.map(l => l.cached), [false, false], 'evicted layers are rebuilt on demand')
 })
 
 t.test('removeLayers frees a removed image\'s layers that nothing else uses', async t => {
   const store = await createFileStore({ dir: path.join(dir, 'store-b') })
   const builder = new Builder({ store, workDir: path.join(dir, 'work-b') })
-  const one = await builder.build(spec(1))
-  const two = await builder.build(spec(2))
+  const one = await builder.build(await spec(1))
+  const two = await builder.build(await spec(2))
   const keep = new Set(two.layers.map(l => l.key))
   const freed = await builder.removeLayers(one.layers.map(l => l.key).reverse(), keep)
   t.same(freed, [one.key], 'the shared base stays')

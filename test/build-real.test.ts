@@ -14,6 +14,7 @@ import { createFileStore } from '../daemon/store/file/file-store.js'
 import type { LayerStore, PrepareOptions } from '../daemon/store/layer-store.js'
 import { readFile as debugfsRead } from '../daemon/build/tools/mke2fs.js'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
+import { specResolver } from './helpers/sources.js'
 
 const EXAMPLES = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../examples')
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-build-'))
@@ -42,8 +43,10 @@ t.teardown(async () => {
   await fs.rm(dir, { recursive: true, force: true })
 })
 
-const spec = (o: Record<string, unknown>): ImageSpec => parseSpec(JSON.stringify({ name: 't', release: 'bookworm', size: '2G', ...o }), 'json', { baseDir: dir })
-const example = async (name: string) => parseSpec(await fs.readFile(path.join(EXAMPLES, name), 'utf8'), name.endsWith('.xml') ? 'xml' : 'json', { baseDir: EXAMPLES })
+// Specs are built from daemon-owned copies of their files, as the build service resolves them.
+const resolved = await specResolver(dir)
+const spec = (o: Record<string, unknown>): Promise<ImageSpec> => resolved(parseSpec(JSON.stringify({ name: 't', release: 'bookworm', size: '2G', ...o }), 'json', { baseDir: dir }))
+const example = async (name: string) => resolved(parseSpec(await fs.readFile(path.join(EXAMPLES, name), 'utf8'), name.endsWith('.xml') ? 'xml' : 'json', { baseDir: EXAMPLES }))
 const volume = async (key: string) => (await inner.stat(key))!.path
 
 async function assertNothingLeft (): Promise<string[]> {
@@ -139,15 +142,15 @@ t.test('a files step, read back with debugfs; concurrent requests share one job'
 
 t.test('a script step changes the image; a later change in scripts reuses the files layer', async t => {
   const files = [{ path: '/etc/greeting', content: 'hi\n' }]
-  const one = await builder.build(spec({ files, scripts: [{ name: 'mark', content: 'cat /etc/greeting > /root/from-script\nid -u >> /root/from-script\n' }] }))
+  const one = await builder.build(await spec({ files, scripts: [{ name: 'mark', content: 'cat /etc/greeting > /root/from-script\nid -u >> /root/from-script\n' }] }))
   t.equal((await debugfsRead(await volume(one.key), '/root/from-script'))?.toString(), 'hi\n0\n')
-  const two = await builder.build(spec({ files, scripts: [{ name: 'mark', content: 'echo changed > /root/from-script\n' }] }))
+  const two = await builder.build(await spec({ files, scripts: [{ name: 'mark', content: 'echo changed > /root/from-script\n' }] }))
   t.same(two.layers.map(l => l.cached), [true, true, false], 'only the scripts layer is built')
   t.equal(two.layers[1]!.key, one.layers[1]!.key)
 })
 
 t.test('the same steps built twice give byte-identical layers', async t => {
-  const s = spec({ files: [{ path: '/etc/twice', content: 'same\n' }], scripts: ['echo twice > /root/twice'] })
+  const s = await spec({ files: [{ path: '/etc/twice', content: 'same\n' }], scripts: ['echo twice > /root/twice'] })
   const first = await builder.build(s)
   const hasher = new BlockHasher(2)
   t.teardown(() => hasher.close())
@@ -171,21 +174,21 @@ t.test('the same steps built twice give byte-identical layers', async t => {
 })
 
 t.test('bad input fails cleanly with a clear code', async t => {
-  await t.test('an unknown package', t => expectFailure(t, spec({ packages: ['osfarm-no-such-package'] }), 'PACKAGE_NOT_FOUND', /osfarm-no-such-package/))
-  await t.test('a script that exits non-zero', t => expectFailure(t, spec({ scripts: [{ name: 'boom', content: 'echo going down\nexit 3\n' }] }), 'SCRIPT_FAILED', /boom exited with 3/))
-  await t.test('an unreachable mirror', t => expectFailure(t, spec({ mirror: 'http://127.0.0.1:1/debian' }), 'MIRROR_UNREACHABLE'))
+  await t.test('an unknown package', async t => expectFailure(t, await spec({ packages: ['osfarm-no-such-package'] }), 'PACKAGE_NOT_FOUND', /osfarm-no-such-package/))
+  await t.test('a script that exits non-zero', async t => expectFailure(t, await spec({ scripts: [{ name: 'boom', content: 'echo going down\nexit 3\n' }] }), 'SCRIPT_FAILED', /boom exited with 3/))
+  await t.test('an unreachable mirror', async t => expectFailure(t, await spec({ mirror: 'http://127.0.0.1:1/debian' }), 'MIRROR_UNREACHABLE'))
   await t.test('a size too small for the content', async t => {
     const tarball = await makeRootfs(path.join(dir, 'big-rootfs'), 40 << 20)
     await expectFailure(t, parseSpec(JSON.stringify({ name: 'small', flavour: 'rootfs', rootfs: tarball, size: '32M' }), 'json'), 'SIZE_TOO_SMALL', /MiB/)
   })
-  await t.test('a file where the image has a directory', t => expectFailure(t, spec({ files: [{ path: '/etc', content: 'x' }] }), 'BUILD_FAILED', /is a directory/))
-  await t.test('an owner the image does not know', t => expectFailure(t, spec({ files: [{ path: '/x', content: 'x', owner: 'nobody-here' }] }), 'BUILD_FAILED', /no user nobody-here/))
+  await t.test('a file where the image has a directory', async t => expectFailure(t, await spec({ files: [{ path: '/etc', content: 'x' }] }), 'BUILD_FAILED', /is a directory/))
+  await t.test('an owner the image does not know', async t => expectFailure(t, await spec({ files: [{ path: '/x', content: 'x', owner: 'nobody-here' }] }), 'BUILD_FAILED', /no user nobody-here/))
 })
 
 t.test('a cancelled build stops and leaves nothing behind', async t => {
   const before = (await inner.list()).length
   const ac = new AbortController()
-  const s = spec({ scripts: [{ name: 'slow', content: 'sleep 60\n' }] })
+  const s = await spec({ scripts: [{ name: 'slow', content: 'sleep 60\n' }] })
   const building = builder.build(s, { signal: ac.signal, onProgress: (i, phase) => { if (phase === 'scripts') setTimeout(() => ac.abort(), 300) } })
   const started = performance.now()
   await t.rejects(building, { code: 'JOB_CANCELLED' })
@@ -197,7 +200,7 @@ t.test('a cancelled build stops and leaves nothing behind', async t => {
 t.test('a build cancelled in the middle of mmdebstrap leaves nothing mounted or on disk', async t => {
   const before = (await inner.list()).length
   const ac = new AbortController()
-  const s = spec({ size: '1G' }) // another base: not in the cache
+  const s = await spec({ size: '1G' }) // another base: not in the cache
   const building = builder.build(s, { signal: ac.signal, onLog: line => { if (/installing essential/.test(line)) ac.abort() } })
   await t.rejects(building, { code: 'JOB_CANCELLED' })
   t.same(await assertNothingLeft(), [])

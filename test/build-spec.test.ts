@@ -18,9 +18,24 @@ import { checkLabels, dropLabels, mergeLabels, sameLabels, splitLabels } from '.
 import { OsfarmError } from '../protocol/errors.js'
 import { VOLUME_KEY } from '../daemon/store/layer-store.js'
 import type { HostInfo } from '../daemon/build/flavours/flavour.js'
+import { SourceStore } from '../daemon/build/sources.js'
+import { StreamRegistry } from '../daemon/rpc/streams.js'
+import { createLogger } from '../daemon/log.js'
+import { hash, toHex } from '../daemon/blocks/hash.js'
 
 const EXAMPLES = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../examples')
 const HOST: HostInfo = { sources: [{ uri: 'http://mirror.invalid/debian', suites: ['bookworm', 'bookworm-updates'], components: ['main'] }], mmdebstrap: true }
+
+// Specs are planned from daemon-owned copies of their files, as the build service does.
+let sourcesDir: string
+let sources: SourceStore
+t.before(async () => {
+  sourcesDir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-sources-'))
+  sources = new SourceStore({ dir: sourcesDir, streams: new StreamRegistry(), limits: { fileBytes: 1 << 20, rootfsBytes: 1 << 20 }, log: createLogger('error') })
+  await sources.start()
+})
+t.teardown(async () => { sources.stop(); await fs.rm(sourcesDir, { recursive: true, force: true }) })
+const resolved = async (spec: ImageSpec) => (await sources.resolve(spec, 'admin')).spec
 
 function specError (fn: () => unknown): OsfarmError {
   try {
@@ -178,8 +193,8 @@ t.test('labels: a list in JSON and XML, each checked', async t => {
 
 t.test('labels are metadata: not part of any layer key', async t => {
   const spec = { name: 'a', release: 'bookworm', packages: ['curl'], files: [{ path: '/a', content: 'x' }], scripts: ['true'] }
-  const plain = await planBuild(parseSpec(JSON.stringify(spec), 'json'), HOST)
-  const labelled = await planBuild(parseSpec(JSON.stringify({ ...spec, labels: ['channel=stable'] }), 'json'), HOST)
+  const plain = await planBuild(await resolved(parseSpec(JSON.stringify(spec), 'json')), HOST)
+  const labelled = await planBuild(await resolved(parseSpec(JSON.stringify({ ...spec, labels: ['channel=stable'] }), 'json')), HOST)
   t.equal(labelled.key, plain.key)
   t.same(labelled.layers.map(l => l.key), plain.layers.map(l => l.key))
 })
@@ -223,17 +238,19 @@ t.test('layer plan and keys', async t => {
   const reordered = await planBuild(parseSpec('{"name":"a","release":"bookworm","packages":["curl","openssh-server"]}', 'json'), HOST)
   t.equal(reordered.key, ssh.key, 'package order does not change the key')
 
-  const all = await planBuild(parseSpec(JSON.stringify({
+  const all = await planBuild(await resolved(parseSpec(JSON.stringify({
     name: 'a', release: 'bookworm', packages: ['curl'], bootable: true,
     files: [{ path: '/b', content: 'x' }, { path: '/a', content: 'aGk=', encoding: 'base64' }],
     scripts: ['echo one', { name: 'two', content: 'echo two' }]
-  }), 'json'), HOST)
+  }), 'json')), HOST)
   t.same(all.layers.map(l => l.kind), ['base', 'packages', 'files', 'scripts', 'boot'])
   t.ok((all.layers[1]!.step.packages as string[]).includes('linux-image-amd64'), 'bootable adds a kernel')
-  t.same(all.contents.get('/a'), Buffer.from('hi'))
+  t.same(await fs.readFile(all.sources.get('/a')!), Buffer.from('hi'), 'inline content is planned from a copy')
+  t.equal((all.layers[2]!.step.files as Array<{ blake3: string }>)[0]!.blake3, toHex(hash(Buffer.from('hi'))), 'keyed by the content\'s BLAKE3')
+  await t.rejects(planBuild(parseSpec('{"name":"a","release":"bookworm","files":[{"path":"/a","content":"x"}]}', 'json'), HOST), /not resolved/, 'an unresolved spec is never planned from host paths')
   t.same((all.layers[2]!.step.files as Array<{ path: string }>).map(f => f.path), ['/a', '/b'])
 
-  const other = await planBuild(parseSpec(JSON.stringify({ name: 'a', release: 'bookworm', packages: ['curl'], bootable: true, files: [{ path: '/b', content: 'x' }, { path: '/a', content: 'aGk=', encoding: 'base64' }], scripts: ['echo one', { name: 'two', content: 'echo 2' }] }), 'json'), HOST)
+  const other = await planBuild(await resolved(parseSpec(JSON.stringify({ name: 'a', release: 'bookworm', packages: ['curl'], bootable: true, files: [{ path: '/b', content: 'x' }, { path: '/a', content: 'aGk=', encoding: 'base64' }], scripts: ['echo one', { name: 'two', content: 'echo 2' }] }), 'json')), HOST)
   t.same(other.layers.slice(0, 3).map(l => l.key), all.layers.slice(0, 3).map(l => l.key), 'a change in the scripts keeps every lower layer')
   t.not(other.layers[3]!.key, all.layers[3]!.key)
 
@@ -244,24 +261,30 @@ t.test('layer plan and keys', async t => {
   t.not(mirrored.key, p1.key)
 })
 
-t.test('file sources are read at plan time and hashed into the key', async t => {
+t.test('file sources are copied in when resolved and hashed into the key', async t => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-spec-'))
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
   await fs.writeFile(path.join(dir, 'motd'), 'one\n')
   const spec = parseSpec('{"name":"a","release":"bookworm","files":[{"path":"/etc/motd","source":"motd"}]}', 'json', { baseDir: dir })
   t.equal(spec.files[0]!.source, path.join(dir, 'motd'))
-  const k1 = (await planBuild(spec, HOST)).key
+  t.same(SourceStore.named(spec), [{ field: 'files[0].source', path: path.join(dir, 'motd') }])
+  const first = await resolved(spec)
+  t.ok(first.files[0]!.source!.startsWith(sourcesDir + '/'), 'planned from the daemon\'s copy')
+  const k1 = (await planBuild(first, HOST)).key
   await fs.writeFile(path.join(dir, 'motd'), 'two\n')
-  t.not((await planBuild(spec, HOST)).key, k1)
+  t.not((await planBuild(await resolved(spec), HOST)).key, k1)
   await fs.rm(path.join(dir, 'motd'))
-  await t.rejects(planBuild(spec, HOST), { code: 'SPEC_INVALID' })
+  await t.rejects(resolved(spec), { code: 'SPEC_INVALID', message: /files\[0\]\.source/ })
+  await t.rejects(sources.resolve(spec, 'user'), { code: 'PERMISSION_DENIED', message: /files\[0\]\.source.*only for root/ }, 'a caller without root cannot name a host file')
+  await fs.writeFile(path.join(dir, 'big'), Buffer.alloc((1 << 20) + 1))
+  await t.rejects(resolved(parseSpec('{"name":"a","release":"bookworm","files":[{"path":"/big","source":"big"}]}', 'json', { baseDir: dir })), { code: 'SPEC_INVALID', message: /over the limit.*maxSourceBytes/ })
 })
 
 t.test('rootfs flavour: keyed by the tarball content', async t => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-spec-'))
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
   await fs.writeFile(path.join(dir, 'a.tar'), 'pretend tarball')
-  const spec = parseSpec('{"name":"a","flavour":"rootfs","rootfs":"a.tar","packages":["perl-Data-Dumper"]}', 'json', { baseDir: dir })
+  const spec = await resolved(parseSpec('{"name":"a","flavour":"rootfs","rootfs":"a.tar","packages":["perl-Data-Dumper"]}', 'json', { baseDir: dir }))
   const p = await planBuild(spec, HOST)
   t.equal(p.layers[0]!.step.flavour, 'rootfs')
   t.match(p.layers[0]!.step.tarball as string, /^[0-9a-f]{64}$/)

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { startDaemon } from './helpers/daemon.js'
 import { makeImage } from './helpers/images.js'
-import { MAX_FRAME_BYTES } from '../protocol/rpc.js'
+import { MAX_FRAME_BYTES, adminSocketPath } from '../protocol/rpc.js'
 
 // Sends raw bytes and collects the newline-delimited replies until `count` arrive.
 async function exchange (socket: string, payload: string | Buffer, count: number): Promise<any[]> {
@@ -84,7 +84,7 @@ t.test('a client that disconnects mid-job does not disturb the job or the catalo
   t.teardown(() => d.stop())
   const src = path.join(d.dir, 'big.img')
   await makeImage(src, { blocks: 20_000 })
-  const c = net.connect(d.socket)
+  const c = net.connect(adminSocketPath(d.socket)) // root's socket: image.import opens a host path
   await new Promise(resolve => c.once('connect', resolve))
   let got = ''
   c.on('data', x => { got += x })

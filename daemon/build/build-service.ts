@@ -5,15 +5,18 @@
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { BAD_PARAMS, NAME_IN_USE, SPEC_INVALID } from '../../protocol/errors.js'
-import type { BuildParams, BuildResultInfo, ImageInfo, JobInfo } from '../../protocol/rpc.js'
+import { BAD_PARAMS, NAME_IN_USE, PERMISSION_DENIED, SPEC_INVALID } from '../../protocol/errors.js'
+import type { BuildParams, BuildResultInfo, ImageInfo, JobInfo, Rights, SpecSource } from '../../protocol/rpc.js'
 import type { JobContext, JobManager } from '../jobs/jobs.js'
 import type { ImageService } from '../images/images.js'
 import type { Logger } from '../log.js'
 import { Builder } from './builder.js'
-import { detectFormat, MAX_SPEC_BYTES, parseSpec, type ImageSpec } from './spec.js'
+import { detectFormat, MAX_SPEC_BYTES, parseSpec, type ImageSpec, type SpecFormat } from './spec.js'
+import type { Resolved } from './sources.js'
 import { checkLabels, mergeLabels, sameLabels, splitLabels } from '../images/labels.js'
 import type { LayerStore } from '../store/layer-store.js'
+import type { StreamRegistry } from '../rpc/streams.js'
+import { SourceStore, specUrlReason, type SourceLimits } from './sources.js'
 
 export interface BuildServiceOptions {
   store: LayerStore
@@ -24,10 +27,15 @@ export interface BuildServiceOptions {
   workDir: string
   // With a cap, least recently used layers no image needs are evicted after each build.
   cacheBytes?: number
+  // Copies of the files specs build from (emptied at start), and their caps.
+  sourcesDir: string
+  sourceLimits: SourceLimits
+  streams: StreamRegistry
 }
 
 export class BuildService {
   readonly builder: Builder
+  readonly sources: SourceStore
   readonly #images: ImageService
   readonly #jobs: JobManager
   readonly #log: Logger
@@ -37,6 +45,7 @@ export class BuildService {
 
   constructor (options: BuildServiceOptions) {
     this.builder = new Builder({ store: options.store, workDir: options.workDir })
+    this.sources = new SourceStore({ dir: options.sourcesDir, streams: options.streams, limits: options.sourceLimits, log: options.log })
     this.#images = options.images
     this.#jobs = options.jobs
     this.#log = options.log
@@ -72,21 +81,48 @@ export class BuildService {
     return this.builder.prune(maxBytes, await this.#keep(false))
   }
 
-  async build (params: BuildParams): Promise<JobInfo> {
-    const spec = await this.#readSpec(params)
-    const name = params.name ?? spec.name
-    const labels = checkLabels(mergeLabels(spec.labels, params.labels === undefined ? [] : splitLabels(params.labels)))
+  // The host files a spec names, for a caller to upload (spec.sources).
+  specSources (text: string, format?: SpecFormat, baseDir?: string): SpecSource[] {
+    return SourceStore.named(this.parse(text, format, baseDir))
+  }
+
+  // A parsed spec made safe to plan for this caller: its mirrors allowed, its sources copies.
+  async resolve (spec: ImageSpec, rights: Rights, uploaded?: Record<string, string>): Promise<Resolved> {
+    if (rights !== 'admin') {
+      const reason = specUrlReason(spec)
+      if (reason) throw PERMISSION_DENIED(reason)
+    }
+    return this.sources.resolve(spec, rights, uploaded)
+  }
+
+  async build (params: BuildParams, rights: Rights): Promise<JobInfo> {
+    const parsed = await this.#readSpec(params)
+    const name = params.name ?? parsed.name
+    const labels = checkLabels(mergeLabels(parsed.labels, params.labels === undefined ? [] : splitLabels(params.labels)))
+    const { spec, release } = await this.resolve(parsed, rights, params.sources)
+    try {
+      return await this.#start(spec, name, labels, release)
+    } catch (err) {
+      release()
+      throw err
+    }
+  }
+
+  // Starts (or joins, or answers from the catalog) the build; `release` once the spec's sources are no longer needed.
+  async #start (spec: ImageSpec, name: string, labels: string[], release: () => void): Promise<JobInfo> {
     const plan = await this.builder.plan(spec)
     const running = this.#running.get(name)
     if (running) {
       if (running.key !== plan.key) throw NAME_IN_USE(`an image named "${name}" is being built from another spec`)
       checkSameLabels(name, 'is being built', running.labels, labels)
+      release()
       return this.#jobs.start('build', name, () => running.done)
     }
     const existing = (await this.#images.list()).find(i => i.name === name)
     if (existing) {
       if (existing.volume !== plan.key) throw NAME_IN_USE(`an image named "${name}" exists (built from another spec); remove it or build with another name`)
       checkSameLabels(name, 'exists', existing.labels ?? [], labels)
+      release()
       return this.#jobs.start('build', name, async () => cachedResult(existing, plan.layers.map(l => ({ key: l.key, step: l.kind }))))
     }
     await this.#images.checkName(name)
@@ -97,7 +133,7 @@ export class BuildService {
     this.#running.set(name, { key: plan.key, labels, done })
     try {
       return this.#jobs.start('build', name, ctx => {
-        const work = this.#run(spec, name, labels, ctx).finally(() => this.#running.delete(name))
+        const work = this.#run(spec, name, labels, ctx).finally(() => { this.#running.delete(name); release() })
         settle(work)
         return work
       })
@@ -139,9 +175,12 @@ export class BuildService {
       text = await fs.readFile(params.path, 'utf8')
       baseDir ??= path.dirname(params.path)
     }
+    return this.parse(text!, params.format ?? detectFormat(text!, params.path), baseDir)
+  }
+
+  parse (text: string, format: SpecFormat | undefined, baseDir: string | undefined): ImageSpec {
     if (baseDir !== undefined && !path.isAbsolute(baseDir)) throw BAD_PARAMS('baseDir must be absolute')
-    const format = params.format ?? detectFormat(text!, params.path)
-    return parseSpec(text!, format, baseDir !== undefined ? { baseDir } : {})
+    return parseSpec(text, format ?? detectFormat(text), baseDir !== undefined ? { baseDir } : {})
   }
 }
 

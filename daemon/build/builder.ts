@@ -291,7 +291,7 @@ export class Builder {
             case 'packages':
               await this.#serialApt(() => packagesStep(spec, layer.step.packages as string[], layer.step.initramfs as string[] | undefined, step))
               break
-            case 'files': await filesStep(spec, plan.contents, step); break
+            case 'files': await filesStep(spec, plan.sources, step); break
             case 'scripts': await scriptsStep(spec, step); break
             case 'boot': await bootStep(step); break
           }

@@ -2,13 +2,12 @@
 // canonical description. A layer's key is BLAKE3("osfarm-layer" ‖ parent key ‖ canonical step),
 // hex; the image's key is its top layer's key. Steps a spec leaves empty are not layers.
 
-import fs from 'node:fs/promises'
 import { SPEC_INVALID } from '../../protocol/errors.js'
 import { hash, hashParts, toHex } from '../blocks/hash.js'
 import { canonicalJson } from './canonical.js'
 import { flavours } from './flavours/index.js'
 import type { BaseStep, HostInfo } from './flavours/flavour.js'
-import type { FileSpec, ImageSpec } from './spec.js'
+import type { ImageSpec } from './spec.js'
 
 // Bumped whenever a step's recipe changes what it writes, so old keys are not reused.
 export const RECIPE = 3
@@ -36,14 +35,15 @@ export interface Plan {
   // The top layer's key.
   key: string
   base: BaseStep
-  // File contents by path, for the files step.
-  contents: Map<string, Buffer>
+  // Image path → the daemon-owned copy of that file's content, for the files step.
+  sources: Map<string, string>
 }
 
 export function layerKey (parent: string | undefined, step: Record<string, unknown>): string {
   return toHex(hashParts(['osfarm-layer\n', parent ?? '', '\n', canonicalJson(step)]))
 }
 
+// The spec's sources must be resolved (build/sources.ts): files come from daemon-owned copies.
 export async function planBuild (spec: ImageSpec, host: HostInfo): Promise<Plan> {
   const flavour = flavours.get(spec.flavour)
   if (!flavour) throw SPEC_INVALID(`flavour: unknown flavour ${spec.flavour}`)
@@ -64,13 +64,13 @@ export async function planBuild (spec: ImageSpec, host: HostInfo): Promise<Plan>
     }])
   }
 
-  const contents = new Map<string, Buffer>()
+  const sources = new Map<string, string>()
   if (spec.files.length) {
     const files = []
     for (const f of [...spec.files].sort((a, b) => (a.path < b.path ? -1 : 1))) {
-      const data = await fileContent(f)
-      contents.set(f.path, data)
-      files.push({ path: f.path, mode: f.mode, owner: f.owner, group: f.group, size: data.length, blake3: toHex(hash(data)) })
+      if (!f.blob || f.source === undefined) throw new Error(`files: ${f.path} was not resolved to a copy before planning`)
+      sources.set(f.path, f.source)
+      files.push({ path: f.path, mode: f.mode, owner: f.owner, group: f.group, size: f.blob.size, blake3: f.blob.blake3 })
     }
     steps.push(['files', { kind: 'files', recipe: RECIPE, files }])
   }
@@ -88,14 +88,5 @@ export async function planBuild (spec: ImageSpec, host: HostInfo): Promise<Plan>
     layers.push({ index: layers.length, kind, key, ...(parent ? { parent } : {}), step })
     parent = key
   }
-  return { spec, layers, key: parent!, base, contents }
-}
-
-async function fileContent (f: FileSpec): Promise<Buffer> {
-  if (f.content !== undefined) return Buffer.from(f.content, f.encoding === 'base64' ? 'base64' : 'utf8')
-  try {
-    return await fs.readFile(f.source!)
-  } catch (err) {
-    throw SPEC_INVALID(`files: cannot read ${f.source} for ${f.path}: ${(err as Error).message}`)
-  }
+  return { spec, layers, key: parent!, base, sources }
 }

@@ -37,6 +37,8 @@ export interface FileSpec {
   content?: string
   encoding: 'utf8' | 'base64'
   source?: string
+  // Set once the source (or content) is a daemon-owned copy at `source` (build/sources.ts).
+  blob?: { blake3: string, size: number }
 }
 
 export interface ScriptSpec {

@@ -119,7 +119,8 @@ async function removeVolatile (root: string): Promise<void> {
   if (await fs.lstat(machineId).then(st => st.isFile(), () => false)) await fs.writeFile(machineId, 'uninitialized\n')
 }
 
-export async function filesStep (spec: ImageSpec, contents: Map<string, Buffer>, ctx: StepContext): Promise<void> {
+// `sources`: image path → the daemon-owned copy of its content (build/sources.ts).
+export async function filesStep (spec: ImageSpec, sources: Map<string, string>, ctx: StepContext): Promise<void> {
   const ids = await accounts(ctx.root)
   const files = [...spec.files].sort((a, b) => (a.path < b.path ? -1 : 1))
   for (const [i, f] of files.entries()) {
@@ -128,8 +129,9 @@ export async function filesStep (spec: ImageSpec, contents: Map<string, Buffer>,
     const gid = ids.group(f.group)
     if (uid === undefined) throw BUILD_FAILED(`${f.path}: no user ${f.owner} in the image`)
     if (gid === undefined) throw BUILD_FAILED(`${f.path}: no group ${f.group} in the image`)
-    ctx.log(`file ${f.path} ${f.mode.toString(8).padStart(4, '0')} ${f.owner}:${f.group} (${contents.get(f.path)!.length} bytes)`)
-    await writeInRoot(ctx.root, f.path, contents.get(f.path)!, { mode: f.mode, uid, gid, epoch: ctx.epoch })
+    const data = await fs.readFile(sources.get(f.path)!)
+    ctx.log(`file ${f.path} ${f.mode.toString(8).padStart(4, '0')} ${f.owner}:${f.group} (${data.length} bytes)`)
+    await writeInRoot(ctx.root, f.path, data, { mode: f.mode, uid, gid, epoch: ctx.epoch })
   }
   ctx.progress('files', files.length, files.length)
 }

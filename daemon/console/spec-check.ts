@@ -1,14 +1,19 @@
 // A spec checked and planned without building: the editor shows the daemon's own errors (each
 // naming its field) and which layers the store already holds.
 
-import type { SpecCheckResult } from '../../protocol/rpc.js'
+import type { Rights, SpecCheckResult } from '../../protocol/rpc.js'
 import type { BuildService } from '../build/build-service.js'
-import { detectFormat, parseSpec, type SpecFormat } from '../build/spec.js'
+import type { SpecFormat } from '../build/spec.js'
 import type { LayerStore } from '../store/layer-store.js'
 
-export async function checkSpec (builds: BuildService, store: LayerStore, text: string, format?: SpecFormat): Promise<SpecCheckResult> {
-  const spec = parseSpec(text, format ?? detectFormat(text))
-  const plan = await builds.builder.plan(spec)
-  const layers = await Promise.all(plan.layers.map(async l => ({ key: l.key, step: l.kind, cached: (await store.stat(l.key))?.kind === 'committed' })))
-  return { name: spec.name, key: plan.key, layers }
+export async function checkSpec (builds: BuildService, store: LayerStore, p: { spec: string, format?: SpecFormat, baseDir?: string, sources?: Record<string, string> }, rights: Rights): Promise<SpecCheckResult> {
+  const parsed = builds.parse(p.spec, p.format, p.baseDir)
+  const { spec, release } = await builds.resolve(parsed, rights, p.sources)
+  try {
+    const plan = await builds.builder.plan(spec)
+    const layers = await Promise.all(plan.layers.map(async l => ({ key: l.key, step: l.kind, cached: (await store.stat(l.key))?.kind === 'committed' })))
+    return { name: spec.name, key: plan.key, layers }
+  } finally {
+    release()
+  }
 }

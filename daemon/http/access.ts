@@ -1,9 +1,9 @@
 // Who may use the HTTP listener, decided per request:
 //   1. a bearer token (the `Authorization` header, or the cookie the console sets from it) equal
-//      to `http.token` gives full access, from anywhere;
+//      to `http.token` gives a socket-group member's rights (`user`), from anywhere;
 //   2. without one, a connection from this host's loopback, addressed to a loopback name, gets
-//      the rights its local user has on the Unix socket (the socket file's owner, group and mode;
-//      root always; read-only when the socket serves only reads);
+//      the rights its local user has on the Unix socket: root `admin`; a user the socket file's
+//      owner, group and mode let in `user` (`read` when the socket serves only reads);
 //   3. anything else is refused.
 // Browsers are kept from lending a local user's trust to other sites: a request another site
 // starts (Origin or Sec-Fetch-Site says so) is refused, and POST must be application/json.
@@ -11,9 +11,10 @@
 import fs from 'node:fs/promises'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type http from 'node:http'
+import type { Rights } from '../../protocol/rpc.js'
 import { isLoopback, loopbackPeerUid } from './peer-uid.js'
 
-export type Access = 'full' | 'read' | 'none'
+export type Access = Rights | 'none'
 export const TOKEN_COOKIE = 'osfarm_token'
 // Group membership changes rarely; /etc is re-read at most this often.
 const ACCOUNTS_TTL_MS = 10_000
@@ -55,9 +56,9 @@ export class AccessControl {
     const origin = req.headers.origin
     if (origin !== undefined && !sameOrigin(origin, req.headers.host)) return { access: 'none', reason: `origin ${origin} is not this console` }
     const bearer = bearerToken(req)
-    if (bearer !== undefined) return this.tokenMatches(bearer) ? { access: 'full', reason: 'token' } : { access: 'none', reason: 'wrong token' }
+    if (bearer !== undefined) return this.tokenMatches(bearer) ? { access: 'user', reason: 'token' } : { access: 'none', reason: 'wrong token' }
     // A stale cookie (the token was changed) does not lock a local user out.
-    if (this.tokenMatches(cookie(req, TOKEN_COOKIE))) return { access: 'full', reason: 'token' }
+    if (this.tokenMatches(cookie(req, TOKEN_COOKIE))) return { access: 'user', reason: 'token' }
 
     const sock = req.socket
     if (!isLoopback(sock.remoteAddress) || !isLoopbackHost(req.headers.host)) {
@@ -72,7 +73,7 @@ export class AccessControl {
   }
 
   async #socketRights (uid: number): Promise<Decision> {
-    if (uid === 0) return { access: 'full', reason: 'uid 0' }
+    if (uid === 0) return { access: 'admin', reason: 'uid 0' }
     const st = await fs.stat(this.#opts.socket).catch(() => undefined)
     if (!st) return { access: 'none', reason: 'the socket is missing' }
     let bit: number
@@ -80,7 +81,7 @@ export class AccessControl {
     else if ((await this.#groupsOf(uid)).has(st.gid)) bit = 0o020
     else bit = 0o002
     if (!(st.mode & bit)) return { access: 'none', reason: `uid ${uid} may not use the socket` }
-    return { access: this.#opts.socketReadOnly ? 'read' : 'full', reason: `uid ${uid} via the socket's permissions` }
+    return { access: this.#opts.socketReadOnly ? 'read' : 'user', reason: `uid ${uid} via the socket's permissions` }
   }
 
   async #groupsOf (uid: number): Promise<Set<number>> {

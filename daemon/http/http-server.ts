@@ -54,8 +54,7 @@ export class HttpServer {
   readonly #opts: HttpServerOptions
   readonly #server: http.Server
   readonly #access: AccessControl
-  readonly #full: Dispatcher
-  readonly #read: Dispatcher
+  readonly #rpcDispatcher: Dispatcher
   readonly #static: StaticFiles
   readonly #downloads: Downloads
   readonly #log: Logger
@@ -65,8 +64,7 @@ export class HttpServer {
     this.#opts = opts
     this.#log = opts.log.child({ http: 'console' })
     this.#access = new AccessControl(opts.access)
-    this.#full = new Dispatcher({ table: opts.table, log: opts.log, readOnly: false })
-    this.#read = new Dispatcher({ table: opts.table, log: opts.log, readOnly: true, readOnlyHint: 'use a token or run the browser as root' })
+    this.#rpcDispatcher = new Dispatcher({ table: opts.table, log: opts.log, readOnlyHint: 'use a token or run the browser as root' })
     this.#static = new StaticFiles(opts.webRoot ?? DEFAULT_WEB_ROOT)
     this.#downloads = new Downloads(opts.daemon, opts.scratchDir)
     this.#server = http.createServer((req, res) => {
@@ -128,8 +126,9 @@ export class HttpServer {
   async #session (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const cookieAttrs = 'Path=/; HttpOnly; SameSite=Strict'
     if (req.method === 'GET') {
-      const access = await this.#decide(req)
-      return json(res, 200, { access, tokenRequired: this.#access.tokenRequired })
+      const rights = await this.#decide(req)
+      // `access` says whether the console may change things; `rights` whether host paths too.
+      return json(res, 200, { access: consoleAccess(rights), rights, tokenRequired: this.#access.tokenRequired })
     }
     if (req.method === 'POST') {
       const site = req.headers['sec-fetch-site']
@@ -137,7 +136,7 @@ export class HttpServer {
       const token = bearerToken(req)
       if (!this.#access.tokenMatches(token)) return refuse(res, true)
       res.setHeader('Set-Cookie', `${TOKEN_COOKIE}=${encodeURIComponent(token!)}; ${cookieAttrs}`)
-      return json(res, 200, { access: 'full', tokenRequired: true })
+      return json(res, 200, { access: 'full', rights: 'user', tokenRequired: true })
     }
     if (req.method === 'DELETE') {
       res.setHeader('Set-Cookie', `${TOKEN_COOKIE}=; ${cookieAttrs}; Max-Age=0`)
@@ -160,12 +159,12 @@ export class HttpServer {
     }
     const body = await readBody(req, MAX_FRAME_BYTES)
     if (body === undefined) return rpcReply(res, 413, frameTooLarge())
-    const dispatcher = access === 'full' ? this.#full : this.#read
+    const dispatcher = this.#rpcDispatcher
     const abort = new AbortController()
     res.once('close', () => abort.abort())
 
     if (!/text\/event-stream/.test(req.headers.accept ?? '')) {
-      const ctx: CallContext = { notify: () => {}, signal: abort.signal }
+      const ctx: CallContext = { notify: () => {}, signal: abort.signal, rights: access }
       const response = await dispatcher.receiveText(body, ctx)
       if (!response) { res.writeHead(204, SECURITY_HEADERS); return void res.end() }
       return rpcReply(res, 200, response)
@@ -176,7 +175,7 @@ export class HttpServer {
     const send = (event: string, data: unknown) => { if (!res.writableEnded && !res.destroyed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`) }
     const keepalive = setInterval(() => { if (!res.destroyed) res.write(': keepalive\n\n') }, KEEPALIVE_MS)
     try {
-      const ctx: CallContext = { notify: (method, params) => send('notification', { jsonrpc: '2.0', method, params }), signal: abort.signal }
+      const ctx: CallContext = { notify: (method, params) => send('notification', { jsonrpc: '2.0', method, params }), signal: abort.signal, rights: access }
       const response = await dispatcher.receiveText(body, ctx)
       if (response) send('response', response)
     } finally {
@@ -184,6 +183,10 @@ export class HttpServer {
       if (!res.destroyed) res.end()
     }
   }
+}
+
+function consoleAccess (rights: Access): 'full' | 'read' | 'none' {
+  return rights === 'admin' || rights === 'user' ? 'full' : rights
 }
 
 export function splitHostPort (listen: string): { host: string, port: number } {

@@ -6,7 +6,10 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { BAD_PARAMS, IMAGE_NOT_FOUND, NAME_IN_USE, SOURCE_EMPTY, SOURCE_INVALID, TARGET_UNWRITABLE, VERIFY_FAILED } from '../../protocol/errors.js'
-import type { ExportResult, ImageInfo, JobInfo, VerifyResult } from '../../protocol/rpc.js'
+import type { ExportFormat, ExportResult, ImageInfo, JobInfo, StreamJob, VerifyResult } from '../../protocol/rpc.js'
+import type { FileHandle } from 'node:fs/promises'
+import type { StreamRegistry } from '../rpc/streams.js'
+import { receiveStream, sendStream } from './image-streams.js'
 import type { Catalog } from '../catalog/catalog.js'
 import type { JobContext, JobManager } from '../jobs/jobs.js'
 import type { LayerStore } from '../store/layer-store.js'
@@ -21,6 +24,8 @@ import type { Logger } from '../log.js'
 
 const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$/
 const MAX_BAD_BLOCKS_LISTED = 1000
+// The largest image a caller may stream in: 16 TiB.
+const MAX_IMAGE_BYTES = 2 ** 44
 
 // Told of every change to the catalog's images.
 export interface ImageListener {
@@ -48,6 +53,9 @@ export class ImageService {
   readonly #hasher: BlockHasher
   readonly #blockSize: number
   readonly #log: Logger
+  readonly #streams: StreamRegistry
+  // Converted exports on their way to a caller (emptied at start).
+  readonly #scratchDir: string
   // Names claimed by imports still running, so two cannot race for one name.
   readonly #claimed = new Set<string>()
   // Told of every registered, removed and relabelled image (transfers serve and advertise them).
@@ -57,7 +65,9 @@ export class ImageService {
     this.#listeners.push(listener)
   }
 
-  constructor (deps: { catalog: Catalog, store: LayerStore, jobs: JobManager, hasher: BlockHasher, blockSize: number, log: Logger }) {
+  constructor (deps: { catalog: Catalog, store: LayerStore, jobs: JobManager, hasher: BlockHasher, blockSize: number, log: Logger, streams: StreamRegistry, scratchDir: string }) {
+    this.#streams = deps.streams
+    this.#scratchDir = deps.scratchDir
     this.#catalog = deps.catalog
     this.#store = deps.store
     this.#jobs = deps.jobs
@@ -100,11 +110,8 @@ export class ImageService {
   }
 
   async #importJob (source: string, size: number, name: string, ctx: JobContext, labels?: string[]): Promise<ImageInfo> {
-    const volume = `img-${randomBytes(8).toString('hex')}`
-    const info = await this.#store.prepare(volume, { size })
-    try {
+    return this.#ingest(name, size, ctx, labels, async to => {
       const from = await fs.open(source, 'r')
-      const to = await fs.open(info.path, 'r+')
       try {
         await copyNonZero(from, to, {
           size,
@@ -112,9 +119,45 @@ export class ImageService {
           signal: ctx.signal,
           onProgress: (done, total) => ctx.progress('copy', done, total)
         })
-        await to.sync()
       } finally {
         await from.close()
+      }
+    })
+  }
+
+  // image.upload: an import whose bytes the caller streams (protocol/stream.ts).
+  async upload (name: string, size: number, labels?: string[]): Promise<StreamJob> {
+    await this.checkName(name)
+    if (labels) checkLabels(labels)
+    if (!Number.isSafeInteger(size) || size <= 0) throw BAD_PARAMS('size must be a positive whole number of bytes')
+    if (size > MAX_IMAGE_BYTES) throw BAD_PARAMS(`size must be at most ${MAX_IMAGE_BYTES} bytes`)
+    const { token, attached } = this.#streams.open()
+    this.#claimed.add(name)
+    try {
+      const job = this.#jobs.start('import', name, async ctx => {
+        try {
+          return await this.#ingest(name, size, ctx, labels, to => receiveStream(attached, to, size, ctx))
+        } finally {
+          this.#claimed.delete(name)
+        }
+      })
+      return { job, stream: token }
+    } catch (err) {
+      this.#claimed.delete(name)
+      throw err
+    }
+  }
+
+  // A new volume of `size` bytes, filled by `fill`, indexed, committed and registered.
+  async #ingest (name: string, size: number, ctx: JobContext, labels: string[] | undefined, fill: (to: FileHandle) => Promise<void>): Promise<ImageInfo> {
+    const volume = `img-${randomBytes(8).toString('hex')}`
+    const info = await this.#store.prepare(volume, { size })
+    try {
+      const to = await fs.open(info.path, 'r+')
+      try {
+        await fill(to)
+        await to.sync()
+      } finally {
         await to.close()
       }
       // Indexed while still active: a crash before the commit leaves only an active volume,
@@ -205,6 +248,32 @@ export class ImageService {
         throw err
       }
     })
+  }
+
+  // image.download: the image streamed to the caller, raw (holes never sent) or converted first
+  // into a private scratch file that is unlinked once open.
+  async download (ref: string, format: ExportFormat): Promise<StreamJob> {
+    const image = await this.get(ref)
+    const vol = await this.#volumeOf(image)
+    const { token, attached } = this.#streams.open()
+    const job = this.#jobs.start('export', image.name, async ctx => {
+      let file = vol.path
+      if (format !== 'raw') {
+        await fs.mkdir(this.#scratchDir, { recursive: true, mode: 0o700 })
+        file = path.join(this.#scratchDir, `${image.id}-${randomBytes(6).toString('hex')}.${format}`)
+        ctx.progress('convert', 0, image.size)
+        await qemuImg.convert(vol.path, 'raw', file, format, ctx.signal)
+      }
+      const from = await fs.open(file, 'r')
+      try {
+        if (file !== vol.path) await fs.rm(file, { force: true })
+        const bytes = await sendStream(attached, from, ctx)
+        return { id: image.id, path: '-', format, bytes } satisfies ExportResult
+      } finally {
+        await from.close()
+      }
+    })
+    return { job, stream: token }
   }
 
   async verify (ref: string): Promise<JobInfo> {

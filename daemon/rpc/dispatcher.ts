@@ -1,6 +1,7 @@
 // The one JSON-RPC dispatcher over the method table, shared by the Unix socket and the HTTP
 // listener: params are checked before a handler runs, `write` methods are refused to read-only
-// callers, and every error answers with its stable code in error.data.code.
+// callers and `admin` ones to callers other than root (the rights travel in each call's
+// context), and every error answers with its stable code in error.data.code.
 
 import { JSONRPCServer, JSONRPCErrorException, createJSONRPCErrorResponse, type JSONRPCResponse } from 'json-rpc-2.0'
 import { ERRORS, OsfarmError, PERMISSION_DENIED, isErrorCode, type ErrorCode } from '../../protocol/errors.js'
@@ -22,8 +23,7 @@ export type RpcResponse = JSONRPCResponse | JSONRPCResponse[]
 export interface DispatcherOptions {
   table: MethodTable
   log: Logger
-  // Refuse methods marked `write`; `readOnlyHint` ends the refusal's message.
-  readOnly: boolean
+  // Ends the message that refuses a `write` method to a read-only caller.
   readOnlyHint?: string
 }
 
@@ -37,8 +37,10 @@ export class Dispatcher {
     for (const [name, entry] of Object.entries(opts.table)) {
       this.#rpc.addMethod(name, async (params, ctx) => {
         try {
-          if (entry.write && opts.readOnly) throw PERMISSION_DENIED(`${name} changes state and this daemon limits that to root${opts.readOnlyHint ? `: ${opts.readOnlyHint}` : ''}`)
+          if (entry.write && ctx.rights === 'read') throw PERMISSION_DENIED(`${name} changes state and this daemon limits that to root${opts.readOnlyHint ? `: ${opts.readOnlyHint}` : ''}`)
           const checked = checkParams(entry.params, params)
+          const needsRoot = ctx.rights === 'admin' ? undefined : (entry.admin as ((p: unknown) => string | undefined) | undefined)?.(checked)
+          if (needsRoot) throw PERMISSION_DENIED(`${name}: ${needsRoot}`)
           return await (entry.handler as (p: unknown, c: CallContext) => unknown)(checked, ctx)
         } catch (err) {
           const e = OsfarmError.from(err)

@@ -1,7 +1,7 @@
 // The local API's one method table. Each entry declares its params, whether it changes state
 // (`write`: may be limited to root), and a handler that delegates to a service.
 
-import type { MethodName, Params, Result } from '../../protocol/rpc.js'
+import type { MethodName, Params, Result, Rights } from '../../protocol/rpc.js'
 import { API_VERSION } from '../../protocol/rpc.js'
 import type { ParamSpec } from './params.js'
 import type { Daemon } from '../daemon.js'
@@ -9,17 +9,21 @@ import type { JobEvent } from '../jobs/jobs.js'
 import { checkSpec } from '../console/spec-check.js'
 import { fleetImages } from '../console/fleet-images.js'
 import { splitLabels } from '../images/labels.js'
+import { hostUrlReason } from '../build/sources.js'
 
 export interface CallContext {
   // Sends a JSON-RPC notification to the calling connection.
   notify (method: string, params: unknown): void
   // Aborted when the calling connection closes.
   signal: AbortSignal
+  rights: Rights
 }
 
 export interface MethodEntry<M extends MethodName> {
   params: ParamSpec
   write: boolean
+  // Why this call needs root (it names a host path or changes the host's trust), if it does.
+  admin?: (params: Params<M>) => string | undefined
   handler (params: Params<M>, ctx: CallContext): Promise<Result<M>> | Result<M>
 }
 
@@ -30,24 +34,44 @@ const id = { id: { type: 'string' } } as const
 export function methodTable (d: Daemon): MethodTable {
   return {
     'daemon.status': { params: {}, write: false, handler: () => d.status() },
-    'daemon.version': { params: {}, write: false, handler: () => ({ version: d.version, apiVersion: API_VERSION }) },
+    'daemon.version': { params: {}, write: false, handler: (_, ctx) => ({ version: d.version, apiVersion: API_VERSION, rights: ctx.rights }) },
     'daemon.stats': { params: {}, write: false, handler: () => d.metrics.snapshot() },
     'image.list': { params: {}, write: false, handler: () => d.images.list() },
     'image.get': { params: id, write: false, handler: p => d.images.get(p.id) },
     'image.build': {
       params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true } },
       write: true,
-      handler: p => d.builds.build(p)
+      admin: p => p.path === undefined ? undefined : 'path: osfarmd reads a spec file only for root; send the spec text (osfarmctl build does)',
+      handler: (p, ctx) => d.builds.build(p, ctx.rights)
     },
     'image.import': {
       params: { path: { type: 'string' }, name: { type: 'string' }, labels: { type: 'string', optional: true } },
       write: true,
+      admin: () => 'path: osfarmd opens host paths only for root; osfarmctl image import streams the file with your own rights',
       handler: p => d.images.import(p.path, p.name, p.labels === undefined ? undefined : splitLabels(p.labels))
+    },
+    'image.upload': {
+      params: { name: { type: 'string' }, size: { type: 'number' }, labels: { type: 'string', optional: true } },
+      write: true,
+      handler: p => d.images.upload(p.name, p.size, p.labels === undefined ? undefined : splitLabels(p.labels))
     },
     'image.export': {
       params: { ...id, path: { type: 'string' }, format: { type: ['raw', 'qcow2'], optional: true } },
       write: true,
+      admin: () => 'path: osfarmd writes host paths only for root; osfarmctl image export streams the image and writes it with your own rights',
       handler: p => d.images.export(p.id, p.path, p.format ?? 'raw')
+    },
+    // Read-only: the caller gets bytes it could fetch or list anyway.
+    'image.download': {
+      params: { ...id, format: { type: ['raw', 'qcow2'], optional: true } },
+      write: false,
+      handler: p => d.images.download(p.id, p.format ?? 'raw')
+    },
+    'source.upload': { params: { size: { type: 'number' } }, write: true, handler: p => d.builds.sources.upload(p.size) },
+    'spec.sources': {
+      params: { spec: { type: 'string' }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true } },
+      write: false,
+      handler: p => d.builds.specSources(p.spec, p.format, p.baseDir)
     },
     'image.remove': { params: id, write: true, handler: p => d.images.remove(p.id) },
     'image.label': {
@@ -75,30 +99,42 @@ export function methodTable (d: Daemon): MethodTable {
     'fleet.init': {
       params: { secret: { type: 'string', optional: true }, bootstrap: { type: 'string', optional: true }, peers: { type: 'string', optional: true }, dhtHost: { type: 'string', optional: true }, dhtPort: { type: 'number', optional: true }, uploadLimit: { type: 'number', optional: true }, peerUploadLimit: { type: 'number', optional: true } },
       write: true,
+      admin: () => 'the fleet (its secret, bootstrap nodes and allow-list) is the host\'s trust: root only',
       handler: p => d.transfers.fleetInit(p)
     },
     'fleet.show': { params: {}, write: false, handler: () => d.transfers.fleetShow() },
-    'fleet.allow': { params: { key: { type: 'string' } }, write: true, handler: p => d.transfers.fleetAllow(p.key, true) },
-    'fleet.deny': { params: { key: { type: 'string' } }, write: true, handler: p => d.transfers.fleetAllow(p.key, false) },
+    'fleet.allow': { params: { key: { type: 'string' } }, write: true, admin: () => 'the fleet\'s allow-list is the host\'s trust: root only', handler: p => d.transfers.fleetAllow(p.key, true) },
+    'fleet.deny': { params: { key: { type: 'string' } }, write: true, admin: () => 'the fleet\'s allow-list is the host\'s trust: root only', handler: p => d.transfers.fleetAllow(p.key, false) },
     'peer.list': { params: {}, write: false, handler: () => d.transfers.peerList() },
     'package.search': {
       params: { query: { type: 'string' }, suite: { type: 'string' }, uri: { type: 'string', optional: true }, component: { type: 'string', optional: true }, arch: { type: 'string', optional: true }, limit: { type: 'number', optional: true } },
       write: false,
+      admin: p => p.uri === undefined ? undefined : hostUrlReason('uri', p.uri),
       handler: p => d.packages.search(p)
     },
-    // Planning hashes the host files a spec names, as the daemon's user: as guarded as image.build.
-    'spec.check': { params: { spec: { type: 'string' }, format: { type: ['xml', 'json'], optional: true } }, write: true, handler: p => checkSpec(d.builds, d.store, p.spec, p.format) },
+    // Planning hashes the sources a spec names: as guarded as image.build.
+    'spec.check': {
+      params: { spec: { type: 'string' }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, sources: { type: 'object', optional: true } },
+      write: true,
+      handler: (p, ctx) => checkSpec(d.builds, d.store, p, ctx.rights)
+    },
     'fleet.images': { params: {}, write: false, handler: () => fleetImages(d.transfers.swarm) },
     'seed.add': {
       params: { match: { type: 'string' }, label: { type: 'string', optional: true }, keep: { type: 'number', optional: true }, maxSize: { type: 'number', optional: true }, priority: { type: 'number', optional: true }, uploadLimit: { type: 'number', optional: true }, downloadLimit: { type: 'number', optional: true }, fleet: { type: 'boolean', optional: true } },
       write: true,
+      admin: p => p.fleet ? 'fleet: a fleet-wide policy is signed by this host for every host: root only' : undefined,
       handler: p => d.seeds.add(p)
     },
     'seed.list': { params: {}, write: false, handler: () => d.seeds.list() },
     'seed.remove': { params: id, write: true, handler: p => d.seeds.remove(p.id) },
     'seed.status': { params: {}, write: false, handler: () => d.seeds.status() },
-    'seed.cap': { params: { bytes: { type: 'number' } }, write: true, handler: p => d.seeds.setCap(p.bytes) },
-    'prestage.start': { params: { disk: { type: 'string' }, to: { type: 'string' }, base: { type: 'string', optional: true } }, write: true, handler: p => d.prestages.begin(p) },
+    'seed.cap': { params: { bytes: { type: 'number' } }, write: true, admin: () => 'the seeding cap is the host\'s disk budget: root only', handler: p => d.seeds.setCap(p.bytes) },
+    'prestage.start': {
+      params: { disk: { type: 'string' }, to: { type: 'string' }, base: { type: 'string', optional: true } },
+      write: true,
+      admin: () => 'disk: osfarmd opens host disks only for root (run osfarmctl prestage as root)',
+      handler: p => d.prestages.begin(p)
+    },
     'prestage.sync': { params: id, write: true, handler: p => d.prestages.sync(p.id) },
     'prestage.list': { params: {}, write: false, handler: () => d.prestages.list() },
     'prestage.get': { params: id, write: false, handler: p => d.prestages.get(p.id) },

@@ -7,10 +7,12 @@
 
 import net from 'node:net'
 import fs from 'node:fs/promises'
-import { MAX_FRAME_BYTES } from '../../protocol/rpc.js'
+import { MAX_FRAME_BYTES, type Rights } from '../../protocol/rpc.js'
+import { ERRORS } from '../../protocol/errors.js'
 import { Dispatcher, daemonBusy, frameTooLarge } from './dispatcher.js'
 import { ByteBudget } from './frame-budget.js'
 import type { CallContext, MethodTable } from './methods.js'
+import type { StreamRegistry } from './streams.js'
 import type { Logger } from '../log.js'
 
 export const DEFAULT_MAX_CONNECTIONS = 128
@@ -28,8 +30,9 @@ export interface RpcServerOptions {
   socket: string
   mode: number
   group: number | null
-  // Refuse methods marked `write` (this socket is open to a group; root has the admin socket).
-  readOnly: boolean
+  // What every connection to this socket may do: the admin socket (0600) is root's; the main
+  // socket is open to a group, so its callers never get host paths opened for them.
+  rights: Rights
   table: MethodTable
   log: Logger
   // Connections served at once (default DEFAULT_MAX_CONNECTIONS); how long a connection may hold
@@ -37,6 +40,8 @@ export interface RpcServerOptions {
   // frame, such as one waiting on job.watch, is never idle.
   maxConnections?: number
   idleMs?: number
+  // Byte streams: a connection whose first frame is `stream.attach` becomes one.
+  streams: StreamRegistry
 }
 
 export class RpcServer {
@@ -48,7 +53,7 @@ export class RpcServer {
 
   constructor (opts: RpcServerOptions) {
     this.#opts = opts
-    this.#rpc = new Dispatcher({ table: opts.table, log: opts.log, readOnly: opts.readOnly, readOnlyHint: 'run osfarmctl as root' })
+    this.#rpc = new Dispatcher({ table: opts.table, log: opts.log, readOnlyHint: 'run osfarmctl as root' })
     this.#server = net.createServer(socket => this.#accept(socket))
   }
 
@@ -91,7 +96,8 @@ export class RpcServer {
     }
     const ctx: CallContext = {
       notify: (method, params) => send({ jsonrpc: '2.0', method, params }),
-      signal: abort.signal
+      signal: abort.signal,
+      rights: this.#opts.rights
     }
     let pending: Buffer[] = []
     let pendingBytes = 0
@@ -125,7 +131,8 @@ export class RpcServer {
       else if (now - frameStart > idleMs * FRAME_DEADLINE_IDLES) cut(`a frame not complete ${now - frameStart} ms after it began`)
     }, Math.max(50, Math.floor(idleMs / 4)))
     watch.unref()
-    socket.on('data', (data: Buffer) => {
+    let first = true
+    const onData = (data: Buffer) => {
       lastData = Date.now()
       if (discarding && (discarded += data.length) > MAX_DISCARD_BYTES) return cut(`still sending an oversized frame after ${discarded} bytes`)
       let start = 0
@@ -137,6 +144,18 @@ export class RpcServer {
         const line = pending.length ? Buffer.concat([...pending, part]) : part
         pending = []
         pendingBytes = 0
+        if (first) {
+          first = false
+          const attach = streamAttach(line)
+          if (attach) {
+            socket.off('data', onData)
+            socket.pause()
+            const ok = this.#opts.streams.attach(attach.token, socket, Buffer.from(data.subarray(start)))
+            send(ok ? { jsonrpc: '2.0', id: attach.id, result: { attached: true } } : { jsonrpc: '2.0', id: attach.id, error: { code: ERRORS.NOT_FOUND.rpc, message: 'no such stream (expired or already attached)', data: { code: 'NOT_FOUND' } } })
+            if (!ok) socket.end()
+            return
+          }
+        }
         this.#handleLine(line.toString('utf8'), ctx, send, state)
       }
       const rest = data.subarray(start)
@@ -153,7 +172,8 @@ export class RpcServer {
       pending.push(Buffer.from(rest))
       pendingBytes += rest.length
       sync()
-    })
+    }
+    socket.on('data', onData)
     socket.on('error', () => {})
     socket.on('close', () => {
       clearInterval(watch)
@@ -171,5 +191,17 @@ export class RpcServer {
     this.#rpc.receiveText(line, ctx).then(response => { if (response) send(response) }).finally(() => {
       if (--state.calls < MAX_CALLS_IN_FLIGHT && state.paused) { state.paused = false; state.resume() }
     })
+  }
+}
+
+// A connection's first frame `{"method":"stream.attach","params":{"token":…}}` (see protocol/stream.ts).
+function streamAttach (line: Buffer): { id: unknown, token: string } | undefined {
+  if (line.length > 512 || !line.includes('stream.attach')) return undefined
+  try {
+    const msg = JSON.parse(line.toString('utf8'))
+    if (msg?.method !== 'stream.attach' || typeof msg.params?.token !== 'string') return undefined
+    return { id: msg.id ?? null, token: msg.params.token }
+  } catch {
+    return undefined
   }
 }
