@@ -8,6 +8,7 @@ import os from 'node:os'
 import { BAD_CONFIG } from '../protocol/errors.js'
 import { LOG_LEVELS, type LogLevel } from './log.js'
 import { checkBlockSize, DEFAULT_BLOCK_SIZE } from './blocks/manifest.js'
+import { DEFAULT_MAX_ROOTFS_BYTES, DEFAULT_MAX_SOURCE_BYTES } from './images/host-files.js'
 
 export interface Config {
   // Catalog, volumes and keys live here.
@@ -37,6 +38,15 @@ export interface Config {
   writeRequiresRoot: boolean
   // "host:port" on a loopback address for a Prometheus text endpoint (/metrics); null: off.
   metricsListen: string | null
+  // The most bytes osfarmd reads from a host file a spec names for root: files[].source, and the
+  // rootfs tarball (a whole root filesystem, so a larger cap).
+  maxSourceBytes: number
+  maxRootfsBytes: number
+  // Connections served at once on each socket and on the HTTP listener; more are refused.
+  maxConnections: number
+  // A request that stalls this long part-way (a partial frame on the socket, HTTP headers or
+  // body) has its connection closed; a connection waiting on a call is never idle.
+  idleTimeoutSeconds: number
 }
 
 export interface LvmConfig {
@@ -66,10 +76,15 @@ export const DEFAULTS: Config = {
   hashThreads: 0,
   logLevel: 'info',
   writeRequiresRoot: false,
-  metricsListen: null
+  metricsListen: null,
+  maxSourceBytes: DEFAULT_MAX_SOURCE_BYTES,
+  maxRootfsBytes: DEFAULT_MAX_ROOTFS_BYTES,
+  maxConnections: 128,
+  idleTimeoutSeconds: 30
 }
 
 type Check = (v: unknown, key: string) => unknown
+const bytes: Check = (v, k) => { if (!Number.isSafeInteger(v) || (v as number) < 1) throw BAD_CONFIG(`${k} must be a byte count (at least 1)`); return v }
 const str: Check = (v, k) => { if (typeof v !== 'string' || v === '') throw BAD_CONFIG(`${k} must be a non-empty string`); return v }
 const checks: Record<keyof Config, Check> = {
   dataDir: str,
@@ -93,6 +108,10 @@ const checks: Record<keyof Config, Check> = {
   buildCacheBytes: (v, k) => { if (!Number.isSafeInteger(v) || (v as number) < 0) throw BAD_CONFIG(`${k} must be a byte count (0: no cap)`); return v },
   hashThreads: (v, k) => { if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 256) throw BAD_CONFIG(`${k} must be an integer from 0 to 256`); return v },
   logLevel: (v, k) => { if (!LOG_LEVELS.includes(v as LogLevel)) throw BAD_CONFIG(`${k} must be one of ${LOG_LEVELS.join(', ')}`); return v },
+  maxSourceBytes: bytes,
+  maxRootfsBytes: bytes,
+  maxConnections: (v, k) => { if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > 65536) throw BAD_CONFIG(`${k} must be an integer from 1 to 65536`); return v },
+  idleTimeoutSeconds: (v, k) => { if (typeof v !== 'number' || !(v >= 0.1 && v <= 86400)) throw BAD_CONFIG(`${k} must be a number of seconds from 0.1 to 86400`); return v },
   writeRequiresRoot: (v, k) => { if (typeof v !== 'boolean') throw BAD_CONFIG(`${k} must be true or false`); return v },
   metricsListen: (v, k) => {
     if (v === null) return v

@@ -18,7 +18,6 @@ import { openStore } from './store/open-store.js'
 import type { LayerStore } from './store/layer-store.js'
 import { RpcServer } from './rpc/server.js'
 import { StreamRegistry } from './rpc/streams.js'
-import { DEFAULT_MAX_ROOTFS_BYTES, DEFAULT_MAX_SOURCE_BYTES } from './images/host-files.js'
 import { HttpServer } from './http/http-server.js'
 import { PackageIndex } from './console/package-index.js'
 import { methodTable } from './rpc/methods.js'
@@ -90,7 +89,7 @@ export class Daemon {
         workDir: path.join(dataDir, 'build'),
         cacheBytes: this.config.buildCacheBytes || undefined,
         sourcesDir: path.join(dataDir, 'sources'),
-        sourceLimits: { fileBytes: DEFAULT_MAX_SOURCE_BYTES, rootfsBytes: DEFAULT_MAX_ROOTFS_BYTES },
+        sourceLimits: { fileBytes: this.config.maxSourceBytes, rootfsBytes: this.config.maxRootfsBytes },
         streams: this.streams
       })
       await this.builds.sources.start()

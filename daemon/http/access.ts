@@ -11,6 +11,7 @@
 import fs from 'node:fs/promises'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type http from 'node:http'
+import { OsfarmError } from '../../protocol/errors.js'
 import type { Rights } from '../../protocol/rpc.js'
 import { isLoopback, loopbackPeerUid } from './peer-uid.js'
 
@@ -126,7 +127,12 @@ export function bearerToken (req: http.IncomingMessage): string | undefined {
 export function cookie (req: http.IncomingMessage, name: string): string | undefined {
   for (const part of (req.headers.cookie ?? '').split(';')) {
     const i = part.indexOf('=')
-    if (i !== -1 && part.slice(0, i).trim() === name) return decodeURIComponent(part.slice(i + 1).trim())
+    if (i === -1 || part.slice(0, i).trim() !== name) continue
+    try {
+      return decodeURIComponent(part.slice(i + 1).trim())
+    } catch {
+      throw new OsfarmError('BAD_REQUEST', `malformed cookie ${name}`)
+    }
   }
   return undefined
 }

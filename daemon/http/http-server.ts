@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { ERRORS, OsfarmError, type ErrorCode } from '../../protocol/errors.js'
 import { MAX_FRAME_BYTES } from '../../protocol/rpc.js'
 import { Dispatcher, frameTooLarge, type RpcResponse } from '../rpc/dispatcher.js'
+import { ByteBudget } from '../rpc/frame-budget.js'
 import type { CallContext, MethodTable } from '../rpc/methods.js'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
@@ -28,6 +29,11 @@ import { SECURITY_HEADERS, StaticFiles, plain } from './static-files.js'
 export const DEFAULT_WEB_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../web')
 // A comment line keeps idle event streams open through proxies.
 const KEEPALIVE_MS = 15_000
+const DEFAULT_MAX_CONNECTIONS = 128
+const DEFAULT_IDLE_MS = 30_000
+// The request line and headers must arrive within one idle period; the whole request (not the
+// answer: event streams and downloads run as long as they need) within this many.
+const REQUEST_IDLES = 4
 
 const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   BAD_PARAMS: 400,
@@ -42,6 +48,9 @@ const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
 export interface HttpServerOptions {
   // "host:port"; port 0 picks one (see url after listen()).
   listen: string
+  // Connections at once (more are refused), and how long a request may stall part-way.
+  maxConnections?: number
+  idleMs?: number
   table: MethodTable
   daemon: Daemon
   access: AccessOptions
@@ -58,6 +67,8 @@ export class HttpServer {
   readonly #static: StaticFiles
   readonly #downloads: Downloads
   readonly #log: Logger
+  // Request bodies being read, all together.
+  readonly #budget = new ByteBudget()
   #url = ''
 
   constructor (opts: HttpServerOptions) {
@@ -69,11 +80,23 @@ export class HttpServer {
     this.#downloads = new Downloads(opts.daemon, opts.scratchDir)
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch(err => {
+        // A request malformed in a way only found while reading it (a bad %-escape, cookie).
+        if (err instanceof URIError || (err instanceof OsfarmError && err.code === 'BAD_REQUEST')) {
+          if (!res.headersSent) plain(res, 400, `bad request: ${err instanceof OsfarmError ? err.text : 'malformed %-escape'}\n`)
+          else res.destroy()
+          return
+        }
         this.#log.error('http request failed', { path: req.url, error: (err as Error).message })
         if (!res.headersSent) plain(res, 500, 'internal error')
         else res.destroy()
       })
     })
+    const idleMs = opts.idleMs ?? DEFAULT_IDLE_MS
+    this.#server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS
+    this.#server.headersTimeout = idleMs
+    this.#server.requestTimeout = idleMs * REQUEST_IDLES
+    // How often the two above are checked (Node's default is 30 s).
+    ;(this.#server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = Math.max(50, Math.floor(idleMs / 4))
   }
 
   get url (): string { return this.#url }
@@ -98,7 +121,12 @@ export class HttpServer {
   }
 
   async #route (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://console')
+    let url: URL
+    try {
+      url = new URL(req.url ?? '/', 'http://console')
+    } catch {
+      return plain(res, 400, 'bad request: malformed URL\n')
+    }
     const p = url.pathname
     if (p === '/rpc') {
       if (req.method !== 'POST') return plain(res, 405, 'POST only', { Allow: 'POST' })
@@ -157,7 +185,7 @@ export class HttpServer {
       const status = this.#access.tokenRequired ? 401 : 403
       return rpcReply(res, status, error(ERRORS.PERMISSION_DENIED.rpc, this.#access.tokenRequired ? 'a valid token is required' : 'this user may not use osfarmd', 'PERMISSION_DENIED'), this.#access.tokenRequired ? { 'WWW-Authenticate': 'Bearer realm="osfarm"' } : {})
     }
-    const body = await readBody(req, MAX_FRAME_BYTES)
+    const body = await readBody(req, MAX_FRAME_BYTES, this.#budget)
     if (body === undefined) return rpcReply(res, 413, frameTooLarge())
     const dispatcher = this.#rpcDispatcher
     const abort = new AbortController()
@@ -194,18 +222,30 @@ export function splitHostPort (listen: string): { host: string, port: number } {
   return { host: listen.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(listen.slice(i + 1)) }
 }
 
-function readBody (req: http.IncomingMessage, limit: number): Promise<string | undefined> {
+// The body, or undefined past `limit` (the rest is read and dropped). What is held counts in
+// `budget`; over it, reading pauses until other requests finish.
+function readBody (req: http.IncomingMessage, limit: number, budget: ByteBudget): Promise<string | undefined> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = []
     let size = 0
+    let held = 0
     let over = false
+    let cancelWait = () => {}
+    const done = () => { cancelWait(); budget.release(held); held = 0 }
     req.on('data', (chunk: Buffer) => {
       size += chunk.length
-      if (size > limit) over = true
-      if (!over) parts.push(chunk)
+      if (size > limit && !over) { over = true; parts.length = 0; budget.release(held); held = 0 }
+      if (over) return
+      parts.push(chunk)
+      held += chunk.length
+      if (!budget.take(chunk.length)) {
+        req.pause()
+        cancelWait = budget.whenFree(() => req.resume())
+      }
     })
-    req.on('end', () => resolve(over ? undefined : Buffer.concat(parts).toString('utf8')))
-    req.on('error', reject)
+    req.on('end', () => { const text = over ? undefined : Buffer.concat(parts).toString('utf8'); done(); resolve(text) })
+    req.on('error', err => { done(); reject(err) })
+    req.on('close', done)
   })
 }
 

@@ -11,7 +11,7 @@ import { IO_ERROR, NO_SPACE, OsfarmError, SOURCE_CHANGED, SOURCE_EMPTY, STORE_FU
 import { deviceSize } from '../blocks/block-hasher.js'
 
 // Defaults of the config keys maxSourceBytes (a spec's files[].source) and maxRootfsBytes (a
-// spec's rootfs tarball).
+// spec's rootfs tarball: a whole root filesystem).
 export const DEFAULT_MAX_SOURCE_BYTES = 64 << 20
 export const DEFAULT_MAX_ROOTFS_BYTES = 4 * 2 ** 30
 const READ_CHUNK_BYTES = 1 << 20
@@ -19,7 +19,8 @@ const READ_CHUNK_BYTES = 1 << 20
 export interface SourceOptions {
   // What the caller named the path by ("path", "files[2].source", "rootfs"): every refusal starts with it.
   field: string
-  // Refuse sources larger than this; `limitKey` names the setting in the message.
+  // Refuse sources larger than this; `limitKey` names the setting in the message (the config's
+  // maxSourceBytes for files[].source, maxRootfsBytes for rootfs).
   maxBytes?: number
   limitKey?: string
   allowBlockDevice?: boolean
