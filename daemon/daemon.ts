@@ -80,7 +80,7 @@ export class Daemon {
       // Converted downloads on their way to a caller; a crash leaves them, a start removes them.
       const streamScratch = path.join(dataDir, 'streams')
       await fs.rm(streamScratch, { recursive: true, force: true })
-      this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log, streams: this.streams, scratchDir: streamScratch })
+      this.images = new ImageService({ catalog: this.catalog, store: this.store, jobs: this.jobs, hasher: this.hasher, blockSize: this.config.blockSize, log: this.log, streams: this.streams, scratchDir: streamScratch, hostPaths: { dataDir, protectedPaths: [socket, adminSocketPath(socket)] } })
       this.builds = new BuildService({
         store: this.store,
         images: this.images,

@@ -157,7 +157,8 @@ export async function createExportTarget (target: string, opts: ExportTargetOpti
     handle,
     async commit () {
       try {
-        if (!closed) {
+        // (A converter may have had the file by name, with the handle closed.)
+        if (!closed && handle.fd !== -1) {
           await handle.sync().catch(err => { throw writeError(err, resolved, 'NO_SPACE') })
           await close()
         }

@@ -18,6 +18,7 @@ import { deviceSize } from '../blocks/block-hasher.js'
 import { blockCount, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
 import { HASH_BYTES, toHex } from '../blocks/hash.js'
 import { copyNonZero } from './block-copy.js'
+import { createExportTarget, openSource, writeError, type Source } from './host-files.js'
 import { checkLabels } from './labels.js'
 import * as qemuImg from '../tools/qemu-img.js'
 import type { Logger } from '../log.js'
@@ -65,7 +66,11 @@ export class ImageService {
     this.#listeners.push(listener)
   }
 
-  constructor (deps: { catalog: Catalog, store: LayerStore, jobs: JobManager, hasher: BlockHasher, blockSize: number, log: Logger, streams: StreamRegistry, scratchDir: string }) {
+  // Root's export targets are never here (the data dir, the daemon's sockets).
+  readonly #hostPaths: { dataDir: string, protectedPaths: string[] }
+
+  constructor (deps: { catalog: Catalog, store: LayerStore, jobs: JobManager, hasher: BlockHasher, blockSize: number, log: Logger, streams: StreamRegistry, scratchDir: string, hostPaths?: { dataDir: string, protectedPaths: string[] } }) {
+    this.#hostPaths = deps.hostPaths ?? { dataDir: path.dirname(deps.scratchDir), protectedPaths: [] }
     this.#streams = deps.streams
     this.#scratchDir = deps.scratchDir
     this.#catalog = deps.catalog
@@ -93,35 +98,36 @@ export class ImageService {
     if (!path.isAbsolute(source)) throw BAD_PARAMS('the source path must be absolute')
     await this.checkName(name)
     if (labels) checkLabels(labels)
-    const size = await sourceSize(source)
+    // Opened once, here: what the job copies is what was checked.
+    const src = await openSource(source, { field: 'path', allowBlockDevice: true, refuseEmpty: true })
     this.#claimed.add(name)
     try {
       return this.#jobs.start('import', name, async ctx => {
         try {
-          return await this.#importJob(source, size, name, ctx, labels)
+          return await this.#importJob(src, name, ctx, labels)
         } finally {
           this.#claimed.delete(name)
+          await src.handle.close().catch(() => {})
         }
       })
     } catch (err) {
       this.#claimed.delete(name)
+      await src.handle.close().catch(() => {})
       throw err
     }
   }
 
-  async #importJob (source: string, size: number, name: string, ctx: JobContext, labels?: string[]): Promise<ImageInfo> {
-    return this.#ingest(name, size, ctx, labels, async to => {
-      const from = await fs.open(source, 'r')
-      try {
-        await copyNonZero(from, to, {
-          size,
-          blockSize: this.#blockSize,
-          signal: ctx.signal,
-          onProgress: (done, total) => ctx.progress('copy', done, total)
-        })
-      } finally {
-        await from.close()
-      }
+  async #importJob (src: Source, name: string, ctx: JobContext, labels?: string[]): Promise<ImageInfo> {
+    return this.#ingest(name, src.size, ctx, labels, async to => {
+      await copyNonZero(src.handle, to, {
+        size: src.size,
+        blockSize: this.#blockSize,
+        signal: ctx.signal,
+        onProgress: (done, total) => ctx.progress('copy', done, total),
+        source: src.path,
+        target: `the store volume for ${name}`,
+        full: 'STORE_FULL'
+      })
     })
   }
 
@@ -156,7 +162,7 @@ export class ImageService {
       const to = await fs.open(info.path, 'r+')
       try {
         await fill(to)
-        await to.sync()
+        await to.sync().catch(err => { throw writeError(err, info.path, 'STORE_FULL') })
       } finally {
         await to.close()
       }
@@ -211,40 +217,31 @@ export class ImageService {
     if (format !== 'raw' && format !== 'qcow2') throw BAD_PARAMS(`format must be raw or qcow2, got ${JSON.stringify(format)}`)
     const image = await this.get(ref)
     const vol = await this.#volumeOf(image)
-    // Claim the temporary file now, so an unwritable target fails the call, not a job later.
-    const tmp = path.join(path.dirname(target), `.${path.basename(target)}.osfarm-${randomBytes(4).toString('hex')}`)
-    const fh = await fs.open(tmp, 'wx', 0o644).catch(err => {
-      throw TARGET_UNWRITABLE(`cannot write ${target}: ${err.code ?? err.message}`)
-    })
-    if (await fs.stat(target).then(st => st.isDirectory(), () => false)) {
-      await fh.close()
-      await fs.rm(tmp, { force: true })
-      throw TARGET_UNWRITABLE(`${target} is a directory`)
-    }
+    // Claim the temporary file now, so an unwritable target fails the call, not a job later;
+    // only a regular file (or nothing) outside the data dir is ever replaced.
+    const out = await createExportTarget(target, this.#hostPaths)
+    const fh = out.handle
     return this.#jobs.start('export', image.name, async ctx => {
       try {
         if (format === 'raw') {
-          await fh.truncate(image.size)
+          await fh.truncate(image.size).catch(err => { throw writeError(err, out.path, 'NO_SPACE') })
           const from = await fs.open(vol.path, 'r')
           try {
-            await copyNonZero(from, fh, { size: image.size, blockSize: image.blockSize, signal: ctx.signal, onProgress: (d, t) => ctx.progress('copy', d, t) })
+            await copyNonZero(from, fh, { size: image.size, blockSize: image.blockSize, signal: ctx.signal, onProgress: (d, t) => ctx.progress('copy', d, t), source: vol.path, target: out.path, full: 'NO_SPACE' })
           } finally {
             await from.close()
           }
-          await fh.sync()
-          await fh.close()
         } else {
           await fh.close()
           ctx.progress('convert', 0, image.size)
-          await qemuImg.convert(vol.path, 'raw', tmp, 'qcow2', ctx.signal)
+          await qemuImg.convert(vol.path, 'raw', out.tmpPath, 'qcow2', ctx.signal)
           ctx.progress('convert', image.size, image.size)
         }
-        await fs.rename(tmp, target)
-        const bytes = (await fs.stat(target)).size
+        await out.commit()
+        const bytes = (await fs.stat(out.path)).size
         return { id: image.id, path: target, format, bytes } satisfies ExportResult
       } catch (err) {
-        await fh.close().catch(() => {})
-        await fs.rm(tmp, { force: true })
+        await out.abort()
         throw err
       }
     })
