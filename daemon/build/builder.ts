@@ -3,12 +3,16 @@
 // already committed is reused at once (`cached`), and two builds that need the same layer at
 // the same time share one job.
 //
-//   base      flavour's bootstrap into a directory → mke2fs -d onto the volume (pinned config,
-//             fake time, UUID and hash seed from the key) → every inode's times set to the epoch
-//   packages  snapshot → loop mount → apt-get in a chroot (proc, sys, dev, policy-rc.d) → umount
-//   files     snapshot → mount → files written through a chroot-safe path resolver → umount
-//   scripts   snapshot → mount → each script with /bin/sh -e in the chroot → umount
-//   boot      snapshot → mount → fstab, hostname, /etc/osfarm/boot.json → umount
+//   base      flavour's bootstrap into a directory (mmdebstrap or tar, sandboxed) → mke2fs -d
+//             onto the volume (pinned config, fake time, UUID and hash seed from the key) →
+//             every inode's times set to the epoch
+//   packages  snapshot → sandbox: mount → apt-get pivoted into the image (proc, sys, dev,
+//             apt's cache, policy-rc.d) → trim
+//   files     snapshot → sandbox: mount → files copied in through the in-root resolver → trim
+//   scripts   snapshot → sandbox: mount → each script with /bin/sh -e pivoted into the image
+//   boot      snapshot → sandbox: mount → fstab, hostname, /etc/osfarm/boot.json
+// Each step runs in a sandbox of its own (sandbox/sandbox.ts): its mounts and processes live
+// in its own namespaces and die with it, within its time, memory and CPU limits.
 // Determinism (one spec, the same blocks wherever it is built): mounts are noatime and
 // nodelalloc with stream allocation; before a mounted layer is unmounted its free blocks are
 // trimmed; afterwards the inodes it touched get the epoch's times and generation 0 (checksums
@@ -23,11 +27,13 @@ import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
 import { readHostSources } from './host-mirror.js'
 import { hasMmdebstrap } from './tools/mmdebstrap.js'
 import { fixChecksums, makeFs, normalizeTimes, resetSuperblock } from './tools/mke2fs.js'
-import { strayTimes, treeBytes, withMountedVolume } from './mounted-root.js'
-import { detach, killRootedIn, mountsUnder, trim, umount } from './tools/mount.js'
+import { treeBytes, type StrayTimes } from './mounted-root.js'
+import { detach, killRootedIn, loopDevices, mountsUnder, umount } from './tools/mount.js'
 import { scanInodes } from './ext4-inodes.js'
 import { BUILD_EPOCH, planBuild, type Plan, type PlannedLayer, type StepKind } from './plan.js'
-import { bootStep, filesStep, packagesStep, scriptsStep, type StepContext } from './steps.js'
+import { runStep, toolSandbox, type Limits } from './sandbox/sandbox.js'
+import { cgroupSupport, removeStaleCgroups, type CgroupSupport } from './sandbox/cgroup.js'
+import type { LayerJob } from './sandbox/sandbox-init.js'
 import { parseSpec, type ImageSpec, type SpecFormat, type ParseOptions } from './spec.js'
 import type { HostInfo } from './flavours/flavour.js'
 
@@ -41,6 +47,21 @@ export interface BuilderOptions {
   workDir: string
   // Where the host's apt sources are read from, for the default mirror.
   aptDir?: string
+  // Each step's bounds; unset fields take DEFAULT_LIMITS.
+  limits?: Partial<Limits>
+  // Files of crashed runs' loop devices lie under this dir (default: workDir's parent, the
+  // data dir); recover() detaches those no mount uses.
+  dataDir?: string
+}
+
+// Generous: a bootable image's kernel and initramfs under apt take minutes, not an hour.
+export const DEFAULT_LIMITS: Limits = { timeoutMs: 3_600_000, memoryBytes: 0, cpus: 0 }
+
+export interface Recovered {
+  mounts: string[]
+  loops: string[]
+  scratch: string[]
+  cgroups: string[]
 }
 
 export interface BuildOptions {
@@ -78,7 +99,9 @@ export class Builder {
   #aptDir: string
   #host: Promise<HostInfo> | undefined
   #inflight = new Map<string, Shared>()
-  #recovered: Promise<string[]> | undefined
+  #recovered: Promise<Recovered> | undefined
+  #limits: Limits
+  #dataDir: string
   #aptQueue: Promise<unknown> = Promise.resolve()
   // When each layer was last asked for (ms since the epoch), for LRU eviction; kept in workDir.
   #used: Map<string, number> | undefined
@@ -88,6 +111,20 @@ export class Builder {
     this.store = options.store
     this.workDir = options.workDir
     this.#aptDir = options.aptDir ?? '/etc/apt'
+    this.#limits = { ...DEFAULT_LIMITS, ...options.limits }
+    this.#dataDir = options.dataDir ?? path.dirname(path.resolve(options.workDir))
+  }
+
+  get limits (): Limits { return { ...this.#limits } }
+
+  // The daemon's config; applies to steps started from now on.
+  setLimits (limits: Partial<Limits>): void {
+    this.#limits = { ...this.#limits, ...limits }
+  }
+
+  // Whether steps get memory, CPU and process limits on this host, and if not, why.
+  cgroups (): Promise<CgroupSupport> {
+    return cgroupSupport()
   }
 
   parseSpec (text: string, format: SpecFormat, options?: ParseOptions): ImageSpec {
@@ -98,11 +135,16 @@ export class Builder {
     return planBuild(spec, await this.#hostInfo())
   }
 
-  // Takes down what a crashed build left in the work dir: mounts (deepest first), their loop
-  // devices, mount points and bootstrap trees. The store's recover() removes the volumes.
-  recover (): Promise<string[]> {
+  // Takes down what a crashed run left: mounts under the work dir (deepest first), processes
+  // rooted there, loop devices on files under the data dir that no mount uses (a deleted
+  // volume's included), mount points and bootstrap trees, and the steps' cgroups. Steps'
+  // own mounts die with their sandboxes; this is for what an older osfarmd, or a crash in
+  // the middle of a sandbox's teardown, leaves. The store's recover() removes the volumes.
+  // The daemon runs it at start, before it serves anything; the first build runs it too.
+  recover (): Promise<Recovered> {
     this.#recovered ??= (async () => {
-      const left: string[] = []
+      const out: Recovered = { mounts: [], loops: [], scratch: [], cgroups: [] }
+      await killRootedIn(this.workDir)
       const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
       const sources = new Map(info.split('\n').filter(Boolean).map(l => {
         const f = l.split(' ')
@@ -111,13 +153,21 @@ export class Builder {
       for (const point of await mountsUnder(this.workDir)) {
         const source = sources.get(point)
         await umount(point)
-        left.push(point)
+        out.mounts.push(point)
         if (source?.startsWith('/dev/loop')) await detach(source).catch(() => {})
       }
-      for (const name of await fs.readdir(this.workDir).catch(() => [] as string[])) {
-        if (/^(mnt|base)-/.test(name)) await removeScratch(path.join(this.workDir, name))
+      const mounted = new Set((await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(Boolean).map(l => { const f = l.split(' '); return f[f.indexOf('-') + 2]! }))
+      for (const loop of await loopDevices()) {
+        if (!loop.file.startsWith(this.#dataDir + '/') || mounted.has(loop.device)) continue
+        await detach(loop.device).then(() => out.loops.push(loop.device), () => {})
       }
-      return left
+      for (const name of await fs.readdir(this.workDir).catch(() => [] as string[])) {
+        if (!/^(mnt|base)-/.test(name)) continue
+        await removeScratch(path.join(this.workDir, name))
+        out.scratch.push(name)
+      }
+      out.cgroups = await removeStaleCgroups(this.workDir)
+      return out
     })()
     return this.#recovered
   }
@@ -284,21 +334,18 @@ export class Builder {
       if (layer.kind === 'base') {
         await this.#base(plan, vol, signal, log, progress)
       } else {
-        const ctx: Omit<StepContext, 'root'> = { epoch: BUILD_EPOCH, signal, log, progress, aptCache: await this.#aptCache() }
-        const stray = await withMountedVolume(vol.path, this.workDir, async root => {
-          const step = { ...ctx, root }
-          switch (layer.kind) {
-            case 'packages':
-              await this.#serialApt(() => packagesStep(spec, layer.step.packages as string[], layer.step.initramfs as string[] | undefined, step))
-              break
-            case 'files': await filesStep(spec, plan.sources, step); break
-            case 'scripts': await scriptsStep(spec, step); break
-            case 'boot': await bootStep(step); break
-          }
-          // Deleted files' blocks become holes (zeros): never part of the image's content.
-          await trim(root)
-          return strayTimes(root, BUILD_EPOCH)
-        })
+        const job: LayerJob = {
+          volume: vol.path,
+          workDir: this.workDir,
+          epoch: BUILD_EPOCH,
+          step: layer.kind,
+          spec,
+          ...(layer.kind === 'packages' ? { packages: layer.step.packages as string[], aptCache: await this.#aptCache() } : {}),
+          ...(layer.step.initramfs ? { initramfs: layer.step.initramfs as string[] } : {}),
+          ...(layer.kind === 'files' ? { sources: [...plan.sources] } : {})
+        }
+        const run = () => runStep<StrayTimes[]>(job as unknown as Record<string, unknown>, { signal, log, progress, limits: this.#limits, workDir: this.workDir, what: `the ${layer.kind} step` })
+        const stray = layer.kind === 'packages' ? await this.#serialApt(run) : await run()
         await normalizeTimes(vol.path, BUILD_EPOCH, stray, (await scanInodes(vol.path)).dirtyFree)
         await fixChecksums(vol.path, BUILD_EPOCH, signal)
         await resetSuperblock(vol.path, BUILD_EPOCH, derivedUuid(layer.key, 'uuid'))
@@ -322,7 +369,7 @@ export class Builder {
     try {
       await fs.mkdir(dir)
       progress('bootstrap', 0, 1)
-      await plan.base.build({ dir, epoch: BUILD_EPOCH, signal, onLine: log })
+      await toolSandbox.run({ workDir: this.workDir, limits: this.#limits }, () => plan.base.build({ dir, epoch: BUILD_EPOCH, signal, onLine: log }))
       const bytes = await treeBytes(dir, BUILD_EPOCH)
       // ext4 needs room for its metadata too: refuse early, with numbers, rather than half-way.
       if (bytes * 1.05 + (16 << 20) > plan.spec.size) {
@@ -356,6 +403,7 @@ export class Builder {
   }
 
   async #aptCache (): Promise<{ lists: string, archives: string }> {
+    // The steps bind these in: they must be directories of the daemon's, not links.
     const lists = path.join(this.workDir, 'apt', 'lists')
     const archives = path.join(this.workDir, 'apt', 'archives')
     await fs.mkdir(path.join(lists, 'partial'), { recursive: true })

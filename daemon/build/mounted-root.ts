@@ -1,18 +1,21 @@
-// A layer's filesystem mounted for a step, and a chroot prepared inside it. Whatever happens in
-// the step, everything mounted here is unmounted and the loop device detached in `finally`.
+// A layer's filesystem mounted for a step, and the files a step puts in place for its
+// commands. Runs inside the step's sandbox (sandbox/sandbox-init.ts): the mount is made in the
+// sandbox's own mount namespace, so it vanishes with it (kill -9 included), and the loop
+// device `mount -o loop` attaches clears itself once that mount is gone.
 //
 // Mount options serve determinism: noatime (reads leave no trace), nodelalloc (blocks are
 // allocated in write order, not at writeback time), noinit_itable (no background zeroing).
+// nodev: a device node in the image is inert to the sandbox's own file work.
 
 import fs from 'node:fs/promises'
+import { constants as FS } from 'node:fs'
 import path from 'node:path'
-import { attach, detach, mount, umount, mountsUnder, killRootedIn } from './tools/mount.js'
+import { mount, umount } from './tools/mount.js'
+import { resolveInRoot } from './sandbox/in-root.js'
 
 export const MOUNT_OPTIONS = ['noatime', 'nodelalloc', 'noinit_itable']
 
-export interface ChrootSetup {
-  // Host directories bound over /var/lib/apt/lists and /var/cache/apt/archives (apt's cache).
-  aptCache?: { lists: string, archives: string }
+export interface StepFiles {
   // Copy the host's resolv.conf in for the step (apt and scripts may need the network).
   network?: boolean
 }
@@ -20,22 +23,28 @@ export interface ChrootSetup {
 export async function withMountedVolume<T> (volumePath: string, workDir: string, work: (root: string) => Promise<T>, options: { readOnly?: boolean } = {}): Promise<T> {
   await fs.mkdir(workDir, { recursive: true })
   const root = await fs.mkdtemp(path.join(workDir, 'mnt-'))
-  let device: { device: string, loop: boolean } | undefined
   let mounted = false
   return settle(async () => {
-    device = await attach(volumePath)
-    await mount(device.device, root, { type: 'ext4', options: options.readOnly ? ['ro', ...MOUNT_OPTIONS] : MOUNT_OPTIONS })
+    const block = (await fs.stat(volumePath)).isBlockDevice()
+    const opts = [...(options.readOnly ? ['ro'] : []), 'nodev', ...MOUNT_OPTIONS, ...(block ? [] : ['loop'])]
+    await mount(volumePath, root, { type: 'ext4', options: opts })
     mounted = true
-    if (!options.readOnly) await streamAllocation(device.device)
+    if (!options.readOnly) await streamAllocation(await mountSource(root))
     return work(root)
   }, async attempt => {
-    if (mounted) {
-      await attempt(() => killRootedIn(root))
-      for (const point of await mountsUnder(root)) await attempt(() => umount(point))
-    }
-    if (device?.loop) await attempt(() => detach(device!.device))
+    if (mounted) await attempt(() => umount(root))
     await attempt(() => fs.rmdir(root))
   })
+}
+
+// The device mounted at a point (the loop device mount -o loop chose).
+async function mountSource (point: string): Promise<string> {
+  const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
+  for (const line of info.split('\n')) {
+    const f = line.split(' ')
+    if (f[4] === point) return f[f.indexOf('-') + 2]!
+  }
+  throw new Error(`nothing is mounted on ${point}`)
 }
 
 // ext4 places small files in per-CPU preallocation groups, so where a file lands depends on
@@ -46,33 +55,19 @@ async function streamAllocation (device: string): Promise<void> {
   await fs.writeFile(`/sys/fs/ext4/${name}/mb_stream_req`, '0').catch(() => {})
 }
 
-// The kernel filesystems, a policy-rc.d that keeps services from starting, and DNS.
-export async function withChroot<T> (root: string, setup: ChrootSetup, work: () => Promise<T>): Promise<T> {
-  const mounted: string[] = []
+// A policy-rc.d that keeps services from starting, and DNS, put in place (inside the root,
+// whatever its symlinks say) for the work and taken away again afterwards.
+export async function withStepFiles<T> (root: string, setup: StepFiles, work: () => Promise<T>): Promise<T> {
   const undo: Array<() => Promise<void>> = []
-  const bind = async (target: string, fn: () => Promise<void>) => {
-    await fs.mkdir(target, { recursive: true })
-    await fn()
-    mounted.push(target)
-  }
   return settle(async () => {
-    await bind(path.join(root, 'proc'), () => mount('proc', path.join(root, 'proc'), { type: 'proc' }))
-    await bind(path.join(root, 'sys'), () => mount('sysfs', path.join(root, 'sys'), { type: 'sysfs', options: ['ro', 'nosuid', 'nodev', 'noexec'] }))
-    await bind(path.join(root, 'dev'), () => mount('/dev', path.join(root, 'dev'), { bind: true }))
-    if (setup.aptCache) {
-      await bind(path.join(root, 'var/lib/apt/lists'), () => mount(setup.aptCache!.lists, path.join(root, 'var/lib/apt/lists'), { bind: true }))
-      await bind(path.join(root, 'var/cache/apt/archives'), () => mount(setup.aptCache!.archives, path.join(root, 'var/cache/apt/archives'), { bind: true }))
-    }
-    undo.push(await placeFile(path.join(root, 'usr/sbin/policy-rc.d'), '#!/bin/sh\n# osfarm: no service starts while an image is built\nexit 101\n', 0o755))
+    undo.push(await placeFile(root, '/usr/sbin/policy-rc.d', '#!/bin/sh\n# osfarm: no service starts while an image is built\nexit 101\n', 0o755))
     if (setup.network) {
       const resolv = await fs.readFile('/etc/resolv.conf').catch(() => Buffer.alloc(0))
-      undo.push(await placeFile(path.join(root, 'etc/resolv.conf'), resolv, 0o644))
+      undo.push(await placeFile(root, '/etc/resolv.conf', resolv, 0o644))
     }
     return work()
   }, async attempt => {
-    await attempt(() => killRootedIn(root))
     for (const u of undo.reverse()) await attempt(u)
-    for (const point of mounted.reverse()) await attempt(() => umount(point))
   })
 }
 
@@ -95,15 +90,20 @@ async function settle<T> (work: () => Promise<T>, cleanup: (attempt: Attempt) =>
   return result
 }
 
-// Puts a file in place for the step, setting aside whatever was there (file or symlink), and
-// returns how to put the original back.
-async function placeFile (file: string, content: string | Buffer, mode: number): Promise<() => Promise<void>> {
+// Puts a file in place for the step, setting aside whatever was there (file or symlink: the
+// entry itself, never what a link points to), and returns how to put the original back.
+async function placeFile (root: string, imagePath: string, content: string | Buffer, mode: number): Promise<() => Promise<void>> {
+  const file = path.join(root, ...await resolveInRoot(root, imagePath, true, false))
   const saved = file + '.osfarm-saved'
   const had = await fs.lstat(file).then(() => true, () => false)
-  await fs.mkdir(path.dirname(file), { recursive: true })
   if (had) await fs.rename(file, saved)
-  await fs.writeFile(file, content, { mode })
-  await fs.chmod(file, mode)
+  const fh = await fs.open(file, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, mode)
+  try {
+    await fh.writeFile(content)
+    await fh.chmod(mode)
+  } finally {
+    await fh.close()
+  }
   return async () => {
     await fs.rm(file, { force: true })
     if (had) await fs.rename(saved, file)

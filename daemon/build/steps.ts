@@ -1,28 +1,28 @@
-// What each kind of layer does to its (mounted) root: install packages, place files, run
-// scripts, make it bootable. The builder mounts, runs one of these, and commits.
+// What each kind of layer does to its mounted root: install packages, place files, run scripts,
+// make it bootable. These run inside the step's sandbox (sandbox/sandbox-init.ts), never in the
+// daemon: commands through inRoot (pivoted into the image, in their own namespaces), file work
+// through the in-root resolver, so the image's own symlinks never lead onto the host.
 
-import fs from 'node:fs/promises'
-import { constants as FS } from 'node:fs'
-import path from 'node:path'
 import { BUILD_FAILED, SCRIPT_FAILED, SIZE_TOO_SMALL } from '../../protocol/errors.js'
-import { withChroot } from './mounted-root.js'
-import { chroot } from './tools/chroot.js'
+import { withStepFiles } from './mounted-root.js'
+import { inRoot, SETUP_FAILED_EXIT } from './sandbox/enter-root.js'
+import { copyInRoot, lstatInRoot, readdirInRoot, readInRoot, removeInRoot, resolveInRoot, writeInRoot } from './sandbox/in-root.js'
 import { APT_ENV, aptFailure, installArgs, updateArgs } from './tools/apt.js'
-import { lastLines, BASE_ENV } from '../tools/run.js'
+import { lastLines, BASE_ENV, type RunResult } from '../tools/run.js'
 import { BOOT_APPEND } from './plan.js'
 import type { ImageSpec, RepositorySpec } from './spec.js'
+
+export { resolveInRoot, writeInRoot }
 
 export interface StepContext {
   root: string
   epoch: number
-  signal?: AbortSignal
   log: (line: string) => void
   progress: (phase: string, done: number, total: number) => void
-  // apt's lists and archives on the host, shared by builds.
-  aptCache: { lists: string, archives: string }
+  // apt's lists and archives on the host, shared by builds (bound in for package steps).
+  aptCache?: { lists: string, archives: string }
 }
 
-const MAX_SYMLINKS = 40
 // Where a bootable image says how to boot it; read back (with debugfs) by the exporter.
 export const BOOT_INFO_PATH = '/etc/osfarm/boot.json'
 
@@ -51,10 +51,12 @@ export async function packagesStep (spec: ImageSpec, packages: string[], initram
   if (tool !== 'apt') throw BUILD_FAILED(`the image has ${tool === 'none' ? 'no package manager osfarm knows' : tool}; only apt is supported for package steps yet`)
   await writeRepositories(ctx.root, spec.repositories)
   if (initramfs) await configureInitramfs(ctx.root, initramfs)
-  await withChroot(ctx.root, { network: true, aptCache: ctx.aptCache }, async () => {
+  const binds = ctx.aptCache ? [{ source: ctx.aptCache.lists, target: '/var/lib/apt/lists' }, { source: ctx.aptCache.archives, target: '/var/cache/apt/archives' }] : []
+  await withStepFiles(ctx.root, { network: true }, async () => {
     const env = chrootEnv(ctx.epoch)
+    const apt = (args: string[], onLine = ctx.log) => inRoot(ctx.root, ['apt-get', ...args], { env, binds, onLine }).then(r => setupCheck(r, 'apt-get'))
     ctx.progress('apt update', 0, 1)
-    const upd = await chroot(ctx.root, ['apt-get', ...updateArgs()], { env, signal: ctx.signal, onLine: ctx.log })
+    const upd = await apt(updateArgs())
     if (upd.exitCode !== 0) throw aptFailure(upd.tail, 'apt-get update')
     let total = packages.length
     let done = 0
@@ -67,12 +69,22 @@ export async function packagesStep (spec: ImageSpec, packages: string[], initram
     // Everything is fetched first: an install from a warm cache then runs exactly as one that
     // had to download (downloads interleaved with unpacking change where files land).
     ctx.progress('apt download', 0, 1)
-    const dl = await chroot(ctx.root, ['apt-get', ...installArgs(packages, true)], { env, signal: ctx.signal, onLine: ctx.log })
+    const dl = await apt(installArgs(packages, true))
     if (dl.exitCode !== 0) throw aptFailure(dl.tail, 'apt-get install --download-only')
-    const inst = await chroot(ctx.root, ['apt-get', ...installArgs(packages)], { env, signal: ctx.signal, onLine })
+    const inst = await apt(installArgs(packages), onLine)
     if (inst.exitCode !== 0) throw aptFailure(inst.tail, 'apt-get install')
   })
   await removeVolatile(ctx.root)
+}
+
+// The sandbox could not be set up for a command (a path it must mount on is not a directory
+// in the image, say): the build fails with the sandbox's own words.
+function setupCheck (r: RunResult, what: string): RunResult {
+  if (r.exitCode === SETUP_FAILED_EXIT) {
+    const why = r.tail.filter(l => l.startsWith('osfarm-sandbox: ')).map(l => l.slice('osfarm-sandbox: '.length))
+    if (why.length) throw BUILD_FAILED(`cannot run ${what} in the image: ${why.join('; ')}`, { sandbox: why.at(-1) })
+  }
+  return r
 }
 
 // Before the kernel is installed: initramfs-tools then builds a small initrd with just these
@@ -101,7 +113,7 @@ async function writeRepositories (root: string, repos: RepositorySpec[]): Promis
 }
 
 async function packageTool (root: string): Promise<'apt' | 'dnf' | 'apk' | 'none'> {
-  const has = (p: string) => fs.access(path.join(root, p)).then(() => true, () => false)
+  const has = (p: string) => lstatInRoot(root, p).then(st => st?.isFile() === true)
   if (await has('usr/bin/apt-get')) return 'apt'
   if (await has('usr/bin/dnf') || await has('usr/bin/microdnf') || await has('usr/bin/yum')) return 'dnf'
   if (await has('sbin/apk')) return 'apk'
@@ -109,17 +121,16 @@ async function packageTool (root: string): Promise<'apt' | 'dnf' | 'apk' | 'none
 }
 
 async function removeVolatile (root: string): Promise<void> {
-  for (const p of VOLATILE) await fs.rm(path.join(root, p), { force: true })
-  const ssh = path.join(root, 'etc/ssh')
-  for (const name of await fs.readdir(ssh).catch(() => [] as string[])) {
-    if (/^ssh_host_.*_key(\.pub)?$/.test(name)) await fs.rm(path.join(ssh, name), { force: true })
+  for (const p of VOLATILE) await removeInRoot(root, '/' + p)
+  for (const name of await readdirInRoot(root, '/etc/ssh')) {
+    if (/^ssh_host_.*_key(\.pub)?$/.test(name)) await removeInRoot(root, `/etc/ssh/${name}`)
   }
   // systemd's postinst writes a random machine id; an image's machines must each make their own.
-  const machineId = path.join(root, 'etc/machine-id')
-  if (await fs.lstat(machineId).then(st => st.isFile(), () => false)) await fs.writeFile(machineId, 'uninitialized\n')
+  const st = await lstatInRoot(root, '/etc/machine-id', false)
+  if (st?.isFile()) await writeInRoot(root, '/etc/machine-id', 'uninitialized\n', { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, epoch: 0 })
 }
 
-// `sources`: image path → the daemon-owned copy of its content (build/sources.ts).
+// sources: image path → a daemon-owned host file holding its content (trusted, regular).
 export async function filesStep (spec: ImageSpec, sources: Map<string, string>, ctx: StepContext): Promise<void> {
   const ids = await accounts(ctx.root)
   const files = [...spec.files].sort((a, b) => (a.path < b.path ? -1 : 1))
@@ -129,21 +140,21 @@ export async function filesStep (spec: ImageSpec, sources: Map<string, string>, 
     const gid = ids.group(f.group)
     if (uid === undefined) throw BUILD_FAILED(`${f.path}: no user ${f.owner} in the image`)
     if (gid === undefined) throw BUILD_FAILED(`${f.path}: no group ${f.group} in the image`)
-    const data = await fs.readFile(sources.get(f.path)!)
-    ctx.log(`file ${f.path} ${f.mode.toString(8).padStart(4, '0')} ${f.owner}:${f.group} (${data.length} bytes)`)
-    await writeInRoot(ctx.root, f.path, data, { mode: f.mode, uid, gid, epoch: ctx.epoch })
+    const source = sources.get(f.path)
+    if (!source) throw BUILD_FAILED(`${f.path}: no content for it`)
+    ctx.log(`file ${f.path} ${f.mode.toString(8).padStart(4, '0')} ${f.owner}:${f.group}${f.blob ? ` (${f.blob.size} bytes)` : ''}`)
+    await copyInRoot(ctx.root, f.path, source, { mode: f.mode, uid, gid, epoch: ctx.epoch })
   }
   ctx.progress('files', files.length, files.length)
 }
 
 export async function scriptsStep (spec: ImageSpec, ctx: StepContext): Promise<void> {
-  await withChroot(ctx.root, { network: true }, async () => {
-    const sh = await fs.access(path.join(ctx.root, 'bin/sh')).then(() => true, () => false)
-    if (!sh) throw BUILD_FAILED('the image has no /bin/sh to run scripts with')
+  if (!(await lstatInRoot(ctx.root, '/bin/sh'))?.isFile()) throw BUILD_FAILED('the image has no /bin/sh to run scripts with')
+  await withStepFiles(ctx.root, { network: true }, async () => {
     for (const [i, s] of spec.scripts.entries()) {
       ctx.progress('scripts', i, spec.scripts.length)
       ctx.log(`script ${s.name}`)
-      const r = await chroot(ctx.root, ['/bin/sh', '-e', '-s'], { env: { ...chrootEnv(ctx.epoch), OSFARM_SCRIPT: s.name }, input: s.content, signal: ctx.signal, onLine: ctx.log })
+      const r = setupCheck(await inRoot(ctx.root, ['/bin/sh', '-e', '-s'], { env: { ...chrootEnv(ctx.epoch), OSFARM_SCRIPT: s.name }, input: s.content, onLine: ctx.log }), `script ${s.name}`)
       if (r.exitCode !== 0) {
         if (r.tail.some(l => /No space left on device/.test(l))) throw SIZE_TOO_SMALL(`script ${s.name} ran out of space: ${lastLines(r.tail, 2)}`)
         throw SCRIPT_FAILED(`script ${s.name} exited with ${r.exitCode}: ${lastLines(r.tail, 3)}`, { script: s.name, exitCode: r.exitCode })
@@ -157,12 +168,11 @@ export async function scriptsStep (spec: ImageSpec, ctx: StepContext): Promise<v
 // Direct kernel boot: the image is the root filesystem on the whole disk; its kernel and
 // initrd are named in BOOT_INFO_PATH and copied out at export (see boot-export.ts).
 export async function bootStep (ctx: StepContext): Promise<BootInfo> {
-  const boot = path.join(ctx.root, 'boot')
-  const names = await fs.readdir(boot).catch(() => [] as string[])
+  const names = await readdirInRoot(ctx.root, '/boot')
   const versions = names.filter(n => n.startsWith('vmlinuz-')).map(n => n.slice('vmlinuz-'.length)).sort(compareVersions)
   const version = versions.filter(v => names.includes(`initrd.img-${v}`)).at(-1)
   if (!version) throw BUILD_FAILED('a bootable image needs a kernel and an initrd in /boot; none was installed')
-  const init = await fs.lstat(path.join(ctx.root, 'sbin/init')).then(() => true, () => false)
+  const init = (await lstatInRoot(ctx.root, '/sbin/init', false)) !== undefined
   if (!init) throw BUILD_FAILED('a bootable image needs an init system (/sbin/init); none was installed')
   const info: BootInfo = { kernel: `/boot/vmlinuz-${version}`, initrd: `/boot/initrd.img-${version}`, append: BOOT_APPEND }
   const opts = { mode: 0o644, uid: 0, gid: 0, epoch: ctx.epoch }
@@ -191,7 +201,7 @@ function compareVersions (a: string, b: string): number {
 // Users and groups by name from the image's own /etc/passwd and /etc/group; numbers as given.
 async function accounts (root: string): Promise<{ user: (n: string) => number | undefined, group: (n: string) => number | undefined }> {
   const table = async (file: string) => {
-    const text = await fs.readFile(path.join(root, file), 'utf8').catch(() => '')
+    const text = await readInRoot(root, file) ?? ''
     const map = new Map<string, number>()
     for (const line of text.split('\n')) {
       const [name, , id] = line.split(':')
@@ -199,71 +209,8 @@ async function accounts (root: string): Promise<{ user: (n: string) => number | 
     }
     return map
   }
-  const users = await table('etc/passwd')
-  const groups = await table('etc/group')
+  const users = await table('/etc/passwd')
+  const groups = await table('/etc/group')
   const lookup = (map: Map<string, number>) => (n: string) => /^\d+$/.test(n) ? Number(n) : n === 'root' ? 0 : map.get(n)
   return { user: lookup(users), group: lookup(groups) }
-}
-
-// Writes a file at an image path as a chroot would see it: symlinks in the path are followed
-// inside the root (an absolute link target is relative to the root, `..` stops at the root),
-// so nothing the image contains can send the write out onto the host.
-export async function writeInRoot (root: string, imagePath: string, data: Buffer, o: { mode: number, uid: number, gid: number, epoch: number }): Promise<string> {
-  const resolved = await resolveInRoot(root, imagePath, true)
-  const host = path.join(root, ...resolved)
-  const fh = await fs.open(host, FS.O_WRONLY | FS.O_CREAT | FS.O_TRUNC | FS.O_NOFOLLOW, o.mode).catch(err => {
-    if (err.code === 'EISDIR') throw BUILD_FAILED(`${imagePath} is a directory in the image`)
-    if (err.code === 'ENOSPC') throw SIZE_TOO_SMALL(`no space left for ${imagePath}`)
-    throw err
-  })
-  try {
-    await fh.writeFile(data).catch(err => {
-      if (err.code === 'ENOSPC') throw SIZE_TOO_SMALL(`no space left for ${imagePath}`)
-      throw err
-    })
-    await fh.chown(o.uid, o.gid)
-    await fh.chmod(o.mode)
-  } finally {
-    await fh.close()
-  }
-  if (o.epoch) await fs.lutimes(host, o.epoch, o.epoch)
-  return host
-}
-
-// Resolves an absolute image path to its components under the root, following symlinks the
-// way the kernel would inside a chroot. With create, missing parent directories are made.
-export async function resolveInRoot (root: string, imagePath: string, create: boolean): Promise<string[]> {
-  const todo = imagePath.split('/').filter(Boolean)
-  const done: string[] = []
-  let links = 0
-  while (todo.length) {
-    const name = todo.shift()!
-    if (name === '.') continue
-    if (name === '..') { done.pop(); continue }
-    const host = path.join(root, ...done, name)
-    const last = todo.length === 0
-    const st = await fs.lstat(host).catch(err => {
-      if (err.code === 'ENOENT') return undefined
-      throw err
-    })
-    if (st?.isSymbolicLink()) {
-      if (++links > MAX_SYMLINKS) throw BUILD_FAILED(`${imagePath}: too many levels of symbolic links`)
-      const target = await fs.readlink(host)
-      const parts = target.split('/').filter(Boolean)
-      if (target.startsWith('/')) done.length = 0
-      todo.unshift(...parts)
-      continue
-    }
-    if (!st) {
-      if (last) { done.push(name); break }
-      if (!create) throw BUILD_FAILED(`${imagePath}: ${path.join('/', ...done, name)} does not exist`)
-      await fs.mkdir(host, { mode: 0o755 })
-      await fs.chmod(host, 0o755)
-    } else if (!last && !st.isDirectory()) {
-      throw BUILD_FAILED(`${imagePath}: ${path.join('/', ...done, name)} is not a directory`)
-    }
-    done.push(name)
-  }
-  if (!done.length) throw BUILD_FAILED(`${imagePath} resolves to the root directory`)
-  return done
 }

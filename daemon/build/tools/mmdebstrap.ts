@@ -1,9 +1,17 @@
 // mmdebstrap (and debootstrap where mmdebstrap is missing), wrapped once: a Debian-style root
-// tree in a directory, reproducible for a given SOURCE_DATE_EPOCH and mirror content.
+// tree in a directory, reproducible for a given SOURCE_DATE_EPOCH and mirror content. The tool
+// runs in a sandbox (sandbox/sandbox.ts): the proc, sys and dev mounts it makes in the tree
+// live in the sandbox's mount namespace and die with it, its processes (hooks, dpkg,
+// maintainer scripts) with its PID namespace; the host's tree is read-only to it except the
+// build's scratch directory.
 
+import fs from 'node:fs/promises'
+import path from 'node:path'
 import { execa } from 'execa'
+import { TOOL_MISSING } from '../../../protocol/errors.js'
 import { aptFailure } from './apt.js'
-import { run } from '../../tools/run.js'
+import { readOnlyHostArgv } from '../sandbox/enter-root.js'
+import { runTool } from '../sandbox/sandbox.js'
 
 export interface BootstrapOptions {
   release: string
@@ -28,7 +36,8 @@ export function mmdebstrapArgs (o: BootstrapOptions): string[] {
     '--dpkgopt=force-unsafe-io',
     // Host files mmdebstrap copies in for debootstrap compatibility, and the options above:
     // not part of the image.
-    '--customize-hook=rm -f "$1/etc/resolv.conf" "$1/etc/hostname" "$1/etc/apt/apt.conf.d/99mmdebstrap" "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"',
+    // Removed from inside the tree (chroot), so the paths resolve in it.
+    '--customize-hook=chroot "$1" rm -f /etc/resolv.conf /etc/hostname /etc/apt/apt.conf.d/99mmdebstrap /etc/dpkg/dpkg.cfg.d/99mmdebstrap',
     o.release, o.dir, o.mirror
   ]
 }
@@ -50,7 +59,17 @@ export async function hasMmdebstrap (): Promise<boolean> {
 
 export async function bootstrap (tool: 'mmdebstrap' | 'debootstrap', o: BootstrapOptions): Promise<void> {
   const args = tool === 'mmdebstrap' ? mmdebstrapArgs(o) : debootstrapArgs(o)
-  // On cancel the tool unmounts its chroot's filesystems itself: give it time to.
-  const r = await run(tool, args, { env: { SOURCE_DATE_EPOCH: String(o.epoch) }, signal: o.signal, onLine: o.onLine, pkg: tool, graceMs: 30_000 })
+  // The tree's parent is the build's scratch dir: writable, with the tool's temporary files.
+  const scratch = path.dirname(o.dir)
+  const tmp = path.join(scratch, 'tmp')
+  await fs.mkdir(tmp, { recursive: true })
+  const r = await runTool(readOnlyHostArgv([scratch], [tool, ...args]), {
+    env: { SOURCE_DATE_EPOCH: String(o.epoch), TMPDIR: tmp },
+    workDir: path.dirname(scratch),
+    what: `${tool} ${o.release}`,
+    ...(o.signal ? { signal: o.signal } : {}),
+    ...(o.onLine ? { onLine: o.onLine } : {})
+  })
+  if (r.tail.some(l => /^osfarm-sandbox: cannot run/.test(l))) throw TOOL_MISSING(`${tool} is not installed (apt-get install ${tool})`)
   if (r.exitCode !== 0) throw aptFailure(r.tail, `${tool} ${o.release}`)
 }

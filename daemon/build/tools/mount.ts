@@ -78,3 +78,11 @@ export async function killRootedIn (dir: string): Promise<number[]> {
 function unescapeMount (s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
 }
+
+// Every loop device with its backing file (" (deleted)" taken off: the file is gone).
+export async function loopDevices (): Promise<Array<{ device: string, file: string }>> {
+  const r = await run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'], { pkg: 'mount' })
+  if (r.exitCode !== 0 || !r.stdout.trim()) return []
+  const rows = (JSON.parse(r.stdout) as { loopdevices?: Array<{ name: string, 'back-file': string | null }> }).loopdevices ?? []
+  return rows.map(l => ({ device: l.name, file: (l['back-file'] ?? '').replace(/ \(deleted\)$/, '') }))
+}
