@@ -334,9 +334,11 @@ export class Builder {
       if (layer.kind === 'base') {
         await this.#base(plan, vol, signal, log, progress)
       } else {
+        await fs.mkdir(this.workDir, { recursive: true })
+        const mountPoint = await fs.mkdtemp(path.join(this.workDir, 'mnt-'))
         const job: LayerJob = {
           volume: vol.path,
-          workDir: this.workDir,
+          mountPoint,
           epoch: BUILD_EPOCH,
           step: layer.kind,
           spec,
@@ -345,7 +347,9 @@ export class Builder {
           ...(layer.kind === 'files' ? { sources: [...plan.sources] } : {})
         }
         const run = () => runStep<StrayTimes[]>(job as unknown as Record<string, unknown>, { signal, log, progress, limits: this.#limits, workDir: this.workDir, what: `the ${layer.kind} step` })
-        const stray = layer.kind === 'packages' ? await this.#serialApt(run) : await run()
+        // The sandbox has ended when run() settles, and its mount with it: only the empty
+        // mount point is left to remove.
+        const stray = await (layer.kind === 'packages' ? this.#serialApt(run) : run()).finally(() => fs.rmdir(mountPoint).catch(() => {}))
         await normalizeTimes(vol.path, BUILD_EPOCH, stray, (await scanInodes(vol.path)).dirtyFree)
         await fixChecksums(vol.path, BUILD_EPOCH, signal)
         await resetSuperblock(vol.path, BUILD_EPOCH, derivedUuid(layer.key, 'uuid'))

@@ -20,9 +20,8 @@ export interface StepFiles {
   network?: boolean
 }
 
-export async function withMountedVolume<T> (volumePath: string, workDir: string, work: (root: string) => Promise<T>, options: { readOnly?: boolean } = {}): Promise<T> {
-  await fs.mkdir(workDir, { recursive: true })
-  const root = await fs.mkdtemp(path.join(workDir, 'mnt-'))
+// root: an empty directory the caller made (and removes: it outlives a killed sandbox).
+export async function withMountedVolume<T> (volumePath: string, root: string, work: (root: string) => Promise<T>, options: { readOnly?: boolean } = {}): Promise<T> {
   let mounted = false
   return settle(async () => {
     const block = (await fs.stat(volumePath)).isBlockDevice()
@@ -33,7 +32,6 @@ export async function withMountedVolume<T> (volumePath: string, workDir: string,
     return work(root)
   }, async attempt => {
     if (mounted) await attempt(() => umount(root))
-    await attempt(() => fs.rmdir(root))
   })
 }
 

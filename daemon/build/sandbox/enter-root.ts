@@ -89,7 +89,7 @@ sub mkdir_p {
   mkdir($p, 0755) or -d $p or fail("cannot make $p in the image: $!");
 }
 sub mnt { my ($src, $dst, $type, $flags, $data) = @_; mkdir_p($dst, 0); sys('mount', $src, $dst, $type, $flags, $data // 0) }
-sub attach { my ($fd, $dst) = @_; sys('move_mount', $fd, '', -100, $dst, 4) }   # MOVE_MOUNT_F_EMPTY_PATH
+sub attach { my ($fd, $dst) = @_; sys('move_mount', $fd, '', -100, $dst, 4 | 0x10) }   # MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS: a link is followed, in the image
 
 mnt('proc', '/proc', 'proc', $MS_NOSUID | $MS_NODEV | $MS_NOEXEC);
 mnt('sysfs', '/sys', 'sysfs', $MS_RDONLY | $MS_NOSUID | $MS_NODEV | $MS_NOEXEC);

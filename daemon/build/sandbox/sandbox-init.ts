@@ -12,7 +12,8 @@ import type { ImageSpec } from '../spec.js'
 
 export interface LayerJob {
   volume: string
-  workDir: string
+  // An empty directory to mount the volume on.
+  mountPoint: string
   epoch: number
   step: 'packages' | 'files' | 'scripts' | 'boot'
   spec: ImageSpec
@@ -31,7 +32,7 @@ async function main (): Promise<void> {
   process.stdin.setEncoding('utf8')
   for await (const chunk of process.stdin) text += chunk
   const job = JSON.parse(text) as LayerJob
-  const stray = await withMountedVolume(job.volume, job.workDir, async root => {
+  const stray = await withMountedVolume(job.volume, job.mountPoint, async root => {
     const ctx: StepContext = {
       root,
       epoch: job.epoch,
