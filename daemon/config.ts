@@ -47,6 +47,12 @@ export interface Config {
   // A request that stalls this long part-way (a partial frame on the socket, HTTP headers or
   // body) has its connection closed; a connection waiting on a call is never idle.
   idleTimeoutSeconds: number
+  // Each build step's bounds (it runs in a sandbox of its own): wall-clock seconds (0: none),
+  // memory in bytes (0: three quarters of the host's) and CPUs' worth of time (0: no cap).
+  // Memory and CPU need a cgroup (v2 delegated, or v1); the time limit always applies.
+  buildStepTimeoutSeconds: number
+  buildStepMemoryBytes: number
+  buildStepCpus: number
 }
 
 export interface LvmConfig {
@@ -80,7 +86,10 @@ export const DEFAULTS: Config = {
   maxSourceBytes: DEFAULT_MAX_SOURCE_BYTES,
   maxRootfsBytes: DEFAULT_MAX_ROOTFS_BYTES,
   maxConnections: 128,
-  idleTimeoutSeconds: 30
+  idleTimeoutSeconds: 30,
+  buildStepTimeoutSeconds: 3600,
+  buildStepMemoryBytes: 0,
+  buildStepCpus: 0
 }
 
 type Check = (v: unknown, key: string) => unknown
@@ -111,6 +120,9 @@ const checks: Record<keyof Config, Check> = {
   maxSourceBytes: bytes,
   maxRootfsBytes: bytes,
   maxConnections: (v, k) => { if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > 65536) throw BAD_CONFIG(`${k} must be an integer from 1 to 65536`); return v },
+  buildStepTimeoutSeconds: (v, k) => { if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 7 * 86400) throw BAD_CONFIG(`${k} must be a whole number of seconds up to a week (0: no limit)`); return v },
+  buildStepMemoryBytes: (v, k) => { if (!Number.isSafeInteger(v) || (v as number) < 0 || ((v as number) > 0 && (v as number) < 64 * 2 ** 20)) throw BAD_CONFIG(`${k} must be a byte count of at least 64 MiB (0: three quarters of the host's memory)`); return v },
+  buildStepCpus: (v, k) => { if (typeof v !== 'number' || !(v >= 0 && v <= 1024)) throw BAD_CONFIG(`${k} must be a number of CPUs from 0 to 1024 (0: no cap)`); return v },
   idleTimeoutSeconds: (v, k) => { if (typeof v !== 'number' || !(v >= 0.1 && v <= 86400)) throw BAD_CONFIG(`${k} must be a number of seconds from 0.1 to 86400`); return v },
   writeRequiresRoot: (v, k) => { if (typeof v !== 'boolean') throw BAD_CONFIG(`${k} must be true or false`); return v },
   metricsListen: (v, k) => {

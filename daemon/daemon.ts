@@ -93,6 +93,13 @@ export class Daemon {
         streams: this.streams
       })
       await this.builds.sources.start()
+      // Before anything is served: what a crashed run's builds left (mounts, loop devices,
+      // scratch dirs, step cgroups) goes now, whatever the first request is.
+      this.builds.builder.setLimits({ timeoutMs: this.config.buildStepTimeoutSeconds * 1000, memoryBytes: this.config.buildStepMemoryBytes, cpus: this.config.buildStepCpus })
+      const left = await this.builds.builder.recover()
+      if (left.mounts.length || left.loops.length || left.scratch.length || left.cgroups.length) this.log.warn('removed what a crashed build left', { mounts: left.mounts.length, loops: left.loops.join(','), scratch: left.scratch.join(','), cgroups: left.cgroups.length })
+      const cg = await this.builds.builder.cgroups()
+      if (cg.reason) this.log.info('build steps run without some limits', { cgroups: cg.kind, reason: cg.reason })
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
       await this.transfers.start()
       this.seeds = new SeedService({ catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, transfers: this.transfers, log: this.log })
