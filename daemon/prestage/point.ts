@@ -211,3 +211,15 @@ async function hashRanges (file: string, size: number, blockSize: number, ranges
   }
   return hashed
 }
+
+// Point volumes (keys with the service's prefix) that no record names: a crash after a point
+// was taken and before it was recorded leaves one, committed, that nothing would ever remove.
+export async function sweepPoints (store: LayerStore, prefix: string, named: Set<string>): Promise<string[]> {
+  const removed: string[] = []
+  for (const v of await store.list()) {
+    if (!v.key.startsWith(prefix) || named.has(v.key)) continue
+    await store.remove(v.key)
+    removed.push(v.key)
+  }
+  return removed
+}

@@ -28,7 +28,7 @@ import { parseKey } from '../swarm/fleet-config.js'
 import type { TransferService } from '../transfer/transfer-service.js'
 import type { Logger } from '../log.js'
 import { PRESTAGE_LABEL } from '../seed/seed-service.js'
-import { capturePoint, indexPoint, openDisk, type Disk } from './point.js'
+import { capturePoint, indexPoint, openDisk, sweepPoints, type Disk } from './point.js'
 
 // The source gives up on a target that reports nothing for this long.
 const REPORT_TIMEOUT_MS = 5 * 60_000
@@ -94,6 +94,7 @@ export class PrestageService {
 
   async start (): Promise<void> {
     await fs.mkdir(this.#dir, { recursive: true, mode: 0o700 })
+    let unreadable = false
     for (const name of await fs.readdir(this.#dir)) {
       if (!name.endsWith('.json')) continue
       try {
@@ -104,8 +105,13 @@ export class PrestageService {
         for (const p of rec.points) await this.#serve(rec, p).catch(() => {})
       } catch (err) {
         this.#d.log.warn('unreadable prestage record', { file: name, error: (err as Error).message })
+        unreadable = true
       }
     }
+    // Not when a record could not be read: its points would look unnamed.
+    const named = new Set([...this.#records.values()].flatMap(r => r.points.map(p => p.volume)))
+    const swept = unreadable ? [] : await sweepPoints(this.#d.store, VOLUME_PREFIX, named)
+    if (swept.length) this.#d.log.warn('removed pre-stage points a crash left unrecorded', { volumes: swept.join(',') })
     this.#d.transfers.onSwarm(swarm => this.#attach(swarm))
   }
 

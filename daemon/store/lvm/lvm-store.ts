@@ -260,8 +260,11 @@ class LvmStore implements LayerStore {
 
   // One LV at a time, so one that something still holds open (left for the next start) does
   // not keep the others.
+  // The pool's metadata snapshot, if a crash left it reserved (thin_delta in changedBlocks),
+  // is released too: it pins metadata blocks and blocks the next delta.
   async recover (): Promise<string[]> {
     const removed: string[] = []
+    await lvm.poolMessage(this.#ctx, await this.#poolDmName(), 'release_metadata_snap').catch(() => {})
     for (const [key, row] of (await this.#scan()).ours) {
       if (row.attr[1] !== 'w') continue
       try {
