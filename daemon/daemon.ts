@@ -98,6 +98,8 @@ export class Daemon {
       this.builds.builder.setLimits({ timeoutMs: this.config.buildStepTimeoutSeconds * 1000, memoryBytes: this.config.buildStepMemoryBytes, cpus: this.config.buildStepCpus })
       const left = await this.builds.builder.recover()
       if (left.mounts.length || left.loops.length || left.scratch.length || left.cgroups.length) this.log.warn('removed what a crashed build left', { mounts: left.mounts.length, loops: left.loops.join(','), scratch: left.scratch.join(','), cgroups: left.cgroups.length })
+      // A volume that was still mounted could not be removed above; now it can.
+      if (left.mounts.length || left.loops.length) await recoverVolumes(this.store, TransferService.keepOnRecover)
       const cg = await this.builds.builder.cgroups()
       if (cg.reason) this.log.info('build steps run without some limits', { cgroups: cg.kind, reason: cg.reason })
       this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
