@@ -7,7 +7,7 @@
 import net from 'node:net'
 import { JSONRPCClient, JSONRPCErrorException } from 'json-rpc-2.0'
 import { DAEMON_UNREACHABLE, FRAME_TOO_LARGE, OsfarmError, SPEC_INVALID, isErrorCode } from '../protocol/errors.js'
-import { MAX_FRAME_BYTES, MAX_SPEC_BYTES, type MethodName, type Notifications, type Params, type Result } from '../protocol/rpc.js'
+import { MAX_FRAME_BYTES, MAX_SPEC_BYTES, type MethodName, type Notifications, type Params, type Result, type Rights } from '../protocol/rpc.js'
 
 export const DEFAULT_SOCKET = '/run/osfarm/osfarmd.sock'
 
@@ -21,7 +21,13 @@ export class OsfarmClient {
   // Why the connection can answer no more calls, once it cannot.
   #fatal: OsfarmError | undefined
 
-  private constructor (socket: net.Socket) {
+  // The socket this client is connected to (streams attach there too), and what it may do there
+  // (set from daemon.version by whoever connects).
+  readonly path: string
+  rights: Rights = 'user'
+
+  private constructor (socket: net.Socket, path: string) {
+    this.path = path
     this.#socket = socket
     this.#rpc = new JSONRPCClient(payload => { socket.write(JSON.stringify(payload) + '\n') })
     let buffered = ''
@@ -49,7 +55,7 @@ export class OsfarmClient {
         reject(DAEMON_UNREACHABLE(`cannot connect to ${path} (${err.code}): is osfarmd running? Try: systemctl status osfarmd`))
       })
     })
-    return new OsfarmClient(socket)
+    return new OsfarmClient(socket, path)
   }
 
   onNotification (handler: NotificationHandler): void {

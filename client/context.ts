@@ -18,6 +18,7 @@ export function cliContext (program: Command): CliContext {
       const admin = adminSocketPath(socket)
       const client = await OsfarmClient.connect(process.getuid?.() === 0 && fs.existsSync(admin) ? admin : socket)
       const daemon = await client.call('daemon.version', {})
+      client.rights = daemon.rights ?? 'user'
       if (daemon.version !== VERSION) {
         process.stderr.write(`osfarmctl: warning: client ${VERSION} and daemon ${daemon.version} differ\n`)
       }

@@ -179,7 +179,7 @@ t.test('bad input fails cleanly with a clear code', async t => {
   await t.test('an unreachable mirror', async t => expectFailure(t, await spec({ mirror: 'http://127.0.0.1:1/debian' }), 'MIRROR_UNREACHABLE'))
   await t.test('a size too small for the content', async t => {
     const tarball = await makeRootfs(path.join(dir, 'big-rootfs'), 40 << 20)
-    await expectFailure(t, parseSpec(JSON.stringify({ name: 'small', flavour: 'rootfs', rootfs: tarball, size: '32M' }), 'json'), 'SIZE_TOO_SMALL', /MiB/)
+    await expectFailure(t, await resolved(parseSpec(JSON.stringify({ name: 'small', flavour: 'rootfs', rootfs: tarball, size: '32M' }), 'json')), 'SIZE_TOO_SMALL', /MiB/)
   })
   await t.test('a file where the image has a directory', async t => expectFailure(t, await spec({ files: [{ path: '/etc', content: 'x' }] }), 'BUILD_FAILED', /is a directory/))
   await t.test('an owner the image does not know', async t => expectFailure(t, await spec({ files: [{ path: '/x', content: 'x', owner: 'nobody-here' }] }), 'BUILD_FAILED', /no user nobody-here/))
@@ -209,11 +209,11 @@ t.test('a build cancelled in the middle of mmdebstrap leaves nothing mounted or 
 
 t.test('rootfs flavour: a tarball base, files and a busybox script, no network', async t => {
   const tarball = await makeRootfs(path.join(dir, 'rootfs'), 0)
-  const s = parseSpec(JSON.stringify({
+  const s = await resolved(parseSpec(JSON.stringify({
     name: 'tiny', flavour: 'rootfs', rootfs: tarball, size: '64M',
     files: [{ path: '/etc/motd', content: 'tiny\n' }],
     scripts: ['echo "made by $(cat /etc/motd)" > /made']
-  }), 'json')
+  }), 'json'))
   const r = await builder.build(s)
   t.same(r.layers.map(l => l.step), ['base', 'files', 'scripts'])
   t.equal((await debugfsRead(await volume(r.key), '/made'))?.toString(), 'made by tiny\n')

@@ -1,11 +1,13 @@
 // osfarmctl build SPEC [--wait] [--label K=V]: build an image from an XML or JSON spec. The spec's text is
-// sent (so the daemon need not see the client's files); file sources named in it are read by
-// the daemon, relative to the spec's directory.
+// sent, and the files it names (files[].source, rootfs, relative to the spec's directory) are
+// read here with the caller's own rights and uploaded; only root lets osfarmd read them itself.
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { Option, type Command } from 'commander'
-import type { BuildParams, BuildResultInfo } from '../../protocol/rpc.js'
+import type { BuildParams, BuildResultInfo, SourceInfo } from '../../protocol/rpc.js'
+import type { OsfarmClient } from '../client.js'
+import { openLocalSource, upload } from '../streams.js'
 import { withClient, type CliContext } from '../context.js'
 import { printJson, printTable, shortId } from '../output.js'
 import { watchJob } from '../progress.js'
@@ -27,6 +29,7 @@ export function register (program: Command, ctx: CliContext): void {
       if (format) params.format = format
       if (opts.name) params.name = opts.name
       if (opts.label.length) params.labels = opts.label.join(',')
+      if (c.rights !== 'admin') params.sources = await uploadSources(c, params)
       const job = await c.call('image.build', params)
       if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json, logs: Boolean(opts.logs) })
@@ -37,6 +40,23 @@ export function register (program: Command, ctx: CliContext): void {
         i + 1, l.step, shortId(l.key), l.cached ? 'cached' : '-', l.cached ? '-' : l.seconds.toFixed(1)
       ]))
     }))
+}
+
+// Uploads each host file the spec names (once per path); path → its BLAKE3, for image.build.
+export async function uploadSources (c: OsfarmClient, params: { spec?: string, format?: 'xml' | 'json', baseDir?: string }): Promise<Record<string, string>> {
+  const named = await c.call('spec.sources', { spec: params.spec!, ...(params.format ? { format: params.format } : {}), ...(params.baseDir ? { baseDir: params.baseDir } : {}) })
+  const out: Record<string, string> = {}
+  for (const { field, path: file } of named) {
+    if (out[file] !== undefined) continue
+    const src = await openLocalSource(file, { field, kind: 'file' })
+    try {
+      const { stream } = await c.call('source.upload', { size: src.size })
+      out[file] = (await upload(c.path, stream, src) as SourceInfo).blake3
+    } finally {
+      await src.close()
+    }
+  }
+  return out
 }
 
 async function readStdin (): Promise<string> {

@@ -2,8 +2,10 @@
 
 import path from 'node:path'
 import { Option, type Command } from 'commander'
-import type { ImageInfo, ExportResult, VerifyResult } from '../../protocol/rpc.js'
-import { VERIFY_FAILED } from '../../protocol/errors.js'
+import type { ImageInfo, ExportResult, JobInfo, VerifyResult } from '../../protocol/rpc.js'
+import { SOURCE_EMPTY, VERIFY_FAILED } from '../../protocol/errors.js'
+import { download, fileTarget, openLocalSource, stdoutTarget, upload } from '../streams.js'
+import { parseSize } from './seed.js'
 import { withClient, type CliContext } from '../context.js'
 import { humanBytes, printFields, printJson, printTable, shortId } from '../output.js'
 import { watchJob } from '../progress.js'
@@ -37,13 +39,29 @@ export function register (program: Command, ctx: CliContext): void {
     }))
 
   image.command('import <file>')
-    .description('import a raw image file')
+    .description('import a raw image file or block device (- reads stdin); read with your own rights')
     .requiredOption('-n, --name <name>', 'image name')
     .option('-l, --label <key=value>', 'a label, carried in the image\'s advert (seed policies match them); repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
-    .option('--no-wait', 'return the job at once')
+    .option('--size <bytes>', 'the image size, for a pipe (e.g. 2G)', parseSize)
+    .option('--no-wait', 'return the job once the bytes are in (indexing goes on)')
     .option('--json', 'print JSON')
     .action((file, opts) => withClient(ctx, async c => {
-      const job = await c.call('image.import', { path: path.resolve(file), name: opts.name, ...(opts.label.length ? { labels: opts.label.join(',') } : {}) })
+      const labels = opts.label.length ? { labels: opts.label.join(',') } : {}
+      let job: JobInfo
+      if (c.rights === 'admin' && file !== '-') {
+        // Root's fast path: osfarmd opens the file itself.
+        job = await c.call('image.import', { path: path.resolve(file), name: opts.name, ...labels })
+      } else {
+        const src = await openLocalSource(file, { field: 'FILE', kind: 'image', ...(opts.size !== undefined ? { size: opts.size } : {}) })
+        try {
+          if (src.size === 0) throw SOURCE_EMPTY(`${src.name} is empty`)
+          const r = await c.call('image.upload', { name: opts.name, size: src.size, ...labels })
+          job = r.job
+          await upload(c.path, r.stream, src)
+        } finally {
+          await src.close()
+        }
+      }
       if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json })
       const img = end.result as ImageInfo
@@ -62,18 +80,37 @@ export function register (program: Command, ctx: CliContext): void {
     }))
 
   image.command('export <id>')
-    .description('write an image to a file')
-    .requiredOption('-o, --output <file>', 'target file')
+    .description('write an image to a file (- writes stdout), with your own rights; raw stays sparse')
+    .requiredOption('-o, --output <file>', 'target file, or - for stdout')
     .addOption(new Option('--format <format>', 'output format').choices(['raw', 'qcow2']).default('raw'))
-    .option('--no-wait', 'return the job at once')
+    .option('--no-wait', 'return the job at once (root, to a file: osfarmd writes it)')
     .option('--json', 'print JSON')
     .action((ref, opts) => withClient(ctx, async c => {
-      const job = await c.call('image.export', { id: ref, path: path.resolve(opts.output), format: opts.format })
-      if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
-      const end = await watchJob(c, job, { bar: !opts.json })
-      const r = end.result as ExportResult
-      if (opts.json) return printJson(r)
-      console.log(`exported ${ref} to ${r.path} (${r.format}, ${humanBytes(r.bytes)})`)
+      const toStdout = opts.output === '-'
+      if (c.rights === 'admin' && !toStdout) {
+        // Root's fast path: osfarmd writes the file itself.
+        const job = await c.call('image.export', { id: ref, path: path.resolve(opts.output), format: opts.format })
+        if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+        const end = await watchJob(c, job, { bar: !opts.json })
+        const r = end.result as ExportResult
+        if (opts.json) return printJson(r)
+        return console.log(`exported ${ref} to ${r.path} (${r.format}, ${humanBytes(r.bytes)})`)
+      }
+      // Claimed before the download starts: an unwritable target fails at once.
+      const target = toStdout ? stdoutTarget() : await fileTarget(opts.output)
+      let bytes: number
+      try {
+        const r = await c.call('image.download', { id: ref, format: opts.format })
+        bytes = await download(c.path, r.stream, target)
+        await watchJob(c, r.job, { bar: false })
+      } catch (err) {
+        await target.abort()
+        throw err
+      }
+      const result: ExportResult = { id: ref, path: target.path, format: opts.format, bytes }
+      if (toStdout) return
+      if (opts.json) return printJson(result)
+      console.log(`exported ${ref} to ${target.path} (${opts.format}, ${humanBytes(bytes)})`)
     }))
 
   image.command('rm <id>').alias('remove')

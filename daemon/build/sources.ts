@@ -143,7 +143,7 @@ export class SourceStore {
     const release = () => { for (const e of held.splice(0)) { e.users--; e.usedAt = Date.now() } }
     try {
       const pick = async (field: string, hostPath: string, cap: number, limitKey: string): Promise<Entry> => {
-        const hash = uploaded[hostPath]
+        const hash = Object.hasOwn(uploaded, hostPath) ? uploaded[hostPath] : undefined
         if (hash !== undefined) {
           const e = this.#entries.get(hash)
           if (!e) throw BAD_PARAMS(`${field}: the upload of ${hostPath} (${hash.slice(0, 12)}…) is gone; upload it again`)

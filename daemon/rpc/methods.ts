@@ -39,7 +39,7 @@ export function methodTable (d: Daemon): MethodTable {
     'image.list': { params: {}, write: false, handler: () => d.images.list() },
     'image.get': { params: id, write: false, handler: p => d.images.get(p.id) },
     'image.build': {
-      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true } },
+      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true }, sources: { type: 'object', optional: true } },
       write: true,
       admin: p => p.path === undefined ? undefined : 'path: osfarmd reads a spec file only for root; send the spec text (osfarmctl build does)',
       handler: (p, ctx) => d.builds.build(p, ctx.rights)
