@@ -14,6 +14,7 @@ import { JobManager } from './jobs/jobs.js'
 import { BlockHasher } from './blocks/block-hasher.js'
 import { ImageService } from './images/images.js'
 import { BuildService } from './build/build-service.js'
+import { RebuildService } from './build/rebuild-service.js'
 import { openStore } from './store/open-store.js'
 import type { LayerStore } from './store/layer-store.js'
 import { RpcServer } from './rpc/server.js'
@@ -47,6 +48,7 @@ export class Daemon {
   hasher!: BlockHasher
   images!: ImageService
   builds!: BuildService
+  rebuilds!: RebuildService
   transfers!: TransferService
   seeds!: SeedService
   prestages!: PrestageService
@@ -90,7 +92,9 @@ export class Daemon {
         cacheBytes: this.config.buildCacheBytes || undefined,
         sourcesDir: path.join(dataDir, 'sources'),
         sourceLimits: { fileBytes: this.config.maxSourceBytes, rootfsBytes: this.config.maxRootfsBytes },
-        streams: this.streams
+        streams: this.streams,
+        repoHistory: this.catalog.sublevel('repo-states'),
+        mirrorCheckSeconds: this.config.mirrorCheckSeconds
       })
       await this.builds.sources.start()
       // Before anything is served: what a crashed run's builds left (mounts, loop devices,
@@ -106,6 +110,8 @@ export class Daemon {
       await this.transfers.start()
       this.seeds = new SeedService({ catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, transfers: this.transfers, log: this.log })
       await this.seeds.start()
+      this.rebuilds = new RebuildService({ catalog: this.catalog, builds: this.builds, jobs: this.jobs, log: this.log, checkSeconds: this.config.mirrorCheckSeconds })
+      await this.rebuilds.start()
       this.prestages = new PrestageService({ dataDir, catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, hasher: this.hasher, transfers: this.transfers, blockSize: this.config.blockSize, log: this.log })
       await this.prestages.start()
       this.#addGauges()
@@ -161,6 +167,7 @@ export class Daemon {
 
   async #closeAll (): Promise<void> {
     this.builds?.sources.stop()
+    this.rebuilds?.stop()
     await this.seeds?.stop()
     await this.transfers?.stop()
     await this.hasher?.close()

@@ -53,6 +53,7 @@ export const ERRORS = {
   SOURCE_CHANGED: { rpc: -32025, exit: 74, text: 'source changed while it was read' },
   NO_SPACE: { rpc: -32026, exit: 73, text: 'no space left on the target\'s filesystem' },
   DAEMON_BUSY: { rpc: -32006, exit: 75, text: 'daemon has too many connections; try again' },
+  SNAPSHOT_UNAVAILABLE: { rpc: -32076, exit: 66, text: 'the pinned repository state is not available on this host' },
 } as const satisfies Record<string, ErrorSpec>
 
 export type ErrorCode = keyof typeof ERRORS
@@ -127,3 +128,4 @@ export const SIZE_TOO_SMALL = factory('SIZE_TOO_SMALL')
 export const SOURCE_CHANGED = factory('SOURCE_CHANGED')
 export const NO_SPACE = factory('NO_SPACE')
 export const DAEMON_BUSY = factory('DAEMON_BUSY')
+export const SNAPSHOT_UNAVAILABLE = factory('SNAPSHOT_UNAVAILABLE')

@@ -30,6 +30,28 @@ export interface ImageInfo {
   // "key=value" labels, set where the image was made (import or build --label, a spec's labels)
   // and carried in its signed advert.
   labels?: string[]
+  // Built images (and fetched ones whose advert carries them): the version among the images of
+  // this name built from one spec (1, 2, …; `NAME` is the newest, `NAME@N` any version held),
+  // and that spec's key (its layers' keys without the repositories' states).
+  version?: number
+  specKey?: string
+  // The repository states the image was built from, and which layer first read each.
+  inputs?: RepoInput[]
+  // The step of each layer (parallel to layers).
+  steps?: string[]
+  // Other top-layer keys that gave the same content (a rebuild after an unrelated mirror change).
+  keys?: string[]
+}
+
+// One apt repository suite's state as a build read it: the BLAKE3 of its InRelease's signed text
+// (or Release), and when this host first saw that state.
+export interface RepoInput {
+  uri: string
+  suite: string
+  hash: string
+  seenAt: string
+  // The lowest layer (index) that read it.
+  layer?: number
 }
 
 export type JobState = 'running' | 'done' | 'failed' | 'cancelled'
@@ -162,6 +184,71 @@ export interface BuildParams {
   // Uploaded sources (source.upload) by the absolute path the spec names: path → blake3. Callers
   // other than root must upload every source their spec names.
   sources?: Record<string, string>
+  // Overrides the spec's `snapshot`: "offline", or a point in time (ISO 8601) whose repository
+  // states this host saw.
+  snapshot?: string
+}
+
+// image.check (build SPEC --check): whether the spec's image is behind its repositories, and
+// which layers a build would make, without building.
+export interface BuildCheckResult {
+  name: string
+  key: string
+  specKey: string
+  // The version of that name whose content the spec gives now, if any, and the newest.
+  current: ImageInfo | null
+  newest: ImageInfo | null
+  upToDate: boolean
+  layers: Array<{ index: number, step: string, key: string, cached: boolean }>
+  // Repository states that differ from the newest version's.
+  changed: RepoChange[]
+  warnings: string[]
+}
+
+export interface RepoChange {
+  uri: string
+  suite: string
+  was: string
+  now: string
+  layer: number
+}
+
+// image.outdated: each built image name's newest version against its repositories now.
+export interface OutdatedInfo {
+  image: ImageInfo
+  outdated: boolean
+  changed: RepoChange[]
+  // Steps a rebuild would redo (from the lowest layer that read a changed repository up).
+  rebuild: string[]
+  warnings: string[]
+}
+
+// Rebuild policies: osfarmd builds a spec again in the background, every `everySeconds` and/or
+// when a repository it reads changes (checked every `checkSeconds`).
+export interface RebuildPolicyParams {
+  spec: string
+  format?: 'xml' | 'json'
+  baseDir?: string
+  name?: string
+  labels?: string
+  sources?: Record<string, string>
+  everySeconds?: number
+  onChange?: boolean
+}
+
+export interface RebuildPolicy {
+  id: string
+  name: string
+  everySeconds: number | null
+  onChange: boolean
+  createdAt: string
+  // The rights of the caller that made it: the background builds are checked against them.
+  rights: Rights
+  lastRun: string | null
+  lastResult: string | null
+  lastVersion: number | null
+  nextRun: string | null
+  running: string | null
 }
 
 export type ExportFormat = 'raw' | 'qcow2'
@@ -197,6 +284,8 @@ export interface BuildResultInfo {
   layers: BuildLayerInfo[]
   // Every layer came from the cache.
   cached: boolean
+  // e.g. "mirror unreachable (…): cached image from DATE".
+  warnings?: string[]
 }
 
 export interface FetchResult {
@@ -446,6 +535,12 @@ export interface Methods {
   'package.search': { params: { query: string, suite: string, uri?: string, component?: string, arch?: string, limit?: number }, result: PackageSearchResult }
   'spec.check': { params: { spec: string, format?: 'xml' | 'json', baseDir?: string, sources?: Record<string, string> }, result: SpecCheckResult }
   'fleet.images': { params: Record<string, never>, result: FleetImage[] }
+  // Which layers of a spec's image are behind its repositories (no build).
+  'image.check': { params: BuildParams, result: BuildCheckResult }
+  'image.outdated': { params: Record<string, never>, result: OutdatedInfo[] }
+  'rebuild.add': { params: RebuildPolicyParams, result: RebuildPolicy }
+  'rebuild.list': { params: Record<string, never>, result: RebuildPolicy[] }
+  'rebuild.remove': { params: { id: string }, result: { id: string, removed: boolean } }
   'seed.add': { params: SeedPolicyParams, result: SeedPolicy }
   'seed.list': { params: Record<string, never>, result: SeedPolicy[] }
   // Removes a policy; images only it wanted are released.

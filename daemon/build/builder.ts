@@ -31,10 +31,11 @@ import { treeBytes, type StrayTimes } from './mounted-root.js'
 import { detach, killRootedIn, loopDevices, mountsUnder, umount } from './tools/mount.js'
 import { scanInodes } from './ext4-inodes.js'
 import { BUILD_EPOCH, planBuild, type Plan, type PlannedLayer, type StepKind } from './plan.js'
+import { RepoStates } from './repo-state.js'
 import { runStep, toolSandbox, type Limits } from './sandbox/sandbox.js'
 import { cgroupSupport, removeStaleCgroups, type CgroupSupport } from './sandbox/cgroup.js'
 import type { LayerJob } from './sandbox/sandbox-init.js'
-import { parseSpec, type ImageSpec, type SpecFormat, type ParseOptions } from './spec.js'
+import { parseSnapshot, parseSpec, type ImageSpec, type SpecFormat, type ParseOptions } from './spec.js'
 import type { HostInfo } from './flavours/flavour.js'
 
 // Layer volumes are named by their key: 64 hex digits.
@@ -52,6 +53,8 @@ export interface BuilderOptions {
   // Files of crashed runs' loop devices lie under this dir (default: workDir's parent, the
   // data dir); recover() detaches those no mount uses.
   dataDir?: string
+  // The repositories' states for layer keys (with a persistent history in the daemon).
+  repoStates?: RepoStates
 }
 
 // Generous: a bootable image's kernel and initramfs under apt take minutes, not an hour.
@@ -68,6 +71,8 @@ export interface BuildOptions {
   signal?: AbortSignal
   onProgress?: (layerIndex: number, phase: string, done: number, total: number) => void
   onLog?: (line: string) => void
+  // A plan made for this build already (BuildService plans first, to answer from the catalog).
+  plan?: Plan
 }
 
 export interface LayerResult {
@@ -96,6 +101,7 @@ interface Shared {
 export class Builder {
   readonly store: LayerStore
   readonly workDir: string
+  readonly repos: RepoStates
   #aptDir: string
   #host: Promise<HostInfo> | undefined
   #inflight = new Map<string, Shared>()
@@ -113,6 +119,7 @@ export class Builder {
     this.#aptDir = options.aptDir ?? '/etc/apt'
     this.#limits = { ...DEFAULT_LIMITS, ...options.limits }
     this.#dataDir = options.dataDir ?? path.dirname(path.resolve(options.workDir))
+    this.repos = options.repoStates ?? new RepoStates()
   }
 
   get limits (): Limits { return { ...this.#limits } }
@@ -131,8 +138,11 @@ export class Builder {
     return parseSpec(text, format, options)
   }
 
+  // The spec's layers, keyed by the states of the repositories they read: checked (at most
+  // once a minute per suite), or as the spec's `snapshot` pins them.
   async plan (spec: ImageSpec): Promise<Plan> {
-    return planBuild(spec, await this.#hostInfo())
+    const pin = spec.snapshot !== undefined ? parseSnapshot(spec.snapshot) : undefined
+    return planBuild(spec, await this.#hostInfo(), refs => this.repos.resolve(refs, pin))
   }
 
   // Takes down what a crashed run left: mounts under the work dir (deepest first), processes
@@ -174,7 +184,7 @@ export class Builder {
 
   async build (spec: ImageSpec, options: BuildOptions = {}): Promise<BuildResult> {
     await this.recover()
-    const plan = await this.plan(spec)
+    const plan = options.plan ?? await this.plan(spec)
     const { signal } = options
     if (signal?.aborted) throw JOB_CANCELLED()
     const results: LayerResult[] = plan.layers.map(l => ({ key: l.key, step: l.kind, cached: true, seconds: 0 }))

@@ -21,6 +21,8 @@ import { openSource, readChunks } from '../images/host-files.js'
 const UNUSED_TTL_MS = 30 * 60_000
 const SWEEP_MS = 60_000
 const COPY_CHUNK = 1 << 20
+// Copies held for a rebuild policy's life, by owner: kept across restarts.
+const PIN_FILE = 'pinned.json'
 
 export interface Source extends SourceInfo {
   path: string
@@ -43,6 +45,8 @@ export class SourceStore {
   readonly #limits: SourceLimits
   readonly #log: Logger
   readonly #entries = new Map<string, Entry>()
+  // blake3 → the owners (rebuild policies) that keep it.
+  readonly #pins = new Map<string, Set<string>>()
   #sweeper: NodeJS.Timeout | undefined
 
   constructor (opts: { dir: string, streams: StreamRegistry, limits: SourceLimits, log: Logger }) {
@@ -54,10 +58,26 @@ export class SourceStore {
 
   get limits (): SourceLimits { return this.#limits }
 
-  // Copies a crashed run left are removed.
+  // Copies a crashed run left are removed, except those pinned.
   async start (): Promise<void> {
-    await fs.rm(this.#dir, { recursive: true, force: true })
     await fs.mkdir(this.#dir, { recursive: true, mode: 0o700 })
+    let pins: Record<string, string[]> = {}
+    try { pins = JSON.parse(await fs.readFile(path.join(this.#dir, PIN_FILE), 'utf8')) } catch {}
+    for (const name of await fs.readdir(this.#dir)) {
+      const file = path.join(this.#dir, name)
+      const owners = /^[0-9a-f]{64}$/.test(name) && Array.isArray(pins[name]) ? pins[name] : undefined
+      if (name === PIN_FILE) continue
+      if (owners?.length) {
+        const st = await fs.lstat(file)
+        if (st.isFile()) {
+          this.#entries.set(name, { blake3: name, size: st.size, path: file, usedAt: Date.now(), users: 1 })
+          this.#pins.set(name, new Set(owners))
+          continue
+        }
+      }
+      await fs.rm(file, { recursive: true, force: true })
+    }
+    await this.#savePins()
     this.#sweeper = setInterval(() => { void this.#sweep() }, SWEEP_MS)
     this.#sweeper.unref()
   }
@@ -125,6 +145,35 @@ export class SourceStore {
     entry.usedAt = Date.now()
     this.#entries.set(blake3, entry)
     return entry
+  }
+
+  // Keeps copies for `owner` (a rebuild policy) until unpin(owner), across restarts.
+  async pin (owner: string, hashes: string[]): Promise<void> {
+    for (const h of new Set(hashes)) {
+      const e = this.#entries.get(h)
+      if (!e) throw BAD_PARAMS(`source ${h.slice(0, 12)}… is gone; upload it again`)
+      const owners = this.#pins.get(h) ?? new Set<string>()
+      if (!owners.size) e.users++
+      owners.add(owner)
+      this.#pins.set(h, owners)
+    }
+    await this.#savePins()
+  }
+
+  async unpin (owner: string): Promise<void> {
+    for (const [h, owners] of this.#pins) {
+      if (!owners.delete(owner) || owners.size) continue
+      this.#pins.delete(h)
+      const e = this.#entries.get(h)
+      if (e) { e.users--; e.usedAt = Date.now() }
+    }
+    await this.#savePins()
+  }
+
+  async #savePins (): Promise<void> {
+    const file = path.join(this.#dir, PIN_FILE)
+    await fs.writeFile(file + '.tmp', JSON.stringify(Object.fromEntries([...this.#pins].map(([h, o]) => [h, [...o]]))), { mode: 0o600 })
+    await fs.rename(file + '.tmp', file)
   }
 
   // The sources a spec names, by field, for a caller to upload (spec.sources).

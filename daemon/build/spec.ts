@@ -66,6 +66,9 @@ export interface ImageSpec {
   rootfs?: string
   // "key=value" labels the built image is registered with: metadata, not in the plan's key.
   labels: string[]
+  // Pins the repositories' states: "offline" (the newest this host saw, no network) or a point
+  // in time (ISO 8601: the states this host saw then). Not in any key: the states are.
+  snapshot?: string
 }
 
 export interface SpecIssue {
@@ -79,7 +82,7 @@ export interface ParseOptions {
   baseDir?: string
 }
 
-const TOP_FIELDS = ['name', 'flavour', 'release', 'arch', 'variant', 'mirror', 'components', 'repositories', 'packages', 'files', 'scripts', 'size', 'filesystem', 'outputs', 'bootable', 'rootfs', 'labels', 'description']
+const TOP_FIELDS = ['name', 'flavour', 'release', 'arch', 'variant', 'mirror', 'components', 'repositories', 'packages', 'files', 'scripts', 'size', 'filesystem', 'outputs', 'bootable', 'rootfs', 'labels', 'description', 'snapshot']
 const FILE_FIELDS = ['path', 'mode', 'owner', 'content', 'encoding', 'source']
 const SCRIPT_FIELDS = ['name', 'content']
 const REPO_FIELDS = ['uri', 'suites', 'components', 'key']
@@ -251,6 +254,8 @@ export function validateSpec (value: unknown, options: ValidateOptions = {}): Im
     return problem ? undefined : s
   }).filter(isString)
   if (labels.length > MAX_LABELS) report('labels', `at most ${MAX_LABELS} labels`)
+  const snapshot = str(value.snapshot, 'snapshot', false)
+  if (snapshot !== undefined && snapshotProblem(snapshot)) report('snapshot', snapshotProblem(snapshot)!)
 
   const spec: ImageSpec = {
     name,
@@ -269,11 +274,26 @@ export function validateSpec (value: unknown, options: ValidateOptions = {}): Im
     outputs: [...new Set(outputs)],
     bootable,
     ...(rootfs !== undefined ? { rootfs } : {}),
-    labels
+    labels,
+    ...(snapshot !== undefined && !snapshotProblem(snapshot) ? { snapshot: snapshot.trim() } : {})
   }
   flavour?.check(spec, report)
   if (issues.length) throw invalid(issues)
   return spec
+}
+
+// "offline", or an ISO 8601 date or time (a date alone is its end: 2025-05-20 is 23:59:59.999Z).
+export function parseSnapshot (v: string): 'offline' | number | undefined {
+  const s = v.trim()
+  if (s === 'offline') return 'offline'
+  if (/^\d{4}-\d{2}-\d{2}$/.test(s)) { const t = Date.parse(s + 'T23:59:59.999Z'); return Number.isNaN(t) ? undefined : t }
+  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(s)) return undefined
+  const t = Date.parse(s)
+  return Number.isNaN(t) ? undefined : t
+}
+
+export function snapshotProblem (v: string): string | undefined {
+  return parseSnapshot(v) === undefined ? `${JSON.stringify(v)} is not "offline" or an ISO 8601 date or time (2025-05-20, 2025-05-20T12:00:00Z)` : undefined
 }
 
 function invalid (issues: SpecIssue[]) {

@@ -2,7 +2,8 @@
 // lock is also the daemon's: a second osfarmd on the same data dir cannot open it.
 //
 //   images     id → ImageInfo (JSON)
-//   names      name → id
+//   names      name → id of its newest version (images of one name built from one spec are
+//              its versions: ImageInfo.version; `NAME@N` finds version N)
 //   jobs       id → JobInfo (JSON)
 // Manifests are blobs (16 MiB for a 2 GiB image at 4 KiB blocks): they live as files,
 // `manifests/<root>`, written and synced before the record that names them; an image and its
@@ -64,10 +65,16 @@ export class Catalog {
     return this.images.values().all()
   }
 
-  // Finds an image by id, name, or a unique prefix of its id or root (at least 4 characters).
+  // Finds an image by id, name (its newest version), NAME@N (version N), or a unique prefix of
+  // its id or root (at least 4 characters).
   async findImage (ref: string): Promise<ImageInfo> {
     const byId = await this.images.get(ref)
     if (byId) return byId
+    const versioned = /^(.+)@(\d{1,9})$/.exec(ref)
+    if (versioned) {
+      const v = (await this.listImages()).find(i => i.name === versioned[1] && i.version === Number(versioned[2]))
+      if (v) return v
+    }
     const idOfName = await this.names.get(ref)
     if (idOfName) {
       const byName = await this.images.get(idOfName)
@@ -109,13 +116,21 @@ export class Catalog {
     await fs.rm(path.join(this.#manifestDir, root), { force: true })
   }
 
-  // Registers an image: its manifest file first, then the image and its name atomically.
+  // Registers an image: its manifest file first, then the image and its name atomically. The
+  // name goes to the newest version (an older one fetched later leaves it where it is).
   async putImage (image: ImageInfo, manifest: Manifest): Promise<void> {
     await this.#writeManifest(manifest)
-    await this.#db.batch()
-      .put(image.id, image, { sublevel: this.images })
-      .put(image.name, image.id, { sublevel: this.names })
-      .write()
+    const holder = await this.names.get(image.name)
+    const current = holder ? await this.images.get(holder) : undefined
+    const takesName = !current || (image.version ?? 0) >= (current.version ?? 0)
+    const batch = this.#db.batch().put(image.id, image, { sublevel: this.images })
+    if (takesName) batch.put(image.name, image.id, { sublevel: this.names })
+    await batch.write()
+  }
+
+  // The versions of a name held here, oldest first.
+  async versions (name: string): Promise<ImageInfo[]> {
+    return (await this.listImages()).filter(i => i.name === name).sort((a, b) => (a.version ?? 0) - (b.version ?? 0) || a.createdAt.localeCompare(b.createdAt))
   }
 
   // Rewrites an image's record (its name and manifest unchanged).
@@ -138,7 +153,12 @@ export class Catalog {
   async deleteImage (image: ImageInfo): Promise<void> {
     const batch = this.#db.batch()
     batch.del(image.id, { sublevel: this.images })
-    if ((await this.names.get(image.name)) === image.id) batch.del(image.name, { sublevel: this.names })
+    if ((await this.names.get(image.name)) === image.id) {
+      // The name passes to the newest version left.
+      const next = (await this.versions(image.name)).filter(i => i.id !== image.id).at(-1)
+      if (next) batch.put(image.name, next.id, { sublevel: this.names })
+      else batch.del(image.name, { sublevel: this.names })
+    }
     await batch.write()
     await this.#dropManifestUnlessUsed(image.root)
   }

@@ -45,6 +45,8 @@ export interface RegisterOptions {
   ctx?: JobContext
   // "key=value" labels (import and build --label, a spec's labels; a fetched image keeps its advert's).
   labels?: string[]
+  // A version of a name (builds, and fetches whose advert names one), with what it was built from.
+  version?: Pick<ImageInfo, 'version' | 'specKey' | 'inputs' | 'steps'>
 }
 
 export class ImageService {
@@ -182,6 +184,13 @@ export class ImageService {
     }
   }
 
+  // A committed volume's manifest (a build compares it with the newest version before registering).
+  async index (volume: string, ctx?: JobContext): Promise<Manifest> {
+    const vol = await this.#store.stat(volume)
+    if (!vol || vol.kind !== 'committed') throw BAD_PARAMS(`volume ${volume} is not committed`)
+    return this.#hasher.indexFile(vol.path, { blockSize: this.#blockSize, size: vol.size, signal: ctx?.signal, onProgress: (done, total) => ctx?.progress('index', done, total) })
+  }
+
   // Indexes (unless given a manifest) and catalogs a committed volume as an image.
   async register (opts: RegisterOptions): Promise<ImageInfo> {
     const vol = await this.#store.stat(opts.volume)
@@ -204,7 +213,8 @@ export class ImageService {
       volume: opts.volume,
       origin: opts.origin,
       layers: opts.layers ?? [],
-      ...(opts.labels?.length ? { labels: opts.labels } : {})
+      ...(opts.labels?.length ? { labels: opts.labels } : {}),
+      ...(opts.version ?? {})
     }
     await this.#catalog.putImage(image, manifest)
     this.#log.info('image registered', { image: image.id, name: image.name, root: image.root, size: image.size })
@@ -294,6 +304,16 @@ export class ImageService {
       if (!result.ok) this.#log.warn('image failed verification', { image: image.id, badBlocks: badBlocks.length })
       return result
     })
+  }
+
+  // The versions of a name held here, oldest first.
+  versions (name: string): Promise<ImageInfo[]> {
+    return this.#catalog.versions(name)
+  }
+
+  // Rewrites an image's record (not its name, content or labels): e.g. another key that gave its content.
+  async update (image: ImageInfo): Promise<void> {
+    await this.#catalog.updateImage(image)
   }
 
   // Sets an image's labels in the catalog. Its advert, which carries them to the fleet, is the

@@ -39,7 +39,7 @@ export function methodTable (d: Daemon): MethodTable {
     'image.list': { params: {}, write: false, handler: () => d.images.list() },
     'image.get': { params: id, write: false, handler: p => d.images.get(p.id) },
     'image.build': {
-      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true }, sources: { type: 'object', optional: true } },
+      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true }, sources: { type: 'object', optional: true }, snapshot: { type: 'string', optional: true } },
       write: true,
       admin: p => p.path === undefined ? undefined : 'path: osfarmd reads a spec file only for root; send the spec text (osfarmctl build does)',
       handler: (p, ctx) => d.builds.build(p, ctx.rights)
@@ -119,6 +119,22 @@ export function methodTable (d: Daemon): MethodTable {
       handler: (p, ctx) => checkSpec(d.builds, d.store, p, ctx.rights)
     },
     'fleet.images': { params: {}, write: false, handler: () => fleetImages(d.transfers.swarm) },
+    // Plans the spec (hashing its sources, checking its repositories): as guarded as image.build.
+    'image.check': {
+      params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true }, sources: { type: 'object', optional: true }, snapshot: { type: 'string', optional: true } },
+      write: true,
+      admin: p => p.path === undefined ? undefined : 'path: osfarmd reads a spec file only for root; send the spec text (osfarmctl build does)',
+      handler: (p, ctx) => d.builds.check(p, ctx.rights)
+    },
+    'image.outdated': { params: {}, write: false, handler: () => d.builds.outdated() },
+    // A policy keeps its creator's rights; each background build is checked against them.
+    'rebuild.add': {
+      params: { spec: { type: 'string' }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true }, sources: { type: 'object', optional: true }, everySeconds: { type: 'number', optional: true }, onChange: { type: 'boolean', optional: true } },
+      write: true,
+      handler: (p, ctx) => d.rebuilds.add(p, ctx.rights)
+    },
+    'rebuild.list': { params: {}, write: false, handler: () => d.rebuilds.list() },
+    'rebuild.remove': { params: id, write: true, handler: p => d.rebuilds.remove(p.id) },
     'seed.add': {
       params: { match: { type: 'string' }, label: { type: 'string', optional: true }, keep: { type: 'number', optional: true }, maxSize: { type: 'number', optional: true }, priority: { type: 'number', optional: true }, uploadLimit: { type: 'number', optional: true }, downloadLimit: { type: 'number', optional: true }, fleet: { type: 'boolean', optional: true } },
       write: true,

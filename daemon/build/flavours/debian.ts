@@ -28,6 +28,7 @@ export function debianStyleBase (flavour: string, spec: ImageSpec, host: HostInf
   const tool = host.mmdebstrap ? 'mmdebstrap' : 'debootstrap'
   return {
     step: { flavour, tool, release: spec.release, arch: spec.arch, variant: spec.variant, mirror, components: spec.components, ...(keyring ? { keyring } : {}) },
+    reads: [{ uri: mirror, suite: spec.release }],
     build: ctx => bootstrap(tool, {
       release: spec.release,
       dir: ctx.dir,

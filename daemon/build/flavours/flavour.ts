@@ -22,6 +22,8 @@ export interface HostInfo {
 export interface BaseStep {
   // The canonical description of the base, hashed into its key.
   step: Record<string, unknown>
+  // The apt repository suites the base is made from (their states go into its key).
+  reads?: Array<{ uri: string, suite: string }>
   build (ctx: BaseContext): Promise<void>
 }
 

@@ -20,6 +20,7 @@ export const ubuntu: Flavour = {
     const base = debianStyleBase('ubuntu', spec, host, spec.mirror!, UBUNTU_KEYRING)
     return {
       step: base.step,
+      ...(base.reads ? { reads: base.reads } : {}),
       async build (ctx) {
         if (!await fs.access(UBUNTU_KEYRING).then(() => true, () => false)) {
           throw TOOL_MISSING(`Ubuntu's archive keyring ${UBUNTU_KEYRING} is missing (apt-get install ubuntu-keyring)`)

@@ -18,6 +18,15 @@ export const APT_OPTIONS = [
   '-o', 'Dpkg::Options::=--force-confold',
   // No fsync per file: the layer's volume is synced once, when it is committed.
   '-o', 'Dpkg::Options::=--force-unsafe-io',
+  // Nothing but dpkg's own work lands in the image while it installs: apt's binary caches and
+  // the logs of apt and dpkg would be written by other processes at times of their own, and
+  // the kernel places every file by the order of allocations (see README, determinism).
+  '-o', 'Dir::Cache::pkgcache=',
+  '-o', 'Dir::Cache::srcpkgcache=',
+  '-o', 'Dir::Log::Terminal=/dev/null',
+  '-o', 'Dir::Log::History=/dev/null',
+  '-o', 'Dir::Log::Planner=/dev/null',
+  '-o', 'Dpkg::Options::=--log=/dev/null',
   '-o', 'Acquire::Retries=1',
   '-o', 'Acquire::http::Timeout=20'
 ]
