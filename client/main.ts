@@ -17,6 +17,7 @@ import * as config from './commands/config.js'
 import * as completion from './commands/completion.js'
 import * as seed from './commands/seed.js'
 import * as prestage from './commands/prestage.js'
+import * as rebuild from './commands/rebuild.js'
 
 const program = new Command('osfarmctl')
   .description('control osfarmd: build, store and move VM images')
@@ -25,9 +26,9 @@ const program = new Command('osfarmctl')
   .showHelpAfterError()
 
 const ctx = cliContext(program)
-for (const command of [status, image, build, job, fetch, fleet, peer, stats, config, completion, seed, prestage]) command.register(program, ctx)
+for (const command of [status, image, build, job, fetch, fleet, peer, stats, config, completion, seed, prestage, rebuild]) command.register(program, ctx)
 
-program.parseAsync().then(() => process.exit(0), err => {
+program.parseAsync().then(() => process.exit(process.exitCode ?? 0), err => {
   const e = OsfarmError.from(err)
   process.stderr.write(`osfarmctl: ${e.message}\n`)
   process.exit(e.exitCode)

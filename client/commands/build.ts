@@ -1,11 +1,11 @@
-// osfarmctl build SPEC [--wait] [--label K=V]: build an image from an XML or JSON spec. The spec's text is
+// osfarmctl build SPEC [--wait] [--label K=V] [--snapshot WHEN] [--check]: build an image from an XML or JSON spec. The spec's text is
 // sent, and the files it names (files[].source, rootfs, relative to the spec's directory) are
 // read here with the caller's own rights and uploaded; only root lets osfarmd read them itself.
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { Option, type Command } from 'commander'
-import type { BuildParams, BuildResultInfo, SourceInfo } from '../../protocol/rpc.js'
+import type { BuildCheckResult, BuildParams, BuildResultInfo, SourceInfo } from '../../protocol/rpc.js'
 import type { OsfarmClient } from '../client.js'
 import { openLocalSource, upload } from '../streams.js'
 import { withClient, type CliContext } from '../context.js'
@@ -20,6 +20,8 @@ export function register (program: Command, ctx: CliContext): void {
     .addOption(new Option('--format <format>', 'spec format (default: from the file name or content)').choices(['xml', 'json']))
     .option('-w, --wait', 'wait for the build, with progress, and print its layers')
     .option('--logs', 'with --wait: print the build log')
+    .option('--snapshot <when>', 'pin the repositories: "offline" (the newest state this host saw, no network) or a date/time (ISO 8601) whose states this host saw')
+    .option('--check', 'do not build: tell whether the image is behind its repositories and which layers a build would redo (exit 1 when it is)')
     .option('--json', 'print JSON')
     .action((spec: string, opts) => withClient(ctx, async c => {
       const params: BuildParams = spec === '-'
@@ -29,17 +31,32 @@ export function register (program: Command, ctx: CliContext): void {
       if (format) params.format = format
       if (opts.name) params.name = opts.name
       if (opts.label.length) params.labels = opts.label.join(',')
+      if (opts.snapshot) params.snapshot = opts.snapshot
       if (c.rights !== 'admin') params.sources = await uploadSources(c, params)
+      if (opts.check) return printCheck(await c.call('image.check', params), Boolean(opts.json))
       const job = await c.call('image.build', params)
       if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json, logs: Boolean(opts.logs) })
       const r = end.result as BuildResultInfo
+      for (const w of r.warnings ?? []) console.error(`warning: ${w}`)
       if (opts.json) return printJson(r)
-      console.log(`${r.cached ? 'cached' : 'built'} ${r.image.name}: image ${shortId(r.image.id)}, key ${shortId(r.key)}, root ${shortId(r.image.root)}`)
+      console.log(`${r.cached ? 'cached' : 'built'} ${r.image.name}${r.image.version !== undefined ? ` version ${r.image.version}` : ''}: image ${shortId(r.image.id)}, key ${shortId(r.key)}, root ${shortId(r.image.root)}`)
       printTable(['#', 'STEP', 'LAYER', 'CACHED', 'SECONDS'], r.layers.map((l, i) => [
         i + 1, l.step, shortId(l.key), l.cached ? 'cached' : '-', l.cached ? '-' : l.seconds.toFixed(1)
       ]))
     }))
+}
+
+function printCheck (r: BuildCheckResult, json: boolean): void {
+  for (const w of r.warnings) console.error(`warning: ${w}`)
+  if (json) printJson(r)
+  else {
+    const state = r.upToDate ? 'up to date' : r.newest ? 'outdated' : 'not built yet'
+    console.log(`${r.name}: ${state}${r.newest ? ` (newest version ${r.newest.version ?? '-'}, ${r.newest.createdAt})` : ''}`)
+    for (const c of r.changed) console.log(`  changed: ${c.uri} ${c.suite} ${c.was.slice(0, 12) || '-'} → ${c.now.slice(0, 12)}`)
+    printTable(['#', 'STEP', 'LAYER', 'BUILD'], r.layers.map(l => [l.index + 1, l.step, shortId(l.key), l.cached ? 'cached' : 'rebuild']))
+  }
+  if (!r.upToDate) process.exitCode = 1
 }
 
 // Uploads each host file the spec names (once per path); path → its BLAKE3, for image.build.

@@ -19,9 +19,23 @@ export function register (program: Command, ctx: CliContext): void {
     .action(opts => withClient(ctx, async c => {
       const images = await c.call('image.list', {})
       if (opts.json) return printJson(images)
-      printTable(['ID', 'NAME', 'SIZE', 'DATA', 'ROOT', 'ORIGIN', 'LAYERS', 'LABELS', 'CREATED'], images.map(i => [
-        shortId(i.id), i.name, humanBytes(i.size), humanBytes(dataBytes(i)), shortId(i.root), i.origin,
+      printTable(['ID', 'NAME', 'VERSION', 'SIZE', 'DATA', 'ROOT', 'ORIGIN', 'LAYERS', 'LABELS', 'CREATED'], images.map(i => [
+        shortId(i.id), i.name, i.version ?? '-', humanBytes(i.size), humanBytes(dataBytes(i)), shortId(i.root), i.origin,
         i.layers.length ? i.layers.map(l => shortId(l, 8)).join('>') : '-', i.labels?.join(',') || '-', i.createdAt.replace(/\.\d+Z$/, 'Z')
+      ]))
+    }))
+
+  image.command('outdated')
+    .description('the newest version of every built image against its repositories now (exit 1 if any is behind)')
+    .option('--json', 'print JSON')
+    .action(opts => withClient(ctx, async c => {
+      const list = await c.call('image.outdated', {})
+      for (const o of list) for (const w of o.warnings) console.error(`warning: ${o.image.name}: ${w}`)
+      if (list.some(o => o.outdated)) process.exitCode = 1
+      if (opts.json) return printJson(list)
+      printTable(['NAME', 'VERSION', 'STATE', 'CHANGED', 'REBUILD'], list.map(o => [
+        o.image.name, o.image.version ?? '-', o.outdated ? 'outdated' : 'up to date',
+        o.changed.map(ch => `${ch.uri} ${ch.suite}`).join(', ') || '-', o.rebuild.join('>') || '-'
       ]))
     }))
 
@@ -32,7 +46,7 @@ export function register (program: Command, ctx: CliContext): void {
       const i = await c.call('image.get', { id: ref })
       if (opts.json) return printJson(i)
       printFields([
-        ['id', i.id], ['name', i.name], ['root', i.root], ['size', `${humanBytes(i.size)} (${i.size} bytes)`],
+        ['id', i.id], ['name', i.name], ['version', i.version !== undefined ? `${i.version} (${i.name}@${i.version})` : '-'], ['root', i.root], ['size', `${humanBytes(i.size)} (${i.size} bytes)`],
         ['data', `${humanBytes(dataBytes(i))} in ${i.blocks - i.zeroBlocks} of ${i.blocks} blocks of ${i.blockSize} bytes`],
         ['origin', i.origin], ['layers', i.layers.join(' > ') || '-'], ['volume', i.volume], ['labels', i.labels?.join(', ') || '-'], ['created', i.createdAt]
       ])

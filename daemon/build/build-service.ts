@@ -276,6 +276,14 @@ export class BuildService {
   }
 
   async #readSpec (params: BuildParams): Promise<ImageSpec> {
+    const spec = await this.#readSpecText(params)
+    if (params.snapshot === undefined) return spec
+    const problem = snapshotProblem(params.snapshot)
+    if (problem) throw BAD_PARAMS(`snapshot: ${problem}`)
+    return { ...spec, snapshot: params.snapshot.trim() }
+  }
+
+  async #readSpecText (params: BuildParams): Promise<ImageSpec> {
     if ((params.spec === undefined) === (params.path === undefined)) throw BAD_PARAMS('give either spec (its text) or path (a spec file)')
     let text = params.spec
     let baseDir = params.baseDir
