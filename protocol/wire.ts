@@ -35,6 +35,9 @@ export interface Advert {
   // Appended (fields 11–12): trusted only with a valid revSignature (advertRevSigningBytes).
   revision?: number | null
   revSignature?: Buffer | null
+  // Appended (fields 13–14): trusted only with a valid verSignature (advertVerSigningBytes).
+  version?: number | null
+  verSignature?: Buffer | null
 }
 export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[], features?: string[] }
 export interface Adverts { adverts: Advert[] }
@@ -216,6 +219,7 @@ function checkAdvert (a: Advert): void {
   if ((a.labels?.length ?? 0) > MAX_LABELS || a.labels?.some(l => l.length > 255)) throw PROTOCOL_ERROR('bad advert: labels')
   if (a.extSignature && a.extSignature.length !== 64) throw PROTOCOL_ERROR('bad advert: key lengths')
   if (a.revSignature && (a.revSignature.length !== 64 || !a.extSignature)) throw PROTOCOL_ERROR('bad advert: revision signature')
+  if (a.verSignature && (a.verSignature.length !== 64 || !a.extSignature || !Number.isSafeInteger(a.version))) throw PROTOCOL_ERROR('bad advert: version signature')
 }
 
 // Bytes the builder signs for an advert: everything but the signature, in a fixed layout.
@@ -256,6 +260,13 @@ export function advertRevSigningBytes (a: Omit<Advert, 'signature' | 'extSignatu
   const rev = Buffer.alloc(4)
   rev.writeUInt32BE(a.revision ?? 0, 0)
   return Buffer.concat([advertExtSigningBytes(a), Buffer.from('osfarm-advert-rev-v1', 'latin1'), rev])
+}
+
+// Bytes the builder signs for a versioned advert: the ext bytes, then the version.
+export function advertVerSigningBytes (a: Omit<Advert, 'signature' | 'extSignature' | 'revSignature' | 'verSignature'>): Buffer {
+  const v = Buffer.alloc(4)
+  v.writeUInt32BE(a.version ?? 0, 0)
+  return Buffer.concat([advertExtSigningBytes(a), Buffer.from('osfarm-advert-ver-v1', 'latin1'), v])
 }
 
 // Whether `a` replaces `b`: both the same builder's adverts for one root, `a` relabelled later.

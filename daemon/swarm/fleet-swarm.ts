@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events'
 import os from 'node:os'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery, type UdxSocket } from 'hyperswarm'
 import DHT, { type KeyPair } from 'hyperdht'
-import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, supersedes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
+import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, advertVerSigningBytes, supersedes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
 import { PROTOCOL_ERROR } from '../../protocol/errors.js'
 import type { PeerInfo } from '../../protocol/rpc.js'
 import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
@@ -238,6 +238,11 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
         if (!verify(advertRevSigningBytes(a), a.revSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad revision signature')
       } else {
         a.revision = null
+      }
+      if (a.verSignature && a.extSignature) {
+        if (!verify(advertVerSigningBytes(a), a.verSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad version signature')
+      } else {
+        a.version = null
       }
       if (session.adverts.size >= MAX_ADVERTS_PER_PEER) throw PROTOCOL_ERROR('too many adverts')
       const hex = a.root.toString('hex')

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto'
 import type { KeyPair } from 'hyperdht'
 import { AMBIGUOUS_ID, BAD_PARAMS, FLEET_NOT_CONFIGURED, IMAGE_NOT_FOUND, NO_PEERS, OsfarmError, PERMISSION_DENIED, VERIFY_FAILED } from '../../protocol/errors.js'
 import type { FleetInfo, FetchResult, ImageInfo, JobInfo, PeerInfo } from '../../protocol/rpc.js'
-import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, supersedes, type Advert } from '../../protocol/wire.js'
+import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, advertVerSigningBytes, supersedes, type Advert } from '../../protocol/wire.js'
 import { checkLabels, dropLabels, mergeLabels, sameLabels } from '../images/labels.js'
 import { blockCount, decodeManifest, encodeManifest, zeroBlockCount, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { applyManifestDelta } from '../blocks/manifest-delta.js'
@@ -172,17 +172,18 @@ export class TransferService {
   async #advertFor (image: ImageInfo): Promise<Advert> {
     const saved = await this.#adverts.get(image.root)
     if (saved) return parseAdvert(saved)
-    const advert = this.signAdvert({ root: Buffer.from(image.root, 'hex'), name: image.name, size: image.size, blockSize: image.blockSize, created: Date.parse(image.createdAt) || Date.now(), labels: image.labels ?? [] })
+    const advert = this.signAdvert({ root: Buffer.from(image.root, 'hex'), name: image.name, size: image.size, blockSize: image.blockSize, created: Date.parse(image.createdAt) || Date.now(), labels: image.labels ?? [], version: image.version, specKey: image.specKey ? Buffer.from(image.specKey, 'hex') : null })
     await this.#adverts.put(image.root, serializeAdvert(advert))
     return advert
   }
 
   // An advert this host signs as the builder, with the appended fields (created, labels, and
   // the revision once relabelled).
-  signAdvert (a: { root: Buffer, name: string, size: number, blockSize: number, created?: number, labels?: string[], revision?: number }): Advert {
-    const body = { root: a.root, name: a.name, size: a.size, blockSize: a.blockSize, specKey: null, builder: this.#keyPair.publicKey, created: a.created ?? Date.now(), labels: a.labels ?? [], revision: a.revision || null }
+  signAdvert (a: { root: Buffer, name: string, size: number, blockSize: number, created?: number, labels?: string[], revision?: number, version?: number | null, specKey?: Buffer | null }): Advert {
+    const body = { root: a.root, name: a.name, size: a.size, blockSize: a.blockSize, specKey: a.specKey ?? null, builder: this.#keyPair.publicKey, created: a.created ?? Date.now(), labels: a.labels ?? [], revision: a.revision || null, version: a.version ?? null }
     const advert: Advert = { ...body, signature: sign(advertSigningBytes(body), this.#keyPair), extSignature: sign(advertExtSigningBytes(body), this.#keyPair) }
     if (body.revision) advert.revSignature = sign(advertRevSigningBytes(body), this.#keyPair)
+    if (body.version) advert.verSignature = sign(advertVerSigningBytes(body), this.#keyPair)
     return advert
   }
 
@@ -212,7 +213,7 @@ export class TransferService {
     if (sameLabels(labels, current) && sameLabels(labels, image.labels ?? [])) return image
     // The advert first: a crash before the catalog is updated is mended by running it again.
     if (saved) {
-      const next = this.signAdvert({ root: saved.root, name: saved.name, size: saved.size, blockSize: saved.blockSize, created: saved.created ?? undefined, labels, revision: (saved.revision ?? 0) + 1 })
+      const next = this.signAdvert({ root: saved.root, name: saved.name, size: saved.size, blockSize: saved.blockSize, created: saved.created ?? undefined, labels, revision: (saved.revision ?? 0) + 1, version: saved.version ?? null, specKey: saved.specKey ?? null })
       await this.#adverts.put(image.root, serializeAdvert(next))
       this.swarm?.advertise([next])
     }
@@ -388,8 +389,10 @@ export class TransferService {
         return { root: ref, advert: holder?.advert }
       }
       const byRoot = new Map<string, { advert: Advert, holders: number }>()
+      // NAME@N: that version; NAME: the newest version a builder advertises under it.
+      const at = /^(.+)@(\d{1,9})$/.exec(ref)
       for (const { advert } of swarm.peerAdverts()) {
-        if (advert.name !== ref) continue
+        if (at ? advert.name !== at[1] || advert.version !== Number(at[2]) : advert.name !== ref) continue
         const hex = advert.root.toString('hex')
         const e = byRoot.get(hex)
         if (e) e.holders++
@@ -398,6 +401,11 @@ export class TransferService {
       if (byRoot.size === 1) {
         const [hex, e] = [...byRoot][0]!
         return { root: hex, advert: e.advert }
+      }
+      const versions = [...byRoot.values()].map(e => e.advert)
+      if (byRoot.size > 1 && versions.every(a => a.version && a.builder.equals(versions[0]!.builder) && a.specKey?.equals(versions[0]!.specKey ?? Buffer.alloc(0)))) {
+        const top = versions.reduce((x, y) => (y.version! > x.version! ? y : x))
+        return { root: top.root.toString('hex'), advert: top }
       }
       if (byRoot.size > 1) throw AMBIGUOUS_ID(`peers advertise ${byRoot.size} images named "${ref}": ${[...byRoot.keys()].map(r => r.slice(0, 16)).join(', ')}; fetch one by root`)
       if (Date.now() > deadline) throw IMAGE_NOT_FOUND(`no peer advertises an image named "${ref}"`)
@@ -600,7 +608,9 @@ export class TransferService {
       const newest = advert && (this.swarm?.newest(advert) ?? advert)
       if (newest) await this.#adverts.put(rootHex, serializeAdvert(newest))
       // Registration tells this service (subscribe), which serves and advertises it whole.
-      const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex), origin: 'fetch', manifest, ctx, ...(newest?.labels?.length ? { labels: newest.labels } : {}) })
+      // A versioned advert: the image is that version of its name here too (NAME@N).
+      const version = newest?.version ? { version: newest.version, ...(newest.specKey ? { specKey: newest.specKey.toString('hex') } : {}) } : undefined
+      const image = await this.#d.images.register({ volume: state.volume, name: await this.#freeName(state.name, rootHex, version?.version), origin: 'fetch', manifest, ctx, ...(newest?.labels?.length ? { labels: newest.labels } : {}), ...(version ? { version } : {}) })
       await fs.rm(dir, { recursive: true, force: true })
       this.#partialBits.delete(rootHex)
       phase('register')
@@ -679,7 +689,8 @@ export class TransferService {
     throw NO_PEERS(`no peer sent the manifest of ${rootHex.slice(0, 16)}${lastErr ? `: ${(lastErr as Error).message}` : ''}`)
   }
 
-  async #freeName (name: string, rootHex: string): Promise<string> {
+  async #freeName (name: string, rootHex: string, version?: number): Promise<string> {
+    if (version !== undefined && !(await this.#d.images.versions(name)).some(i => i.version === version || i.version === undefined)) return name
     try {
       await this.#d.images.checkName(name)
       return name
@@ -744,7 +755,9 @@ function serializeAdvert (a: Advert): SerializedAdvert {
     labels: a.labels ?? [],
     extSignature: a.extSignature ? a.extSignature.toString('hex') : null,
     revision: a.revision ?? null,
-    revSignature: a.revSignature ? a.revSignature.toString('hex') : null
+    revSignature: a.revSignature ? a.revSignature.toString('hex') : null,
+    version: a.version ?? null,
+    verSignature: a.verSignature ? a.verSignature.toString('hex') : null
   }
 }
 
@@ -758,7 +771,8 @@ function parseAdvert (s: SerializedAdvert): Advert {
     builder: Buffer.from(s.builder as string, 'hex'),
     signature: Buffer.from(s.signature as string, 'hex'),
     ...(s.extSignature ? { created: s.created as number, labels: (s.labels as string[] | undefined) ?? [], extSignature: Buffer.from(s.extSignature as string, 'hex') } : {}),
-    ...(s.revSignature ? { revision: s.revision as number, revSignature: Buffer.from(s.revSignature as string, 'hex') } : {})
+    ...(s.revSignature ? { revision: s.revision as number, revSignature: Buffer.from(s.revSignature as string, 'hex') } : {}),
+    ...(s.verSignature ? { version: s.version as number, verSignature: Buffer.from(s.verSignature as string, 'hex') } : {})
   }
 }
 
