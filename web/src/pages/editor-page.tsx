@@ -19,12 +19,16 @@ import {
 } from '../spec/spec-model.ts'
 
 const EXAMPLES: Array<{ label: string, form: () => SpecForm }> = [
-  { label: 'Debian bookworm, minbase', form: () => ({ ...emptyForm(), name: 'bookworm-minbase' }) },
-  { label: 'bookworm + OpenSSH server', form: () => ({ ...emptyForm(), name: 'bookworm-ssh', packages: ['openssh-server'], labels: ['role=ssh'] }) },
+  // Debian 13 (trixie) is the current stable release, and the editor's default.
+  { label: 'Debian trixie, minbase', form: () => ({ ...emptyForm(), name: 'trixie-minbase' }) },
+  { label: 'trixie + OpenSSH server', form: () => ({ ...emptyForm(), name: 'trixie-ssh', packages: ['openssh-server'], labels: ['role=ssh'] }) },
+  { label: 'Debian bookworm, minbase', form: () => ({ ...emptyForm(), release: 'bookworm', name: 'bookworm-minbase' }) },
+  { label: 'bookworm + OpenSSH server', form: () => ({ ...emptyForm(), release: 'bookworm', name: 'bookworm-ssh', packages: ['openssh-server'], labels: ['role=ssh'] }) },
   {
     label: 'bookworm with files and a script',
     form: () => ({
       ...emptyForm(),
+      release: 'bookworm',
       name: 'bookworm-files',
       files: [
         { path: '/etc/motd', mode: '0644', owner: 'root:root', content: 'Built by osfarm.\n' },

@@ -15,6 +15,10 @@ const ORIGIN_COLOR: Record<ImageInfo['origin'], string> = { build: 'teal', impor
 export function ImagesPage () {
   const images = usePoll(() => call('image.list', {}), 3000)
   const fleet = usePoll(() => call('fleet.images', {}), 5000)
+  // Versions behind their repositories (one small request per suite, cached by the daemon) and
+  // the rebuild policies that keep images up to date.
+  const outdated = usePoll(() => call('image.outdated', {}), 30000)
+  const rebuilds = usePoll(() => call('rebuild.list', {}), 10000)
   const { session } = useSession()
   const [, navigate] = useLocation()
   const [layersOf, setLayersOf] = useState<ImageInfo>()
@@ -66,7 +70,14 @@ export function ImagesPage () {
               const peers = holders.get(i.root) ?? []
               return (
                 <Table.Tr key={i.id} data-testid={`image-${i.name}`}>
-                  <Table.Td><Text fw={600}>{i.name}</Text><Text size='xs' c='dimmed'>{short(i.id)}</Text></Table.Td>
+                  <Table.Td>
+                    <Group gap={6}>
+                      <Text fw={600}>{i.name}</Text>
+                      {i.version !== undefined && <Tooltip label={`${i.name}@${i.version}`}><Badge variant='outline' size='sm' data-testid='image-version'>v{i.version}</Badge></Tooltip>}
+                      {outdated.data?.some(o => o.image.id === i.id && o.outdated) && <Tooltip label={`behind: ${outdated.data.find(o => o.image.id === i.id)!.changed.map(c => `${c.uri} ${c.suite}`).join(', ')}; a rebuild redoes ${outdated.data.find(o => o.image.id === i.id)!.rebuild.join(' > ')}`}><Badge color='orange' size='sm' data-testid='image-outdated'>outdated</Badge></Tooltip>}
+                    </Group>
+                    <Text size='xs' c='dimmed'>{short(i.id)}</Text>
+                  </Table.Td>
                   <Table.Td><Badge color={ORIGIN_COLOR[i.origin]} variant='light'>{i.origin}</Badge></Table.Td>
                   <Table.Td>{bytes(i.size)}</Table.Td>
                   <Table.Td><Tooltip label={`${i.blocks - i.zeroBlocks} of ${i.blocks} blocks of ${i.blockSize} bytes hold data`}><span>{bytes((i.blocks - i.zeroBlocks) * i.blockSize)}</span></Tooltip></Table.Td>
@@ -109,6 +120,26 @@ export function ImagesPage () {
             })}
           </Table.Tbody>
         </Table>
+      )}
+
+      {(rebuilds.data?.length ?? 0) > 0 && (
+        <Stack gap='xs' data-testid='rebuild-policies'>
+          <Title order={3}>Rebuild policies</Title>
+          <Table striped verticalSpacing='xs'>
+            <Table.Thead><Table.Tr><Table.Th>Image</Table.Th><Table.Th>When</Table.Th><Table.Th>Last run</Table.Th><Table.Th>Result</Table.Th><Table.Th>Next</Table.Th></Table.Tr></Table.Thead>
+            <Table.Tbody>
+              {rebuilds.data!.map(p => (
+                <Table.Tr key={p.id}>
+                  <Table.Td><Text fw={600}>{p.name}</Text><Text size='xs' c='dimmed'>{p.id} ({p.rights})</Text></Table.Td>
+                  <Table.Td>{[p.everySeconds !== null ? `every ${Math.round(p.everySeconds / 60)} min` : '', p.onChange ? 'on mirror change' : ''].filter(Boolean).join(', ')}</Table.Td>
+                  <Table.Td>{p.lastRun ?? '-'}</Table.Td>
+                  <Table.Td>{p.running ? <Badge color='blue'>running</Badge> : p.lastResult ?? '-'}</Table.Td>
+                  <Table.Td>{p.nextRun ?? (p.onChange ? 'on change' : '-')}</Table.Td>
+                </Table.Tr>
+              ))}
+            </Table.Tbody>
+          </Table>
+        </Stack>
       )}
 
       <Modal opened={!!layersOf} onClose={() => setLayersOf(undefined)} title={`Layers of ${layersOf?.name ?? ''}`} size='lg'>

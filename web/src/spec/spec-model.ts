@@ -35,7 +35,7 @@ export const FLAVOURS: Array<{ value: Flavour, label: string }> = [
 ]
 
 export const RELEASES: Record<Flavour, string[]> = {
-  debian: ['bookworm', 'trixie', 'bullseye', 'sid'],
+  debian: ['trixie', 'bookworm', 'bullseye', 'sid'],
   ubuntu: ['noble', 'jammy', 'focal'],
   rootfs: []
 }
@@ -47,7 +47,7 @@ export function emptyForm (): SpecForm {
   return {
     name: '',
     flavour: 'debian',
-    release: 'bookworm',
+    release: 'trixie',
     arch: 'amd64',
     variant: 'minbase',
     size: '2G',
