@@ -310,7 +310,13 @@ export class SeedService {
     this.#wanted = wanted
 
     // Release what no policy wants; stop and forget fetches of it.
-    for (const [root, h] of [...this.#held]) if (!wanted.has(root)) await this.#release(root, h, 'no policy wants it')
+    for (const [root, h] of [...this.#held]) {
+      if (wanted.has(root)) continue
+      // An older version stays until the one replacing it is here: its fetch reuses these blocks.
+      const image = byId.get(h.imageId)
+      if (image && [...wanted.values()].some(w => w.offer.name === image.name && !local.has(w.offer.root))) continue
+      await this.#release(root, h, 'no policy wants it')
+    }
     for (const [root, id] of this.#running) {
       if (!wanted.has(root)) { this.#paused.delete(root); this.#discard.add(root); this.#d.jobs.cancel(id) }
     }
