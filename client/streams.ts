@@ -8,7 +8,7 @@ import net from 'node:net'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { BAD_PARAMS, DAEMON_UNREACHABLE, IO_ERROR, NO_SPACE, OsfarmError, PERMISSION_DENIED, PROTOCOL_ERROR, SOURCE_CHANGED, SOURCE_EMPTY, SOURCE_INVALID, TARGET_UNWRITABLE } from '../protocol/errors.js'
-import { DATA, END, MAX_STREAM_DATA, RESULT, nonZeroRuns, parseResult, readFrames, sendFrame, type Frame, type Sink } from '../protocol/stream.js'
+import { DATA, END, MAX_STREAM_DATA, RESULT, WriteWindow, nonZeroRuns, parseResult, readFrames, sendFrame, type Frame, type Sink } from '../protocol/stream.js'
 
 // A file or device read with the caller's own rights; `-` is stdin.
 export interface LocalSource {
@@ -95,10 +95,18 @@ export async function upload (socketPath: string, token: string, src: LocalSourc
   let failed: unknown
   answer.catch(err => { failed = err })
   try {
+    // The next chunk is read while this one is sent.
+    const read = (at: number) => {
+      const chunk = Buffer.allocUnsafe(Math.min(MAX_STREAM_DATA, src.size - at))
+      return readSome(src, chunk, at).then(got => ({ chunk, got }))
+    }
     let pos = 0
-    while (pos < src.size && failed === undefined && !socket.destroyed) {
-      const chunk = Buffer.allocUnsafe(Math.min(MAX_STREAM_DATA, src.size - pos))
-      const got = await readSome(src, chunk, pos)
+    let next = src.size > 0 ? read(0) : undefined
+    while (next && failed === undefined && !socket.destroyed) {
+      const { chunk, got } = await next
+      next = pos + got < src.size ? read(pos + got) : undefined
+      // An unread prefetch must not become an unhandled rejection if the loop stops here.
+      next?.catch(() => {})
       for (const [a, b] of nonZeroRuns(chunk, got)) await sendFrame(socket as Sink, DATA, pos + a, chunk.subarray(a, b))
       pos += got
       onProgress?.(pos, src.size)
@@ -141,6 +149,8 @@ async function nextResult (frames: AsyncGenerator<Frame>): Promise<unknown> {
 
 // Where a download goes: a new file (written beside the target, renamed over it at the end) or stdout.
 export interface DownloadTarget {
+  // Frames must be written one after the other (a pipe), not several at once.
+  ordered: boolean
   write (frame: Frame): Promise<void>
   // The stream ended at `size` bytes.
   finish (size: number): Promise<void>
@@ -159,6 +169,7 @@ export async function fileTarget (target: string): Promise<DownloadTarget> {
   let end = 0
   return {
     path: abs,
+    ordered: false,
     async write (f) {
       await writeAll(fh, f.payload, f.offset, abs)
       end = Math.max(end, f.offset + f.payload.length)
@@ -192,6 +203,7 @@ export function stdoutTarget (): DownloadTarget {
   }
   return {
     path: '-',
+    ordered: true,
     async write (f) {
       if (f.offset < pos) throw PROTOCOL_ERROR('osfarmd sent a download out of order')
       await fill(f.offset)
@@ -206,9 +218,11 @@ export function stdoutTarget (): DownloadTarget {
 // Receives a download into `target`; returns its size.
 export async function download (socketPath: string, token: string, target: DownloadTarget): Promise<number> {
   const { socket, rest } = await attachStream(socketPath, token)
+  const writes = new WriteWindow(target.ordered ? 1 : 8)
   try {
     for await (const f of readFrames(socket as AsyncIterable<Buffer>, rest)) {
-      if (f.type === DATA) { await target.write(f); continue }
+      if (f.type === DATA) { await writes.add(target.write(f)); continue }
+      await writes.drain()
       if (f.type === END) { await target.finish(f.offset); return f.offset }
       parseResult(f.payload)
       throw PROTOCOL_ERROR('osfarmd ended the download with a result')

@@ -163,3 +163,29 @@ function zeroBlock (size: number): Buffer {
   if (!zeros || zeros.length < size) zeros = Buffer.alloc(size)
   return zeros
 }
+
+// Writes of received frames kept in flight together (positional writes are independent), so the
+// socket is read while earlier frames are still being written. At most `max` at once; the first
+// failure is thrown by the next add() or by drain().
+export class WriteWindow {
+  readonly #max: number
+  readonly #inflight = new Set<Promise<void>>()
+  #failure: unknown
+
+  constructor (max = 8) {
+    this.#max = max
+  }
+
+  async add (write: Promise<unknown>): Promise<void> {
+    if (this.#failure !== undefined) throw this.#failure
+    const p: Promise<void> = write.then(() => { this.#inflight.delete(p) }, err => { this.#inflight.delete(p); this.#failure ??= err })
+    this.#inflight.add(p)
+    if (this.#inflight.size >= this.#max) await Promise.race(this.#inflight)
+    if (this.#failure !== undefined) throw this.#failure
+  }
+
+  async drain (): Promise<void> {
+    await Promise.all(this.#inflight)
+    if (this.#failure !== undefined) throw this.#failure
+  }
+}

@@ -6,7 +6,7 @@ import os from 'node:os'
 import fs from 'node:fs/promises'
 import { Worker } from 'node:worker_threads'
 import { createManifest, blockCount, checkBlockSize, DEFAULT_BLOCK_SIZE, type Manifest } from './manifest.js'
-import { IO_ERROR, JOB_CANCELLED } from '../../protocol/errors.js'
+import { IO_ERROR, JOB_CANCELLED, SOURCE_CHANGED } from '../../protocol/errors.js'
 import type { HashReply, HashTask } from './hash-worker.js'
 
 const HASH_BYTES = 32
@@ -48,7 +48,8 @@ export class BlockHasher {
         this.#pending.delete(reply.id)
         this.#release(w)
         if (!p) return
-        if (reply.error) p.reject(IO_ERROR(`reading for the index failed: ${reply.error.message}`))
+        // A volume shorter than its size changed while it was indexed.
+        if (reply.error) p.reject(reply.error.code === 'ESHORT' ? SOURCE_CHANGED(`indexing: ${reply.error.message}`) : IO_ERROR(`reading for the index failed: ${reply.error.message}`))
         else p.resolve()
       })
       w.on('error', err => {

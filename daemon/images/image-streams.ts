@@ -4,7 +4,7 @@
 
 import type { FileHandle } from 'node:fs/promises'
 import { IO_ERROR, JOB_CANCELLED, OsfarmError, PROTOCOL_ERROR, SOURCE_CHANGED, STORE_FULL } from '../../protocol/errors.js'
-import { DATA, END, MAX_STREAM_DATA, nonZeroRuns, sendFrame, sendResult } from '../../protocol/stream.js'
+import { DATA, END, MAX_STREAM_DATA, WriteWindow, nonZeroRuns, sendFrame, sendResult } from '../../protocol/stream.js'
 import type { JobContext } from '../jobs/jobs.js'
 import type { StreamConnection } from '../rpc/streams.js'
 
@@ -18,6 +18,7 @@ export async function receiveStream (attached: Promise<StreamConnection>, to: Fi
     let received = 0
     let ended = false
     let lastShown = 0
+    const writes = new WriteWindow()
     for await (const frame of conn.frames()) {
       if (frame.type === END) {
         if (frame.offset !== size) throw SOURCE_CHANGED(`the upload ended at ${frame.offset} bytes, not the ${size} announced`)
@@ -26,12 +27,13 @@ export async function receiveStream (attached: Promise<StreamConnection>, to: Fi
       }
       if (frame.type !== DATA) throw PROTOCOL_ERROR('an upload carries only DATA and END frames')
       if (frame.offset + frame.payload.length > size) throw SOURCE_CHANGED(`the upload wrote past its announced size (${size} bytes)`)
-      await writeAt(to, frame.payload, frame.offset)
+      await writes.add(writeAt(to, frame.payload, frame.offset))
       received += frame.payload.length
       // Progress by position: the caller sends in order, skipping holes.
       const at = frame.offset + frame.payload.length
       if (at - lastShown >= 64 * MAX_STREAM_DATA) { ctx.progress('upload', at, size); lastShown = at }
     }
+    await writes.drain()
     if (ctx.signal.aborted) throw JOB_CANCELLED()
     if (!ended) throw SOURCE_CHANGED('the upload closed before its end')
     await to.sync()

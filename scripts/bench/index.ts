@@ -6,34 +6,14 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import os from 'node:os'
-import { randomBytes } from 'node:crypto'
 import { execa } from 'execa'
 import { BlockHasher } from '../../daemon/blocks/block-hasher.js'
 import { startDaemon } from '../../test/helpers/daemon.js'
+import { makeHalfDataImage } from './half-data-image.js'
 
 const SIZE = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 2048) * (1 << 20)
 const DIR = process.env.OSFARM_BENCH_DIR ?? '/var/tmp'
 const RUNS = 3
-
-async function makeImage (file: string): Promise<number> {
-  const fh = await fs.open(file, 'w')
-  const region = 1 << 20
-  let nonZero = 0
-  try {
-    // Every other 1 MiB region holds data; within data regions one 4 KiB block in 32 is zero.
-    for (let pos = 0; pos < SIZE; pos += region) {
-      if ((pos / region) % 2 === 1) continue
-      const buf = randomBytes(region)
-      for (let o = 0; o < region; o += 32 * 4096) buf.fill(0, o, o + 4096)
-      await fh.write(buf, 0, region, pos)
-      nonZero += region * 31 / 32
-    }
-    await fh.truncate(SIZE)
-  } finally {
-    await fh.close()
-  }
-  return nonZero
-}
 
 async function best (fn: () => Promise<unknown>): Promise<number> {
   let min = Infinity
@@ -53,7 +33,7 @@ async function main (): Promise<void> {
   const work = await fs.mkdtemp(path.join(DIR, 'osfarm-bench-index-'))
   try {
     const file = path.join(work, 'image.raw')
-    const nonZero = await makeImage(file)
+    const nonZero = await makeHalfDataImage(file, SIZE)
     const gb = SIZE / 1e9
     console.log(`image: ${(SIZE / 2 ** 30).toFixed(2)} GiB, ${(100 * nonZero / SIZE).toFixed(1)}% non-zero, 4 KiB blocks; ${os.availableParallelism()} cores; best of ${RUNS}`)
     await execa('sh', ['-c', `cat '${file}' >/dev/null`])
