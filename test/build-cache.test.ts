@@ -5,22 +5,15 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { execa } from 'execa'
 import { Builder } from '../daemon/build/builder.js'
 import { parseSpec } from '../daemon/build/spec.js'
 import { createFileStore } from '../daemon/store/file/file-store.js'
 import { specResolver } from './helpers/sources.js'
+import { busyboxRootfs } from './helpers/rootfs.js'
 
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-build-cache-'))
 t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
-const root = path.join(dir, 'rootfs')
-await fs.mkdir(path.join(root, 'bin'), { recursive: true })
-await fs.mkdir(path.join(root, 'etc'))
-await fs.copyFile('/bin/busybox', path.join(root, 'bin/busybox'))
-await fs.symlink('busybox', path.join(root, 'bin/sh'))
-await fs.writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
-const tarball = path.join(dir, 'rootfs.tar')
-await execa('tar', ['-C', root, '--numeric-owner', '-cf', tarball, '.'])
+const tarball = await busyboxRootfs(path.join(dir, 'rootfs'), path.join(dir, 'rootfs.tar'))
 
 const resolved = await specResolver(dir)
 const spec = (n: number) => resolved(parseSpec(JSON.stringify({ name: `s${n}`, flavour: 'rootfs', rootfs: tarball, size: '64M', files: [{ path: '/n', content: `${n}\n` }] }), 'json'))

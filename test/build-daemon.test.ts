@@ -4,9 +4,9 @@
 import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { execa } from 'execa'
 import { startDaemon, tempDir } from './helpers/daemon.js'
 import type { BuildResultInfo, ImageInfo, JobInfo } from '../protocol/rpc.js'
+import { busyboxRootfs } from './helpers/rootfs.js'
 
 const dir = await tempDir('osfarm-build-daemon-')
 const d = await startDaemon({ dir })
@@ -15,13 +15,7 @@ t.teardown(async () => {
   await fs.rm(dir, { recursive: true, force: true })
 })
 
-const root = path.join(dir, 'rootfs')
-await fs.mkdir(path.join(root, 'bin'), { recursive: true })
-await fs.mkdir(path.join(root, 'etc'))
-await fs.copyFile('/bin/busybox', path.join(root, 'bin/busybox'))
-for (const tool of ['sh', 'cat', 'echo']) await fs.symlink('busybox', path.join(root, 'bin', tool))
-await fs.writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
-await execa('tar', ['-C', root, '--numeric-owner', '-cf', path.join(dir, 'rootfs.tar'), '.'])
+await busyboxRootfs(path.join(dir, 'rootfs'), path.join(dir, 'rootfs.tar'))
 
 const writeSpec = async (name: string, spec: Record<string, unknown>) => {
   const file = path.join(dir, name)

@@ -15,6 +15,7 @@ import type { LayerStore, PrepareOptions } from '../daemon/store/layer-store.js'
 import { readFile as debugfsRead } from '../daemon/build/tools/mke2fs.js'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
 import { specResolver } from './helpers/sources.js'
+import { busyboxRootfs } from './helpers/rootfs.js'
 
 const EXAMPLES = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../examples')
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-build-'))
@@ -221,18 +222,9 @@ t.test('rootfs flavour: a tarball base, files and a busybox script, no network',
   t.same(await assertNothingLeft(), [])
 })
 
-// A tiny root filesystem tarball from the host's busybox-static (plus `filler` random bytes).
-async function makeRootfs (at: string, filler: number): Promise<string> {
-  const root = path.join(at, 'root')
-  await fs.mkdir(path.join(root, 'bin'), { recursive: true })
-  await fs.mkdir(path.join(root, 'etc'))
-  await fs.mkdir(path.join(root, 'root'))
-  await fs.copyFile('/bin/busybox', path.join(root, 'bin/busybox'))
-  for (const tool of ['sh', 'cat', 'echo', 'ls']) await fs.symlink('busybox', path.join(root, 'bin', tool))
-  await fs.writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
-  await fs.writeFile(path.join(root, 'etc/group'), 'root:x:0:\n')
-  if (filler) await fs.writeFile(path.join(root, 'filler'), Buffer.alloc(filler, 7))
-  const tarball = path.join(at, 'rootfs.tar')
-  await execa('tar', ['-C', root, '--numeric-owner', '-cf', tarball, '.'])
-  return tarball
+// A busybox rootfs tarball (plus `filler` bytes).
+function makeRootfs (at: string, filler: number): Promise<string> {
+  return busyboxRootfs(path.join(at, 'root'), path.join(at, 'rootfs.tar'), async root => {
+    if (filler) await fs.writeFile(path.join(root, 'filler'), Buffer.alloc(filler, 7))
+  })
 }

@@ -17,6 +17,7 @@ import { createFileStore } from '../daemon/store/file/file-store.js'
 import { readFile as debugfsRead } from '../daemon/build/tools/mke2fs.js'
 import { cgroupPrefix } from '../daemon/build/sandbox/cgroup.js'
 import { specResolver } from './helpers/sources.js'
+import { busyboxRootfs } from './helpers/rootfs.js'
 
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-sandbox-'))
 const host = path.join(dir, 'host')
@@ -105,16 +106,7 @@ async function rootfs (name: string, hostile: (root: string) => Promise<void> = 
   const root = path.join(dir, 'trees', name)
   const tarball = path.join(dir, 'trees', `${name}.tar`)
   if (await fs.access(tarball).then(() => true, () => false)) return tarball
-  await fs.mkdir(path.join(root, 'bin'), { recursive: true })
-  await fs.copyFile('/bin/busybox', path.join(root, 'bin/busybox'))
-  for (const tool of ['sh', 'cat', 'echo', 'ls', 'ln', 'rm', 'mkdir', 'sleep', 'dd', 'touch', 'head']) await fs.symlink('busybox', path.join(root, 'bin', tool))
-  await fs.mkdir(path.join(root, 'root'))
-  await fs.mkdir(path.join(root, 'etc'))
-  await fs.writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
-  await fs.writeFile(path.join(root, 'etc/group'), 'root:x:0:\n')
-  await hostile(root)
-  await execa('tar', ['-C', root, '--numeric-owner', '-cf', tarball, '.'])
-  return tarball
+  return busyboxRootfs(root, tarball, hostile)
 }
 
 const spec = async (tarball: string, o: Record<string, unknown>): Promise<ImageSpec> =>

@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
 import { startDaemon, tempDir, type TestDaemon } from './helpers/daemon.js'
 import { allocatedBytes, makeImage } from './helpers/images.js'
+import { busyboxRootfs } from './helpers/rootfs.js'
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const tag = randomBytes(3).toString('hex')
@@ -89,14 +90,7 @@ async function snapshot (daemon: TestDaemon): Promise<string> {
 
 // A small rootfs-flavour base the user owns (busybox, no network).
 async function busyboxTarball (to: string): Promise<void> {
-  const root = path.join(dir, 'bb')
-  await fs.mkdir(path.join(root, 'bin'), { recursive: true })
-  await fs.mkdir(path.join(root, 'etc'), { recursive: true })
-  await fs.copyFile('/bin/busybox', path.join(root, 'bin/busybox'))
-  await fs.symlink('busybox', path.join(root, 'bin/sh')).catch(() => {})
-  await fs.writeFile(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
-  await fs.writeFile(path.join(root, 'etc/group'), 'root:x:0:\n')
-  await execa('tar', ['-C', root, '--numeric-owner', '-cf', to, '.'])
+  await busyboxRootfs(path.join(dir, 'bb'), to)
   await fs.chown(to, uid, gid)
 }
 

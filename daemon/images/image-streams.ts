@@ -41,10 +41,7 @@ export async function receiveStream (attached: Promise<StreamConnection>, to: Fi
     await sendResult(conn.socket, { result: { bytes: received } }).catch(() => {})
     conn.socket.end()
   } catch (err) {
-    const e = ctx.signal.aborted ? JOB_CANCELLED() : OsfarmError.from(err)
-    if (!conn.socket.destroyed) await sendResult(conn.socket, { error: { code: e.code, message: e.text } }).catch(() => {})
-    conn.socket.end()
-    throw e
+    throw await failStream(conn, ctx, err)
   } finally {
     ctx.signal.removeEventListener('abort', cancel)
   }
@@ -77,13 +74,18 @@ export async function sendStream (attached: Promise<StreamConnection>, from: Fil
     conn.socket.end()
     return size
   } catch (err) {
-    const e = ctx.signal.aborted ? JOB_CANCELLED() : OsfarmError.from(err)
-    if (!conn.socket.destroyed) await sendResult(conn.socket, { error: { code: e.code, message: e.text } }).catch(() => {})
-    conn.socket.end()
-    throw e
+    throw await failStream(conn, ctx, err)
   } finally {
     ctx.signal.removeEventListener('abort', cancel)
   }
+}
+
+// Tells the other end why the stream failed (if it still listens) and gives the job's error.
+async function failStream (conn: StreamConnection, ctx: JobContext, err: unknown): Promise<OsfarmError> {
+  const e = ctx.signal.aborted ? JOB_CANCELLED() : OsfarmError.from(err)
+  if (!conn.socket.destroyed) await sendResult(conn.socket, { error: { code: e.code, message: e.text } }).catch(() => {})
+  conn.socket.end()
+  return e
 }
 
 async function writeAt (fh: FileHandle, buf: Buffer, position: number): Promise<void> {
