@@ -21,7 +21,7 @@
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { BUILD_FAILED, JOB_CANCELLED, OsfarmError, SIZE_TOO_SMALL, VOLUME_EXISTS } from '../../protocol/errors.js'
+import { BUILD_FAILED, JOB_CANCELLED, OsfarmError, SIZE_TOO_SMALL, STORE_FULL, VOLUME_EXISTS } from '../../protocol/errors.js'
 import { hashParts } from '../blocks/hash.js'
 import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
 import { readHostSources } from './host-mirror.js'
@@ -267,8 +267,14 @@ export class Builder {
     const write = async () => {
       await fs.mkdir(this.workDir, { recursive: true })
       const file = path.join(this.workDir, USAGE_FILE)
-      await fs.writeFile(file + '.tmp', JSON.stringify(Object.fromEntries(this.#used ?? [])))
-      await fs.rename(file + '.tmp', file)
+      // The record only orders eviction: a full disk keeps the old one and fails no build
+      // (the step that hits it reports the full disk).
+      const written = await fs.writeFile(file + '.tmp', JSON.stringify(Object.fromEntries(this.#used ?? []))).then(() => true, async err => {
+        if (err.code !== 'ENOSPC') throw err
+        await fs.rm(file + '.tmp', { force: true })
+        return false
+      })
+      if (written) await fs.rename(file + '.tmp', file)
     }
     this.#usedWrite = this.#usedWrite.then(write, write)
     return this.#usedWrite
@@ -370,8 +376,11 @@ export class Builder {
       log(`layer ${layer.index} ${layer.kind} committed`)
       return committed
     } catch (err) {
+      // Asked before the layer is removed, which frees what it took.
+      const full = outOfSpace(err) ? await hostFull([path.dirname(vol.path), this.workDir]) : undefined
       await this.store.remove(layer.key).catch(() => {})
       if (signal.aborted) throw JOB_CANCELLED()
+      if (full) throw STORE_FULL(`the ${layer.kind} step ran out of space because the host filesystem of ${full.path} is full (${Math.floor(full.free / 2 ** 20)} MiB free), not the image: free space there`, { path: full.path })
       throw err instanceof OsfarmError ? err : BUILD_FAILED(`${layer.kind} step: ${(err as Error).message}`)
     }
   }
@@ -448,4 +457,22 @@ export function derivedUuid (key: string, purpose: string): string {
   b[8] = (b[8]! & 0x3f) | 0x80
   const h = b.toString('hex')
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
+}
+
+// A step that ran out of room blames the image's size (SIZE_TOO_SMALL) only when the host had
+// room: a write the host filesystem refuses shows inside the image as ENOSPC or an I/O error.
+function outOfSpace (err: unknown): boolean {
+  if (err instanceof OsfarmError && err.code === 'SIZE_TOO_SMALL') return true
+  return /No space left|ENOSPC|Input\/output error|EIO\b/i.test((err as Error)?.message ?? '')
+}
+
+// The first of `dirs` whose filesystem is (nearly) full, as root sees it (reserved blocks included).
+async function hostFull (dirs: string[]): Promise<{ path: string, free: number } | undefined> {
+  for (const dir of dirs) {
+    const st = await fs.statfs(dir).catch(() => undefined)
+    if (!st) continue
+    const free = st.bfree * st.bsize
+    if (free < Math.min(16 << 20, st.blocks * st.bsize / 20)) return { path: dir, free }
+  }
+  return undefined
 }
