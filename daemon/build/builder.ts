@@ -6,14 +6,17 @@
 //   base      flavour's bootstrap into a directory (mmdebstrap or tar, sandboxed) → mke2fs -d
 //             onto the volume (pinned config, fake time, UUID and hash seed from the key) →
 //             every inode's times set to the epoch
-//   packages  snapshot → sandbox: mount → apt-get pivoted into the image (proc, sys, dev,
-//             apt's cache, policy-rc.d) → trim
+//   packages  snapshot → sandbox: mount → overlay → apt-get pivoted into the merged root
+//             (proc, sys, dev, apt's cache, policy-rc.d) → the changes written into the
+//             layer in name order by one tar (step-overlay.ts) → trim
 //   files     snapshot → sandbox: mount → files copied in through the in-root resolver → trim
 //   scripts   snapshot → sandbox: mount → each script with /bin/sh -e pivoted into the image
 //   boot      snapshot → sandbox: mount → fstab, hostname, /etc/osfarm/boot.json
 // Each step runs in a sandbox of its own (sandbox/sandbox.ts): its mounts and processes live
 // in its own namespaces and die with it, within its time, memory and CPU limits.
-// Determinism (one spec, the same blocks wherever it is built): mounts are noatime and
+// Determinism (one spec, the same blocks wherever it is built): every step other than the
+// base runs on an overlay, and its result is written into the layer by one process in name
+// order, so placement does not depend on the step's timing; mounts are noatime and
 // nodelalloc with stream allocation; before a mounted layer is unmounted its free blocks are
 // trimmed; afterwards the inodes it touched get the epoch's times and generation 0 (checksums
 // redone by e2fsck), deleted inodes are cleared, and the superblock fields a mount changes are
@@ -351,10 +354,10 @@ export class Builder {
         await this.#base(plan, vol, signal, log, progress)
       } else {
         await fs.mkdir(this.workDir, { recursive: true })
-        const mountPoint = await fs.mkdtemp(path.join(this.workDir, 'mnt-'))
+        const scratch = await fs.mkdtemp(path.join(this.workDir, 'mnt-'))
         const job: LayerJob = {
           volume: vol.path,
-          mountPoint,
+          scratch,
           epoch: BUILD_EPOCH,
           step: layer.kind,
           spec,
@@ -363,9 +366,9 @@ export class Builder {
           ...(layer.kind === 'files' ? { sources: [...plan.sources] } : {})
         }
         const run = () => runStep<StrayTimes[]>(job as unknown as Record<string, unknown>, { signal, log, progress, limits: this.#limits, workDir: this.workDir, what: `the ${layer.kind} step` })
-        // The sandbox has ended when run() settles, and its mount with it: only the empty
-        // mount point is left to remove.
-        const stray = await (layer.kind === 'packages' ? this.#serialApt(run) : run()).finally(() => fs.rmdir(mountPoint).catch(() => {}))
+        // The sandbox has ended when run() settles, and its mounts with it: only the scratch
+        // dir (mount points, the overlay's upper filesystem image) is left to remove.
+        const stray = await (layer.kind === 'packages' ? this.#serialApt(run) : run()).finally(() => removeScratch(scratch).catch(() => {}))
         await normalizeTimes(vol.path, BUILD_EPOCH, stray, (await scanInodes(vol.path)).dirtyFree)
         await fixChecksums(vol.path, BUILD_EPOCH, signal)
         await resetSuperblock(vol.path, BUILD_EPOCH, derivedUuid(layer.key, 'uuid'))

@@ -15,7 +15,7 @@ import type { RepoInput } from '../../protocol/rpc.js'
 import type { RepoRef } from './repo-state.js'
 
 // Bumped whenever a step's recipe changes what it writes, so old keys are not reused.
-export const RECIPE = 4
+export const RECIPE = 5
 // SOURCE_DATE_EPOCH and E2FSPROGS_FAKE_TIME of every build: 2024-01-01T00:00:00Z.
 export const BUILD_EPOCH = 1704067200
 // The kernel command line of a bootable image (the root filesystem is the whole disk).

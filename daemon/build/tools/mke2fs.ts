@@ -54,6 +54,20 @@ export async function makeFs (device: string, options: MakeFsOptions): Promise<v
   throw TOOL_FAILED(`mke2fs failed (exit ${r.exitCode}): ${lastLines(r.tail)}`)
 }
 
+// A scratch filesystem in a sparse file (a step's overlay upper dir): the host's defaults, no
+// journal, inode tables left to be zeroed lazily (mounted noinit_itable: never, it is thrown
+// away). Its size bounds what a step may write.
+export async function makeScratchFs (file: string, bytes: number): Promise<void> {
+  const fh = await fs.open(file, 'wx')
+  try {
+    await fh.truncate(Math.floor(bytes / 4096) * 4096)
+  } finally {
+    await fh.close()
+  }
+  const r = await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-O', '^has_journal', '-E', 'lazy_itable_init=1,nodiscard', '-m', '0', '--', file], { pkg: 'e2fsprogs' })
+  if (r.exitCode !== 0) throw TOOL_FAILED(`mke2fs of a scratch filesystem failed (exit ${r.exitCode}): ${lastLines(r.tail)}`)
+}
+
 // After inode generations are reset, directory and extent blocks carry checksums made with
 // the old ones: e2fsck -fy recomputes them. Exit 1 means it changed something, as expected.
 export async function fixChecksums (device: string, time: number, signal?: AbortSignal): Promise<void> {

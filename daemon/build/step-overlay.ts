@@ -1,0 +1,135 @@
+// A step's changes made on an overlay and written into its layer from one process in one
+// order, so where files land depends on the step's result only, never on its timing. Runs in
+// the step's sandbox (sandbox/sandbox-init.ts).
+//
+// The kernel places a new inode and its blocks by what is free at that moment. Maintainer
+// scripts (adduser, ucf, update-rc.d, ldconfig) replace files by rename while other processes
+// still hold the old ones, and the old inode is freed at its holder's last close: whether the
+// next file reuses it is a matter of timing, and mount options cannot make that repeat. So the
+// step's commands see an overlay (the layer below, read-only in effect; a scratch upper dir on
+// a filesystem of its own, as large as the layer's free space, above). Afterwards what the
+// step removed is removed from the layer, in sorted order, and what it wrote is archived from
+// the upper dir by `tar --sort=name` and unpacked into the layer by one tar process: the same
+// result gives the same sequence of allocations on the same parent, and so the same blocks.
+
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { BUILD_FAILED, IO_ERROR, SIZE_TOO_SMALL } from '../../protocol/errors.js'
+import { lastLines, run } from '../tools/run.js'
+import { readOnlyHostArgv } from './sandbox/enter-root.js'
+import { makeScratchFs } from './tools/mke2fs.js'
+import { mount, umount } from './tools/mount.js'
+import { MOUNT_OPTIONS } from './mounted-root.js'
+
+// The upper filesystem is never smaller than this (metadata, apt's small writes).
+const MIN_UPPER_BYTES = 64 << 20
+
+export interface StepChanges {
+  // Image paths the step removed (or replaced by another type), sorted.
+  removed: string[]
+  // Entries written (files, dirs, links) as tar counts them.
+  written: number
+}
+
+// Runs work with `root` (an empty dir in scratch) as the merged view of the mounted layer at
+// `layer` and a fresh upper dir; then writes the changes into the layer. scratch: a directory
+// of the builder's, removed by it afterwards (nothing of it is mounted once this returns).
+export async function withStepOverlay (layer: string, scratch: string, work: (root: string) => Promise<void>): Promise<StepChanges> {
+  for (const p of [layer, scratch]) if (/[,:\\\s]/.test(p)) throw BUILD_FAILED(`the build dir ${p} cannot be used for an overlay (it holds a comma, colon, backslash or space)`)
+  const root = path.join(scratch, 'root')
+  const upperFs = path.join(scratch, 'upper')
+  const image = path.join(scratch, 'upper.img')
+  await fs.mkdir(root)
+  await fs.mkdir(upperFs)
+  const stat = await fs.statfs(layer)
+  await makeScratchFs(image, Math.max(MIN_UPPER_BYTES, stat.bavail * stat.bsize))
+  await mount(image, upperFs, { type: 'ext4', options: ['loop', 'nodev', ...MOUNT_OPTIONS] })
+  try {
+    const upper = path.join(upperFs, 'upper')
+    const workDir = path.join(upperFs, 'work')
+    await fs.mkdir(workDir)
+    // The merged root takes the upper dir's owner and mode: the layer's own.
+    const top = await fs.lstat(layer)
+    await fs.mkdir(upper, top.mode & 0o7777)
+    await fs.chown(upper, top.uid, top.gid)
+    await fs.chmod(upper, top.mode & 0o7777)
+    // redirect_dir and metacopy off: a renamed lower dir is copied up whole and a changed
+    // file holds its data, so the upper dir is plain files, dirs, links and whiteouts.
+    await mount('overlay', root, { type: 'overlay', options: [`lowerdir=${layer}`, `upperdir=${upper}`, `workdir=${workDir}`, 'redirect_dir=off', 'metacopy=off', 'index=off', 'xino=off', 'nodev'] })
+    let removed: string[]
+    try {
+      await work(root)
+      removed = await removedEntries(layer, upper, root)
+    } finally {
+      await umount(root)
+    }
+    await dropWhiteouts(upper)
+    for (const rel of removed) await fs.rm(path.join(layer, rel), { recursive: true, force: true })
+    const written = await copyTree(upper, layer, path.join(upperFs, 'changes.tar'))
+    return { removed: removed.map(r => '/' + r), written }
+  } finally {
+    await umount(upperFs)
+  }
+}
+
+// What the step took away: in each directory the upper dir holds (and the layer holds as a
+// directory too), the layer's entries the merged view no longer shows (a whiteout, an opaque
+// dir) or shows as another type (the upper entry replaces it whole). Read while the overlay is
+// mounted and no process of the image runs. Every path walked is a real directory in both
+// trees, so nothing here follows a link.
+async function removedEntries (lower: string, upper: string, merged: string): Promise<string[]> {
+  const out: string[] = []
+  const visit = async (rel: string, lowerIsDir: boolean): Promise<void> => {
+    const entries = (await fs.readdir(path.join(upper, rel), { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1))
+    const lowerTypes = new Map<string, string>()
+    if (lowerIsDir) {
+      const shown = new Set(await fs.readdir(path.join(merged, rel)))
+      for (const e of await fs.readdir(path.join(lower, rel), { withFileTypes: true })) {
+        const type = e.isDirectory() ? 'dir' : 'other'
+        lowerTypes.set(e.name, type)
+        if (!shown.has(e.name)) out.push(path.join(rel, e.name))
+      }
+      for (const e of entries) {
+        const was = lowerTypes.get(e.name)
+        if (!was || !shown.has(e.name)) continue
+        // A non-dir over anything is written anew by tar (it unlinks first); a dir over a
+        // non-dir needs the old entry gone first.
+        if (e.isDirectory() && was !== 'dir') out.push(path.join(rel, e.name))
+      }
+    }
+    for (const e of entries) {
+      if (!e.isDirectory()) continue
+      const child = path.join(rel, e.name)
+      await visit(child, lowerIsDir && lowerTypes.get(e.name) === 'dir' && !out.includes(child))
+    }
+  }
+  await visit('', true)
+  return out.sort()
+}
+
+// Whiteouts (character devices 0:0) mark removals, already applied: they are not content.
+async function dropWhiteouts (upper: string): Promise<void> {
+  const visit = async (dir: string): Promise<void> => {
+    for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) await visit(p)
+      else if (e.isCharacterDevice() && (await fs.lstat(p)).rdev === 0) await fs.unlink(p)
+    }
+  }
+  await visit(upper)
+}
+
+// One archive in name order, unpacked by one tar. The unpacking tar runs with the host
+// read-only except the layer, so whatever the step's links point to, it writes nowhere else.
+async function copyTree (from: string, to: string, archive: string): Promise<number> {
+  const xattrs = ['--xattrs', '--xattrs-include=*', '--xattrs-exclude=trusted.overlay.*', '--acls']
+  const c = await run('tar', ['-C', from, '--sort=name', '--numeric-owner', ...xattrs, '-cf', archive, '.'], { pkg: 'tar' })
+  if (c.exitCode !== 0) throw IO_ERROR(`archiving the step's changes failed: ${lastLines(c.tail)}`)
+  const argv = readOnlyHostArgv([to], ['tar', '-C', to, '-x', '-p', '--numeric-owner', ...xattrs, '-v', '-f', archive])
+  const x = await run('unshare', ['--mount', '--propagation', 'private', '--', ...argv], { pkg: 'util-linux' })
+  if (x.exitCode !== 0) {
+    if (x.tail.some(l => /No space left on device/.test(l))) throw SIZE_TOO_SMALL(`the layer has no room for the step's changes: ${lastLines(x.tail, 2)}`)
+    throw IO_ERROR(`writing the step's changes into the layer failed: ${lastLines(x.tail)}`)
+  }
+  return x.stdout.split('\n').filter(Boolean).length
+}
