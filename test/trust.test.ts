@@ -238,3 +238,16 @@ t.test('a build from the user\'s own source files', async t => {
   t.ok(sources.filter(n => /^[0-9a-f]{64}$/.test(n)).length >= 2, 'uploads kept as BLAKE3-named copies in the data dir')
   t.same(sources.filter(n => n.startsWith('.')), [], 'no partial upload left')
 })
+
+t.test('a build script, root in its sandbox, gets no root rights from the web console', async t => {
+  const tarball = path.join(dir, 'escape.tar')
+  await busyboxRootfs(path.join(dir, 'escape-tree'), tarball)
+  const body = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'image.import', params: { path: secret, name: 'escaped' } })
+  const script = `wget -q -O - --header 'Content-Type: application/json' --post-data '${body}' ${new URL('rpc', consoleUrl).href} 2>&1 || true`
+  const spec = path.join(dir, 'escape.json')
+  await fs.writeFile(spec, JSON.stringify({ name: 'escape', flavour: 'rootfs', rootfs: tarball, size: '64M', scripts: [script] }))
+  const r = await d.ctl('build', spec, '--wait', '--logs')
+  t.equal(r.exitCode, 0, r.stderr.slice(-500))
+  t.match(r.stderr, /403|Forbidden/, 'the console refused the sandboxed root')
+  t.notOk((await d.ctlJson('image', 'ls')).some((i: { name: string }) => i.name === 'escaped'), 'nothing was imported')
+})

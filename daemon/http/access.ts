@@ -13,7 +13,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type http from 'node:http'
 import { OsfarmError } from '../../protocol/errors.js'
 import type { Rights } from '../../protocol/rpc.js'
-import { isLoopback, loopbackPeerUid } from './peer-uid.js'
+import { heldInOurMountNamespace, isLoopback, loopbackPeer } from './peer-uid.js'
 
 export type Access = Rights | 'none'
 export const TOKEN_COOKIE = 'osfarm_token'
@@ -38,6 +38,7 @@ export class AccessControl {
   readonly #opts: AccessOptions
   readonly #tokenDigest: Buffer | undefined
   #accounts: { at: number, groups: Promise<Map<number, Set<number>>> } | undefined
+  readonly #rootHere = new WeakMap<object, boolean>()
 
   constructor (opts: AccessOptions) {
     this.#opts = opts
@@ -65,12 +66,19 @@ export class AccessControl {
     if (!isLoopback(sock.remoteAddress) || !isLoopbackHost(req.headers.host)) {
       return { access: 'none', reason: this.tokenRequired ? 'a token is required' : 'only local users may connect' }
     }
-    const uid = await loopbackPeerUid(
+    const peer = await loopbackPeer(
       { address: sock.remoteAddress!, port: sock.remotePort! },
       { address: sock.localAddress!, port: sock.localPort! }
     )
-    if (uid === undefined) return { access: 'none', reason: 'the connection\'s local user is unknown' }
-    return this.#socketRights(uid)
+    if (peer === undefined) return { access: 'none', reason: 'the connection\'s local user is unknown' }
+    // Build steps run as root in this host's network: root's rights need root's own world too
+    // (asked once per connection: the process at its other end does not change).
+    if (peer.uid === 0) {
+      let ours = this.#rootHere.get(sock)
+      if (ours === undefined) this.#rootHere.set(sock, ours = await heldInOurMountNamespace(peer.inode, 0))
+      if (!ours) return { access: 'none', reason: 'uid 0 outside osfarmd\'s mount namespace (a build sandbox or a container)' }
+    }
+    return this.#socketRights(peer.uid)
   }
 
   async #socketRights (uid: number): Promise<Decision> {

@@ -14,21 +14,43 @@ export function isLoopback (address: string | undefined): boolean {
   return a === '::1' || (net.isIPv4(a) && a.startsWith('127.'))
 }
 
-// The uid that owns the socket at `client` connected to `server`, or undefined if neither table
-// lists it (the connection is gone, or it did not come from this host).
-export async function loopbackPeerUid (client: { address: string, port: number }, server: { address: string, port: number }): Promise<number | undefined> {
+// The uid that owns the socket at `client` connected to `server`, and the socket's inode, or
+// undefined if neither table lists it (the connection is gone, or it did not come from this host).
+export async function loopbackPeer (client: { address: string, port: number }, server: { address: string, port: number }): Promise<{ uid: number, inode: number } | undefined> {
   const want = `${endpoint(client.address, client.port)} ${endpoint(server.address, server.port)}`
   for (const table of TABLES) {
     const text = await fs.readFile(table, 'latin1').catch(() => '')
     for (const line of text.split('\n')) {
-      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid ...
+      // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...
       const f = line.trim().split(/\s+/)
-      if (f.length < 8 || `${f[1]} ${f[2]}` !== want) continue
+      if (f.length < 10 || `${f[1]} ${f[2]}` !== want) continue
       const uid = Number(f[7])
-      if (Number.isInteger(uid)) return uid
+      const inode = Number(f[9])
+      if (Number.isInteger(uid) && Number.isInteger(inode)) return { uid, inode }
     }
   }
   return undefined
+}
+
+// Whether some process holding the socket `inode` shares this process's mount namespace: a root
+// process in a build's sandbox (its own mount namespace, this host's network) is not the host's
+// root. Scans the processes of `uid` only.
+export async function heldInOurMountNamespace (inode: number, uid: number): Promise<boolean> {
+  const ours = await fs.readlink('/proc/self/ns/mnt').catch(() => undefined)
+  if (!ours) return false
+  const want = `socket:[${inode}]`
+  for (const pid of await fs.readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid)) continue
+    const st = await fs.stat(`/proc/${pid}`).catch(() => undefined)
+    if (!st || st.uid !== uid) continue
+    const fds = await fs.readdir(`/proc/${pid}/fd`).catch(() => [] as string[])
+    for (const fd of fds) {
+      if (await fs.readlink(`/proc/${pid}/fd/${fd}`).catch(() => '') !== want) continue
+      if (await fs.readlink(`/proc/${pid}/ns/mnt`).catch(() => '') === ours) return true
+      break
+    }
+  }
+  return false
 }
 
 // The kernel prints each address as 32-bit words in host byte order, then ":PORT" in hex.
