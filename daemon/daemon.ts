@@ -22,7 +22,11 @@ import { StreamRegistry } from './rpc/streams.js'
 import { HttpServer } from './http/http-server.js'
 import { PackageIndex } from './console/package-index.js'
 import { methodTable } from './rpc/methods.js'
-import { recoverVolumes, TransferService } from './transfer/transfer-service.js'
+import { recoverVolumes } from './store/recover.js'
+import { FetchService } from './fetch/fetch-service.js'
+import { FleetService } from './fleet/fleet-service.js'
+import { loadIdentity } from './fleet/identity.js'
+import { AdvertBook } from './adverts/advert-book.js'
 import { SeedService } from './seed/seed-service.js'
 import { PrestageService } from './prestage/prestage-service.js'
 import type { Logger } from './log.js'
@@ -49,7 +53,9 @@ export class Daemon {
   images!: ImageService
   builds!: BuildService
   rebuilds!: RebuildService
-  transfers!: TransferService
+  fleet!: FleetService
+  adverts!: AdvertBook
+  fetches!: FetchService
   seeds!: SeedService
   prestages!: PrestageService
   readonly packages = new PackageIndex()
@@ -70,7 +76,7 @@ export class Daemon {
     this.catalog = await Catalog.open(dataDir)
     try {
       this.store = await openStore(this.config)
-      const orphans = await recoverVolumes(this.store, TransferService.keepOnRecover)
+      const orphans = await recoverVolumes(this.store, FetchService.keepOnRecover)
       if (orphans.length) this.log.warn('removed unfinished volumes left by a crash', { volumes: orphans.join(',') })
       const stray = await this.catalog.sweepManifests()
       if (stray.length) this.log.warn('removed manifests of unfinished registrations', { roots: stray.join(',') })
@@ -103,16 +109,20 @@ export class Daemon {
       const left = await this.builds.builder.recover()
       if (left.mounts.length || left.loops.length || left.scratch.length || left.cgroups.length) this.log.warn('removed what a crashed build left', { mounts: left.mounts.length, loops: left.loops.join(','), scratch: left.scratch.join(','), cgroups: left.cgroups.length })
       // A volume that was still mounted could not be removed above; now it can.
-      if (left.mounts.length || left.loops.length) await recoverVolumes(this.store, TransferService.keepOnRecover)
+      if (left.mounts.length || left.loops.length) await recoverVolumes(this.store, FetchService.keepOnRecover)
       const cg = await this.builds.builder.cgroups()
       if (cg.reason) this.log.info('build steps run without some limits', { cgroups: cg.kind, reason: cg.reason })
-      this.transfers = new TransferService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, hasher: this.hasher, log: this.log })
-      await this.transfers.start()
-      this.seeds = new SeedService({ catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, transfers: this.transfers, log: this.log })
+      const keyPair = await loadIdentity(dataDir)
+      this.adverts = new AdvertBook({ catalog: this.catalog, images: this.images, keyPair, advertise: a => this.fleet.advertise(a) })
+      this.fleet = new FleetService({ dataDir, keyPair, catalog: this.catalog, store: this.store, images: this.images, adverts: this.adverts, log: this.log })
+      this.fetches = new FetchService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, fleet: this.fleet, adverts: this.adverts, log: this.log })
+      await this.fleet.start()
+      await this.fetches.start()
+      this.seeds = new SeedService({ catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, fleet: this.fleet, adverts: this.adverts, fetches: this.fetches, log: this.log })
       await this.seeds.start()
       this.rebuilds = new RebuildService({ catalog: this.catalog, builds: this.builds, jobs: this.jobs, log: this.log, checkSeconds: this.config.mirrorCheckSeconds })
       await this.rebuilds.start()
-      this.prestages = new PrestageService({ dataDir, catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, hasher: this.hasher, transfers: this.transfers, blockSize: this.config.blockSize, log: this.log })
+      this.prestages = new PrestageService({ dataDir, catalog: this.catalog, images: this.images, jobs: this.jobs, store: this.store, hasher: this.hasher, fleet: this.fleet, adverts: this.adverts, fetches: this.fetches, blockSize: this.config.blockSize, log: this.log })
       await this.prestages.start()
       this.#addGauges()
       const group = this.config.socketGroup === null ? null : await groupId(this.config.socketGroup)
@@ -169,7 +179,7 @@ export class Daemon {
     this.builds?.sources.stop()
     this.rebuilds?.stop()
     await this.seeds?.stop()
-    await this.transfers?.stop()
+    await this.fleet?.stop()
     await this.hasher?.close()
     await this.store?.close()
     await this.catalog?.close()
@@ -178,7 +188,7 @@ export class Daemon {
   #addGauges (): void {
     this.metrics.addGauges(async () => {
       const usage = await this.store.usage()
-      const peers = this.transfers.peerList()
+      const peers = this.fleet.peers()
       return [
         { name: 'osfarm_images', help: 'Images in the catalog', samples: [{ labels: {}, value: (await this.catalog.listImages()).length }] },
         { name: 'osfarm_jobs_running', help: 'Jobs running now', samples: [{ labels: {}, value: this.jobs.runningCount }] },

@@ -4,8 +4,8 @@
 import t from 'tap'
 import { HASH_BYTES } from '../daemon/blocks/hash.js'
 import type { Manifest } from '../daemon/blocks/manifest.js'
-import { chooseParent, planFetch } from '../daemon/transfer/fetch-planner.js'
-import type { Location } from '../daemon/transfer/local-blocks.js'
+import { chooseParent, planFetch } from '../daemon/fetch/fetch-planner.js'
+import type { Location } from '../daemon/blocks/local-blocks.js'
 
 const BS = 4096
 

@@ -8,7 +8,7 @@ import path from 'node:path'
 import crypto from 'node:crypto'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
 import { blockHash } from '../daemon/blocks/manifest.js'
-import { LocalBlocks } from '../daemon/transfer/local-blocks.js'
+import { LocalBlocks } from '../daemon/blocks/local-blocks.js'
 
 const BS = 4096
 

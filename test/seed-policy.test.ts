@@ -2,7 +2,7 @@
 
 import t from 'tap'
 import { newPolicy, strictestUploadPolicy, uploadPolicy } from '../daemon/seed/seed-policy.js'
-import { RateLimiter } from '../daemon/swarm/rate-limiter.js'
+import { RateLimiter } from '../daemon/fleet/rate-limiter.js'
 
 const policy = (match: string, uploadLimit: number) => newPolicy({ match, uploadLimit }, 'host')
 

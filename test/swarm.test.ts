@@ -1,12 +1,12 @@
 import t from 'tap'
 import createTestnet from 'hyperdht/testnet.js'
 import DHT from 'hyperdht'
-import { FleetSwarm, type BlockSource } from '../daemon/swarm/fleet-swarm.js'
-import { fleetTopic, newFleetConfig, rootTopic, type FleetConfig } from '../daemon/swarm/fleet-config.js'
+import { FleetSwarm, type BlockSource } from '../daemon/fleet/fleet-swarm.js'
+import { fleetTopic, newFleetConfig, rootTopic, type FleetConfig } from '../daemon/fleet/fleet-config.js'
 import { advertSigningBytes, type Advert } from '../protocol/wire.js'
-import { sign } from '../daemon/swarm/identity.js'
+import { sign } from '../daemon/fleet/identity.js'
 import { hash } from '../daemon/blocks/hash.js'
-import type { PeerSession } from '../daemon/swarm/peer-session.js'
+import type { PeerSession } from '../daemon/fleet/peer-session.js'
 import { signedAdvert } from './helpers/adverts.js'
 
 const source: BlockSource = {

@@ -5,12 +5,12 @@ import {
   advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, Codec, decodeMessage, encodeFrame, FrameDecoder, MAX_FRAME_BYTES,
   supersedes, TYPES, WIRE_VERSION, type Advert
 } from '../protocol/wire.js'
-import { PeerSession, type SessionHost, type Stream } from '../daemon/swarm/peer-session.js'
-import { RateLimiter } from '../daemon/swarm/rate-limiter.js'
+import { PeerSession, type SessionHost, type Stream } from '../daemon/fleet/peer-session.js'
+import { RateLimiter } from '../daemon/fleet/rate-limiter.js'
 import { hash } from '../daemon/blocks/hash.js'
 import { createManifest } from '../daemon/blocks/manifest.js'
 import { applyManifestDelta, encodeManifestDelta } from '../daemon/blocks/manifest-delta.js'
-import { sign, verify } from '../daemon/swarm/identity.js'
+import { sign, verify } from '../daemon/fleet/identity.js'
 import DHT from 'hyperdht'
 import { signedAdvert } from './helpers/adverts.js'
 

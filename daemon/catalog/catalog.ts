@@ -8,7 +8,7 @@
 // Manifests are blobs (16 MiB for a 2 GiB image at 4 KiB blocks): they live as files,
 // `manifests/<root>`, written and synced before the record that names them; an image and its
 // name land in one atomic batch. The block locator (which volume holds a hash) is built in
-// memory from the manifests (daemon/transfer/local-blocks.ts).
+// memory from the manifests (daemon/blocks/local-blocks.ts).
 
 import fs from 'node:fs/promises'
 import path from 'node:path'

@@ -2,7 +2,7 @@
 // console shows which hosts hold an image and offers to fetch the others.
 
 import type { FleetImage } from '../../protocol/rpc.js'
-import type { FleetSwarm } from '../swarm/fleet-swarm.js'
+import type { FleetSwarm } from '../fleet/fleet-swarm.js'
 
 export function fleetImages (swarm: FleetSwarm | undefined): FleetImage[] {
   if (!swarm) return []

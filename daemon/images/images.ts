@@ -61,7 +61,7 @@ export class ImageService {
   readonly #scratchDir: string
   // Names claimed by imports still running, so two cannot race for one name.
   readonly #claimed = new Set<string>()
-  // Told of every registered, removed and relabelled image (transfers serve and advertise them).
+  // Told of every registered, removed and relabelled image (the fleet serves and advertises them).
   readonly #listeners: ImageListener[] = []
 
   subscribe (listener: ImageListener): void {

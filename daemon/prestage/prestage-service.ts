@@ -22,10 +22,12 @@ import type { Catalog } from '../catalog/catalog.js'
 import type { ImageService } from '../images/images.js'
 import type { JobContext, JobManager } from '../jobs/jobs.js'
 import type { LayerStore } from '../store/layer-store.js'
-import type { FleetSwarm } from '../swarm/fleet-swarm.js'
-import type { PeerSession } from '../swarm/peer-session.js'
-import { parseKey } from '../swarm/fleet-config.js'
-import type { TransferService } from '../transfer/transfer-service.js'
+import type { FleetSwarm } from '../fleet/fleet-swarm.js'
+import type { PeerSession } from '../fleet/peer-session.js'
+import { parseKey } from '../fleet/fleet-config.js'
+import type { FleetService } from '../fleet/fleet-service.js'
+import type { AdvertBook } from '../adverts/advert-book.js'
+import type { FetchService } from '../fetch/fetch-service.js'
 import type { Logger } from '../log.js'
 import { PRESTAGE_LABEL } from '../seed/seed-service.js'
 import { capturePoint, indexPoint, openDisk, sweepPoints, type Disk } from './point.js'
@@ -43,7 +45,9 @@ export interface PrestageDeps {
   jobs: JobManager
   store: LayerStore
   hasher: BlockHasher
-  transfers: TransferService
+  fleet: FleetService
+  adverts: AdvertBook
+  fetches: FetchService
   blockSize: number
   log: Logger
 }
@@ -112,7 +116,7 @@ export class PrestageService {
     const named = new Set([...this.#records.values()].flatMap(r => r.points.map(p => p.volume)))
     const swept = unreadable ? [] : await sweepPoints(this.#d.store, VOLUME_PREFIX, named)
     if (swept.length) this.#d.log.warn('removed pre-stage points a crash left unrecorded', { volumes: swept.join(',') })
-    this.#d.transfers.onSwarm(swarm => this.#attach(swarm))
+    this.#d.fleet.onSwarm(swarm => this.#attach(swarm))
   }
 
   #attach (swarm: FleetSwarm): void {
@@ -131,7 +135,7 @@ export class PrestageService {
   async begin (params: PrestageStartParams): Promise<JobInfo> {
     const swarm = this.#requireSwarm()
     const peer = parseKey(params.to).toString('hex')
-    if (peer === this.#d.transfers.publicKey) throw BAD_PARAMS('the target is this host')
+    if (peer === this.#d.fleet.publicKey) throw BAD_PARAMS('the target is this host')
     if (!swarm.isAllowed(Buffer.from(peer, 'hex'))) throw BAD_PARAMS(`host ${peer.slice(0, 16)} is not on this fleet's allow-list`)
     const rec: Record = {
       id: randomBytes(6).toString('hex'),
@@ -259,7 +263,7 @@ export class PrestageService {
   }
 
   #advert (rec: Record, p: PrestagePoint) {
-    return this.#d.transfers.signAdvert({ root: Buffer.from(p.root, 'hex'), name: `prestage/${rec.id}/${p.seq}`, size: rec.size, blockSize: this.#d.blockSize, labels: [`${PRESTAGE_LABEL}=${rec.id}`] })
+    return this.#d.adverts.sign({ root: Buffer.from(p.root, 'hex'), name: `prestage/${rec.id}/${p.seq}`, size: rec.size, blockSize: this.#d.blockSize, labels: [`${PRESTAGE_LABEL}=${rec.id}`] })
   }
 
   #offer (rec: Record, p: PrestagePoint, prev: PrestagePoint | undefined): boolean {
@@ -345,11 +349,11 @@ export class PrestageService {
     // A disk that did not change between two points gives the same root twice: keep offering it.
     if (!rec.points.some(o => o !== p && o.root === p.root)) this.#swarm?.withdrawFrom(rec.peer, Buffer.from(p.root, 'hex'))
     if (p.capture !== 'image' && rec.role === 'source') {
-      this.#d.transfers.local.removeVolume(p.volume)
+      this.#d.fleet.local.removeVolume(p.volume)
       await this.#d.store.remove(p.volume).catch(() => {})
     }
     if (rec.role === 'target' && !(await this.#isImageVolume(p.volume))) {
-      this.#d.transfers.local.removeVolume(p.volume)
+      this.#d.fleet.local.removeVolume(p.volume)
       await this.#d.store.remove(p.volume).catch(() => {})
     }
     await fs.rm(this.#manifestPath(rec.id, p.seq), { force: true })
@@ -412,7 +416,7 @@ export class PrestageService {
         if (image) {
           rec.base = { name: image.name, root: image.root, volume: image.volume }
         } else if (this.#swarm?.holders(imageRoot).length) {
-          const got = await this.#watchFetch(rec, seq, 'base image', await this.#d.transfers.fetch(imageRoot, { peerWaitMs: PEER_WAIT_MS })).catch(err => {
+          const got = await this.#watchFetch(rec, seq, 'base image', await this.#d.fetches.fetch(imageRoot, { peerWaitMs: PEER_WAIT_MS })).catch(err => {
             this.#d.log.warn('prestage base image fetch failed; the source sends its blocks', { id: rec.id, error: (err as Error).message })
             return undefined
           })
@@ -426,8 +430,8 @@ export class PrestageService {
         volume = image.volume
       } else {
         // A fetch of it resumed after a restart is watched, not started again.
-        const running = this.#d.transfers.fetchJobOf(root)
-        const job = running ? this.#d.jobs.get(running) : await this.#d.transfers.fetch(root, {
+        const running = this.#d.fetches.fetchJobOf(root)
+        const job = running ? this.#d.jobs.get(running) : await this.#d.fetches.fetch(root, {
           register: false,
           verify: 'written',
           name: `prestage-${rec.id}-${seq}`,
@@ -440,7 +444,7 @@ export class PrestageService {
         volume = r.volume!
         stats = r.stats
       }
-      const manifest = this.#d.transfers.local.manifest(Buffer.from(root, 'hex')) ?? await this.#d.catalog.manifest(root)
+      const manifest = this.#d.fleet.local.manifest(Buffer.from(root, 'hex')) ?? await this.#d.catalog.manifest(root)
       if (!manifest) throw new OsfarmError('INTERNAL', `the manifest of ${root.slice(0, 16)} is gone`)
       await this.#writeManifest(rec.id, seq, manifest)
       const point: PrestagePoint = { seq, root, volume, createdAt: new Date().toISOString(), capture: image ? 'image' : 'copy', index: 'manifest', hashedBlocks: 0, changedBlocks: stats?.received ?? 0, indexMs: 0 }
@@ -464,7 +468,7 @@ export class PrestageService {
   }
 
   #manifestBase (roots: Array<string | undefined>): { manifestBase?: string } {
-    const root = roots.find(r => r && this.#d.transfers.local.manifest(Buffer.from(r, 'hex')))
+    const root = roots.find(r => r && this.#d.fleet.local.manifest(Buffer.from(r, 'hex')))
     return root ? { manifestBase: root } : {}
   }
 
@@ -496,8 +500,8 @@ export class PrestageService {
     await this.#save(rec)
     if (root) {
       // The cancelled fetch's partial volume goes once its job has wound down.
-      for (let i = 0; i < 50 && this.#d.transfers.fetchJobOf(root); i++) await new Promise(resolve => setTimeout(resolve, 100))
-      await this.#d.transfers.discardFetch(root).catch(() => {})
+      for (let i = 0; i < 50 && this.#d.fetches.fetchJobOf(root); i++) await new Promise(resolve => setTimeout(resolve, 100))
+      await this.#d.fetches.discardFetch(root).catch(() => {})
     }
     if (tell) this.#report(rec, 0, 'cancelled', why)
   }
@@ -551,7 +555,7 @@ export class PrestageService {
   async #serve (rec: Record, p: PrestagePoint, manifest?: Manifest): Promise<void> {
     const vol = await this.#d.store.stat(p.volume)
     const m = manifest ?? await this.#manifest(rec, p.seq)
-    if (vol && m) this.#d.transfers.local.addVolume(p.volume, vol.path, m)
+    if (vol && m) this.#d.fleet.local.addVolume(p.volume, vol.path, m)
   }
 
   async #isImageVolume (volume: string): Promise<boolean> {
@@ -565,7 +569,7 @@ export class PrestageService {
   }
 
   #requireSwarm (): FleetSwarm {
-    const s = this.#d.transfers.swarm
+    const s = this.#d.fleet.swarm
     if (!s) throw FLEET_NOT_CONFIGURED()
     return s
   }

@@ -77,7 +77,7 @@ export function methodTable (d: Daemon): MethodTable {
     'image.label': {
       params: { ...id, set: { type: 'string', optional: true }, remove: { type: 'string', optional: true } },
       write: true,
-      handler: p => d.transfers.relabel(p.id, { set: splitLabels(p.set ?? ''), remove: splitLabels(p.remove ?? '') })
+      handler: p => d.adverts.relabel(p.id, { set: splitLabels(p.set ?? ''), remove: splitLabels(p.remove ?? '') })
     },
     'image.verify': { params: id, write: false, handler: p => d.images.verify(p.id) },
     'job.get': { params: id, write: false, handler: p => d.jobs.get(p.id) },
@@ -94,18 +94,18 @@ export function methodTable (d: Daemon): MethodTable {
     'image.fetch': {
       params: { ref: { type: 'string' }, from: { type: 'string', optional: true }, name: { type: 'string', optional: true }, wait: { type: 'number', optional: true }, limit: { type: 'number', optional: true } },
       write: true,
-      handler: p => d.transfers.fetch(p.ref, { from: p.from, name: p.name, peerWaitMs: p.wait, limit: p.limit })
+      handler: p => d.fetches.fetch(p.ref, { from: p.from, name: p.name, peerWaitMs: p.wait, limit: p.limit })
     },
     'fleet.init': {
       params: { secret: { type: 'string', optional: true }, bootstrap: { type: 'string', optional: true }, peers: { type: 'string', optional: true }, dhtHost: { type: 'string', optional: true }, dhtPort: { type: 'number', optional: true }, uploadLimit: { type: 'number', optional: true }, peerUploadLimit: { type: 'number', optional: true } },
       write: true,
       admin: () => 'the fleet (its secret, bootstrap nodes and allow-list) is the host\'s trust: root only',
-      handler: p => d.transfers.fleetInit(p)
+      handler: p => d.fleet.init({ ...p, bootstrap: commaList(p.bootstrap), peers: commaList(p.peers) })
     },
-    'fleet.show': { params: {}, write: false, handler: () => d.transfers.fleetShow() },
-    'fleet.allow': { params: { key: { type: 'string' } }, write: true, admin: () => 'the fleet\'s allow-list is the host\'s trust: root only', handler: p => d.transfers.fleetAllow(p.key, true) },
-    'fleet.deny': { params: { key: { type: 'string' } }, write: true, admin: () => 'the fleet\'s allow-list is the host\'s trust: root only', handler: p => d.transfers.fleetAllow(p.key, false) },
-    'peer.list': { params: {}, write: false, handler: () => d.transfers.peerList() },
+    'fleet.show': { params: {}, write: false, handler: () => d.fleet.show() },
+    'fleet.allow': { params: { key: { type: 'string' } }, write: true, admin: () => 'the fleet\'s allow-list is the host\'s trust: root only', handler: p => d.fleet.allow(p.key, true) },
+    'fleet.deny': { params: { key: { type: 'string' } }, write: true, admin: () => 'the fleet\'s allow-list is the host\'s trust: root only', handler: p => d.fleet.allow(p.key, false) },
+    'peer.list': { params: {}, write: false, handler: () => d.fleet.peers() },
     'package.search': {
       params: { query: { type: 'string' }, suite: { type: 'string' }, uri: { type: 'string', optional: true }, component: { type: 'string', optional: true }, arch: { type: 'string', optional: true }, limit: { type: 'number', optional: true } },
       write: false,
@@ -118,7 +118,7 @@ export function methodTable (d: Daemon): MethodTable {
       write: true,
       handler: (p, ctx) => checkSpec(d.builds, d.store, p, ctx.rights)
     },
-    'fleet.images': { params: {}, write: false, handler: () => fleetImages(d.transfers.swarm) },
+    'fleet.images': { params: {}, write: false, handler: () => fleetImages(d.fleet.swarm) },
     // Plans the spec (hashing its sources, checking its repositories): as guarded as image.build.
     'image.check': {
       params: { spec: { type: 'string', optional: true }, path: { type: 'string', optional: true }, format: { type: ['xml', 'json'], optional: true }, baseDir: { type: 'string', optional: true }, name: { type: 'string', optional: true }, labels: { type: 'string', optional: true }, sources: { type: 'object', optional: true }, snapshot: { type: 'string', optional: true } },
@@ -156,4 +156,9 @@ export function methodTable (d: Daemon): MethodTable {
     'prestage.get': { params: id, write: false, handler: p => d.prestages.get(p.id) },
     'prestage.cancel': { params: id, write: true, handler: p => d.prestages.cancel(p.id) }
   }
+}
+
+// A comma-joined list (absent or empty: none given).
+function commaList (s: string | undefined): string[] | undefined {
+  return s ? s.split(',').map(x => x.trim()).filter(Boolean) : undefined
 }

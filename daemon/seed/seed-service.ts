@@ -4,19 +4,21 @@
 // receiver serves what it has to the others) and yield to users' jobs; images seeding brought
 // are released when no policy wants them any more or the seed cap is passed.
 
-import type { FleetSwarm } from '../swarm/fleet-swarm.js'
-import type { PeerSession } from '../swarm/peer-session.js'
+import type { FleetSwarm } from '../fleet/fleet-swarm.js'
+import type { PeerSession } from '../fleet/peer-session.js'
 import type { Catalog } from '../catalog/catalog.js'
 import type { ImageService } from '../images/images.js'
 import type { JobManager } from '../jobs/jobs.js'
 import type { LayerStore } from '../store/layer-store.js'
-import type { TransferService } from '../transfer/transfer-service.js'
+import type { FleetService } from '../fleet/fleet-service.js'
+import type { AdvertBook } from '../adverts/advert-book.js'
+import type { FetchService } from '../fetch/fetch-service.js'
 import type { Logger } from '../log.js'
 import type { FetchResult, ImageInfo, JobInfo, SeedHolder, SeedImageStatus, SeedLocalState, SeedPolicy, SeedPolicyParams, SeedStatus } from '../../protocol/rpc.js'
 import { BAD_PARAMS, NOT_FOUND } from '../../protocol/errors.js'
 import { seedDefaultsSigningBytes, type SeedDefaults } from '../../protocol/wire.js'
-import { sign, verify } from '../swarm/identity.js'
-import { RateLimiter } from '../swarm/rate-limiter.js'
+import { sign, verify } from '../fleet/identity.js'
+import { RateLimiter } from '../fleet/rate-limiter.js'
 import { checkPolicy, chooseWanted, MAX_POLICIES, newPolicy, strictestUploadPolicy, uploadPolicy, type Offer, type Want } from './seed-policy.js'
 
 // Seed fetches at once; a failed one is tried again after RETRY_MS.
@@ -33,7 +35,9 @@ export interface SeedDeps {
   images: ImageService
   jobs: JobManager
   store: LayerStore
-  transfers: TransferService
+  fleet: FleetService
+  adverts: AdvertBook
+  fetches: FetchService
   log: Logger
 }
 
@@ -90,7 +94,8 @@ export class SeedService {
     }
     this.#d.images.subscribe({ registered: () => this.schedule(), removed: () => this.schedule(), relabelled: () => this.schedule() })
     this.#d.jobs.onActivity((job, event) => this.#onJob(job, event))
-    this.#d.transfers.onSwarm(swarm => this.#attach(swarm))
+    this.#d.fleet.setBackgroundLimits(rootHex => this.#uploadLimiter(rootHex))
+    this.#d.fleet.onSwarm(swarm => this.#attach(swarm))
     this.#sweeper = setInterval(() => this.schedule(), SWEEP_MS)
     this.#sweeper.unref()
     this.schedule()
@@ -166,12 +171,12 @@ export class SeedService {
   }
 
   async #publish (policies: SeedPolicy[]): Promise<void> {
-    const kp = this.#d.transfers.keyPair
+    const kp = this.#d.fleet.keyPair
     const body = { version: Math.max(Date.now(), (this.#defaults?.version ?? 0) + 1), policies: JSON.stringify(policies), author: kp.publicKey }
     const d: Defaults = { version: body.version, policies: body.policies, author: kp.publicKey.toString('hex'), signature: sign(seedDefaultsSigningBytes(body), kp).toString('hex') }
     this.#setDefaults(d)
     await this.#db.put('defaults', d)
-    for (const s of this.#d.transfers.swarm?.sessions.values() ?? []) this.#sendDefaults(s)
+    for (const s of this.#d.fleet.sessions()) this.#sendDefaults(s)
   }
 
   #sendDefaults (session: PeerSession): void {
@@ -208,7 +213,6 @@ export class SeedService {
     swarm.on('peer', (s: PeerSession) => { this.#sendDefaults(s); kick() })
     swarm.on('SeedDefaults', (s: PeerSession, body: SeedDefaults) => this.#onDefaults(swarm, s, body))
     this.#syncUploads(this.policies())
-    swarm.backgroundLimits = rootHex => this.#uploadLimiter(rootHex)
     kick()
   }
 
@@ -288,7 +292,7 @@ export class SeedService {
       offers.set(root, { root, name, size, labels, created: created || this.#firstSeen.get(root)! })
     }
     for (const image of images) {
-      const a = await this.#d.transfers.advertOf(image.root)
+      const a = await this.#d.adverts.get(image.root)
       add(image.root, a?.name ?? image.name, image.size, a?.labels ?? image.labels ?? [], a?.created ?? Date.parse(image.createdAt))
     }
     for (const { advert: a } of swarm.peerAdverts()) add(a.root.toString('hex'), a.name, a.size, a.labels ?? [], a.created)
@@ -296,7 +300,7 @@ export class SeedService {
   }
 
   async #reconcile (): Promise<void> {
-    const swarm = this.#d.transfers.swarm
+    const swarm = this.#d.fleet.swarm
     if (!swarm || this.#stopped) return
     const policies = this.policies()
     this.#syncUploads(policies)
@@ -322,9 +326,9 @@ export class SeedService {
     }
     for (const root of this.#paused) if (!wanted.has(root)) { this.#paused.delete(root); this.#discard.add(root) }
     for (const root of [...this.#discard]) {
-      if (this.#running.has(root) || this.#d.transfers.fetchJobOf(root)) continue
+      if (this.#running.has(root) || this.#d.fetches.fetchJobOf(root)) continue
       this.#discard.delete(root)
-      if (!wanted.has(root)) await this.#d.transfers.discardFetch(root).catch(() => {})
+      if (!wanted.has(root)) await this.#d.fetches.discardFetch(root).catch(() => {})
     }
 
     // Over the cap: the lowest priority, oldest images go first, and are not fetched again
@@ -351,12 +355,12 @@ export class SeedService {
       if (this.#overCap.has(root)) { this.#waiting.set(root, 'over the seed cap'); continue }
       const failed = this.#failed.get(root)
       if (failed && Date.now() - failed.at < RETRY_MS) { this.#waiting.set(root, `retrying after: ${failed.error}`); continue }
-      if (this.#d.transfers.fetchJobOf(root)) { this.#waiting.set(root, 'a user fetch of it runs'); continue }
+      if (this.#d.fetches.fetchJobOf(root)) { this.#waiting.set(root, 'a user fetch of it runs'); continue }
       if (this.#running.size >= CONCURRENCY) { this.#waiting.set(root, 'queued'); continue }
       if (this.#cap !== null && heldBytes >= this.#cap) { this.#waiting.set(root, 'the seed cap is reached'); continue }
       const usage = await this.#d.store.usage()
       if (usage.bytesFree < w.offer.size) { this.#waiting.set(root, 'the store has too little free space'); continue }
-      const job = await this.#d.transfers.fetch(root, { priority: 'background', name: w.offer.name, peerWaitMs: PEER_WAIT_MS, ...(w.downloadLimit ? { limit: w.downloadLimit } : {}) })
+      const job = await this.#d.fetches.fetch(root, { priority: 'background', name: w.offer.name, peerWaitMs: PEER_WAIT_MS, ...(w.downloadLimit ? { limit: w.downloadLimit } : {}) })
       this.#running.set(root, job.id)
       this.#paused.delete(root)
       this.#d.log.info('seeding', { name: w.offer.name, root: root.slice(0, 16), job: job.id, policy: w.policies[0]!.id })
@@ -382,12 +386,12 @@ export class SeedService {
   // ---- status ----
 
   async status (): Promise<SeedStatus> {
-    const swarm = this.#d.transfers.swarm
+    const swarm = this.#d.fleet.swarm
     const images = await this.#d.images.list()
     const byRoot = new Map(images.map(i => [i.root, i]))
     const offers = swarm ? await this.#offers(swarm, images) : new Map<string, Offer>()
     const roots = new Set([...this.#wanted.keys(), ...this.#held.keys(), ...this.#running.keys(), ...this.#paused])
-    const sessions = swarm ? [...swarm.sessions.values()].filter(s => s.remoteHello && !s.closed) : []
+    const sessions = this.#d.fleet.sessions().filter(s => s.remoteHello && !s.closed)
     const out: SeedImageStatus[] = []
     for (const root of roots) {
       const offer = offers.get(root) ?? this.#wanted.get(root)?.offer

@@ -6,9 +6,9 @@
 
 import DHT from 'hyperdht'
 import { BlockHasher } from '../../daemon/blocks/block-hasher.js'
-import { LocalBlocks } from '../../daemon/transfer/local-blocks.js'
-import { FleetSwarm } from '../../daemon/swarm/fleet-swarm.js'
-import { sign } from '../../daemon/swarm/identity.js'
+import { LocalBlocks } from '../../daemon/blocks/local-blocks.js'
+import { FleetSwarm } from '../../daemon/fleet/fleet-swarm.js'
+import { sign } from '../../daemon/fleet/identity.js'
 import { advertSigningBytes } from '../../protocol/wire.js'
 
 const cfg = JSON.parse(process.env.BAD_PEER ?? '{}') as { image: string, name: string, secret: string, bootstrap: string[], allow: string[] }

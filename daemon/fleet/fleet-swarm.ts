@@ -48,6 +48,8 @@ export interface FleetSwarmOptions {
   hostName?: string
   codecs?: CodecId[]
   log?: (msg: string, fields?: Record<string, unknown>) => void
+  // The upload limit for background (seeding) requests for an image (none named: the strictest).
+  backgroundLimits?: (rootHex?: string) => RateLimiter | undefined
 }
 
 export class FleetSwarm extends EventEmitter implements SessionHost {
@@ -55,8 +57,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   readonly hostName: string
   readonly codecs: CodecId[]
   readonly uploadLimiter: RateLimiter
-  // Set by the seed service: the upload limit for background (seeding) requests for an image.
-  backgroundLimits: ((rootHex?: string) => RateLimiter | undefined) | undefined
+  readonly backgroundLimits: ((rootHex?: string) => RateLimiter | undefined) | undefined
   readonly sessions = new Map<string, PeerSession>()
   config: FleetConfig
   #swarm: Hyperswarm
@@ -82,6 +83,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     this.hostName = options.hostName ?? os.hostname()
     this.codecs = options.codecs ?? [Codec.RAW, Codec.ZSTD]
     this.uploadLimiter = new RateLimiter(options.config.uploadLimit ?? 0)
+    this.backgroundLimits = options.backgroundLimits
     this.#source = options.source
     this.#log = options.log ?? (() => {})
     this.#allow = new Set(options.config.allow)

@@ -4,7 +4,7 @@
 import { HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, sameSlot, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { HashIndex } from '../blocks/hash-index.js'
-import type { Location } from './local-blocks.js'
+import type { Location } from '../blocks/local-blocks.js'
 
 export interface Candidate {
   volume: string
