@@ -30,6 +30,7 @@ import { AdvertBook } from './adverts/advert-book.js'
 import { SeedService } from './seed/seed-service.js'
 import { PrestageService } from './prestage/prestage-service.js'
 import type { Logger } from './log.js'
+import type { Services } from './services.js'
 import { Metrics, serveMetrics } from './metrics.js'
 import { sdNotify } from './notify.js'
 import { adminSocketPath } from '../protocol/rpc.js'
@@ -41,7 +42,7 @@ export const VERSION: string = createRequire(import.meta.url)('../../package.jso
 // mmdebstrap gets up to 30 s to unmount and clean up (the unit's TimeoutStopSec is longer).
 const STOP_JOBS_TIMEOUT_MS = 35_000
 
-export class Daemon {
+export class Daemon implements Services {
   readonly version = VERSION
   readonly config: Config
   readonly log: Logger
@@ -146,7 +147,7 @@ export class Daemon {
           maxConnections: this.config.maxConnections,
           idleMs: this.config.idleTimeoutSeconds * 1000,
           table,
-          daemon: this,
+          services: this,
           log: this.log,
           scratchDir: path.join(dataDir, 'http'),
           access: { token: this.config.http.token, socket, socketReadOnly: this.config.writeRequiresRoot }

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto'
 import type http from 'node:http'
 import { BAD_PARAMS, IMAGE_NOT_FOUND, JOB_CANCELLED, OsfarmError } from '../../protocol/errors.js'
 import type { ImageInfo } from '../../protocol/rpc.js'
-import type { Daemon } from '../daemon.js'
+import type { Services } from '../services.js'
 import { SECURITY_HEADERS } from './static-files.js'
 
 const STREAM_CHUNK = 1 << 20
@@ -17,10 +17,10 @@ const STREAM_CHUNK = 1 << 20
 export type DownloadFormat = 'raw' | 'qcow2'
 
 export class Downloads {
-  readonly #d: Daemon
+  readonly #d: Pick<Services, 'images' | 'store' | 'jobs'>
   readonly #scratch: string
 
-  constructor (daemon: Daemon, scratchDir: string) {
+  constructor (daemon: Pick<Services, 'images' | 'store' | 'jobs'>, scratchDir: string) {
     this.#d = daemon
     this.#scratch = scratchDir
   }

@@ -19,7 +19,7 @@ import { MAX_FRAME_BYTES } from '../../protocol/rpc.js'
 import { Dispatcher, frameTooLarge, type RpcResponse } from '../rpc/dispatcher.js'
 import { ByteBudget } from '../rpc/frame-budget.js'
 import type { CallContext, MethodTable } from '../rpc/methods.js'
-import type { Daemon } from '../daemon.js'
+import type { Services } from '../services.js'
 import type { Logger } from '../log.js'
 import { AccessControl, TOKEN_COOKIE, bearerToken, type Access, type AccessOptions } from './access.js'
 import { Downloads } from './download.js'
@@ -52,7 +52,7 @@ export interface HttpServerOptions {
   maxConnections?: number
   idleMs?: number
   table: MethodTable
-  daemon: Daemon
+  services: Pick<Services, 'images' | 'store' | 'jobs'>
   access: AccessOptions
   log: Logger
   webRoot?: string
@@ -77,7 +77,7 @@ export class HttpServer {
     this.#access = new AccessControl(opts.access)
     this.#rpcDispatcher = new Dispatcher({ table: opts.table, log: opts.log, readOnlyHint: 'use a token or run the browser as root' })
     this.#static = new StaticFiles(opts.webRoot ?? DEFAULT_WEB_ROOT)
-    this.#downloads = new Downloads(opts.daemon, opts.scratchDir)
+    this.#downloads = new Downloads(opts.services, opts.scratchDir)
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch(err => {
         // A request malformed in a way only found while reading it (a bad %-escape, cookie).

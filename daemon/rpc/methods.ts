@@ -4,7 +4,7 @@
 import type { MethodName, Params, Result, Rights } from '../../protocol/rpc.js'
 import { API_VERSION } from '../../protocol/rpc.js'
 import type { ParamSpec } from './params.js'
-import type { Daemon } from '../daemon.js'
+import type { Services } from '../services.js'
 import type { JobEvent } from '../jobs/jobs.js'
 import { checkSpec } from '../console/spec-check.js'
 import { fleetImages } from '../console/fleet-images.js'
@@ -31,7 +31,7 @@ export type MethodTable = { [M in MethodName]: MethodEntry<M> }
 
 const id = { id: { type: 'string' } } as const
 
-export function methodTable (d: Daemon): MethodTable {
+export function methodTable (d: Services): MethodTable {
   return {
     'daemon.status': { params: {}, write: false, handler: () => d.status() },
     'daemon.version': { params: {}, write: false, handler: (_, ctx) => ({ version: d.version, apiVersion: API_VERSION, rights: ctx.rights }) },
