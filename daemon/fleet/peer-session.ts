@@ -11,7 +11,7 @@ import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js
 import { RateLimiter } from './rate-limiter.js'
 import { blockPool } from '../blocks/block-pool.js'
 import type { BlockTarget, ReadRun } from '../blocks/block-worker.js'
-import { cpuIdleShare } from '../blocks/cpu-idle.js'
+import { packBlocks } from './block-packer.js'
 import type { DeltaVersion } from '../blocks/manifest-delta.js'
 
 const HELLO_TIMEOUT_MS = 15_000
@@ -21,19 +21,9 @@ const MAX_QUEUED_REQUESTS = 512
 const SERVE_CONCURRENCY = 4
 // A manifest's first chunk, from a peer that takes ranges (see getManifest).
 const MANIFEST_FIRST_CHUNK = 256 << 10
-// Compress a response only when it saves at least this fraction.
-const MIN_SAVING = 0.05
-// zstd level: fast (1) while the link keeps up. While responses wait for the link (or an
-// upload limit) at least LINK_WAIT_MS each, the link is the limit, so packing time is free and
-// bytes are not, as far as cores are idle: level 7 with half of them idle, 3 with a tenth, else
-// 1 (bench:seed, 6 receivers on 2 cores: 19.7 s at level 3, 18.3 s at level 1; 3 peers serving
-// one host on 2 cores were slower with levels above 3). A shorter wait is only the frame being
-// handed to the transport. On the absent blocks of bench:transfer's image, per core here:
-// level 1 2.89× at 564 MB/s, 3 3.23× at 406, 5 3.33× at 205, 7 3.42× at 140, 9 3.43× at 107.
+// Responses that waited for the link (or an upload limit) this long are link-bound: packing
+// harder then costs nothing the link would not (block-packer.ts).
 const LINK_WAIT_MS = 3
-function linkBoundLevel (idle: number): number {
-  return idle >= 0.5 ? 7 : idle >= 0.1 ? 3 : 1
-}
 // Rate estimate: exponentially weighted over about this many milliseconds.
 const RATE_WINDOW_MS = 2000
 
@@ -473,7 +463,7 @@ export class PeerSession extends EventEmitter {
   // `background`: a seeding request (null when it did not name its image), served under the
   // upload limit of the seed policy that wants that image.
   async #serve (id: number, hashes: Buffer, background?: Buffer | null): Promise<void> {
-    const { sizes, raw, data, codec } = await this.#packBlocks(hashes)
+    const { sizes, raw, data, codec } = await packBlocks(this.#host, hashes, this.codec === Codec.ZSTD, this.#linkBound)
     if (this.closed) return
     const wire = data.length + 16 + sizes.length * 3
     const waitFrom = performance.now()
@@ -485,26 +475,5 @@ export class PeerSession extends EventEmitter {
     this.stats.rawOut += raw
     this.stats.blocksOut += sizes.length
     this.#send('BlockResponse', { id, codec, sizes, data })
-  }
-
-  // The blocks asked for, packed (zstd where negotiated and it pays): read and packed on a
-  // block-pool worker when the host says where they are in files, else packed from what the
-  // host reads (a file that could not be read: its blocks are reported missing).
-  async #packBlocks (hashes: Buffer): Promise<{ sizes: number[], raw: number, data: Buffer, codec: CodecId }> {
-    const level = this.codec !== Codec.ZSTD ? 0 : this.#linkBound ? linkBoundLevel(cpuIdleShare()) : 1
-    const places = this.#host.locateBlocks?.(hashes)
-    if (places) {
-      const raw = places.sizes.reduce((sum, n) => sum + n, 0)
-      const packed = await blockPool().packFrom(places.reads, level, MIN_SAVING).catch(err => {
-        if ((err as OsfarmError).code === 'IO_ERROR') return undefined
-        throw err
-      })
-      if (packed) return { sizes: places.sizes, raw, data: packed.data, codec: packed.compressed ? Codec.ZSTD : Codec.RAW }
-    }
-    const batch = await this.#host.readBlocks(hashes)
-    const raw = batch.data.length
-    if (!level || !raw) return { sizes: batch.sizes, raw, data: batch.data, codec: Codec.RAW }
-    const packed = await blockPool().pack(batch.data, level, MIN_SAVING, batch.owned)
-    return { sizes: batch.sizes, raw, data: packed.data, codec: packed.compressed ? Codec.ZSTD : Codec.RAW }
   }
 }
