@@ -220,6 +220,22 @@ t.test('a script that leaves a background child ends at once; the child is kille
   await untouched(t)
 })
 
+t.test('a script shares neither the host\'s SysV IPC, nor its hostname, nor raw sockets on its network', async t => {
+  const shm = (await execa('ipcmk', ['-M', '4096'])).stdout.match(/(\d+)\s*$/)![1]!
+  t.match(await fs.readFile('/proc/sysvipc/shm', 'utf8'), new RegExp(`^\\s*-?\\d+\\s+${shm}\\s`, 'm'), 'the host lists its segment')
+  t.teardown(() => execa('ipcrm', ['-m', shm], { reject: false }))
+  const hostname = (await fs.readFile('/proc/sys/kernel/hostname', 'utf8')).trim()
+  const tarball = await rootfs('plain')
+  const r = await builder.build(await spec(tarball, {
+    scripts: ['cat /proc/sysvipc/shm > /root/ipc\nif busybox hostname osfarm-was-here 2>/dev/null; then echo 0; else echo 1; fi > /root/hostname-rc\nif busybox ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1; then echo 0; else echo 1; fi > /root/ping-rc']
+  }))
+  t.notMatch(await read(r, '/root/ipc'), new RegExp(`^\\s*-?\\d+\\s+${shm}\\s`, 'm'), 'the script does not see it')
+  t.not((await read(r, '/root/hostname-rc'))?.trim(), '0', 'hostname cannot be set')
+  t.equal((await fs.readFile('/proc/sys/kernel/hostname', 'utf8')).trim(), hostname, 'the host\'s hostname is unchanged')
+  t.not((await read(r, '/root/ping-rc'))?.trim(), '0', 'no raw socket (ping fails)')
+  await untouched(t)
+})
+
 t.test('a script over its time limit fails with a clear code and leaves nothing', async t => {
   const limited = new Builder({ store, workDir, limits: { timeoutMs: 2000 } })
   const tarball = await rootfs('plain')

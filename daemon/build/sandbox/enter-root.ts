@@ -25,8 +25,9 @@ export const SETUP_FAILED_EXIT = 125
 // Capabilities the command never gets (dropped from the bounding set before exec): loading
 // modules, raw I/O, mounting and namespaces' escape hatches (open_by_handle_at needs
 // DAC_READ_SEARCH, setns/ptrace of a host process SYS_PTRACE), device nodes, the clock,
-// the host's network configuration, reboot, audit and BPF.
-const DROPPED_CAPS = [2, 12, 16, 17, 19, 20, 21, 22, 25, 27, 30, 32, 33, 34, 35, 36, 38, 39, 40]
+// the host's network configuration and raw sockets (it shares the host's network: no capture
+// of the host's traffic), reboot, audit and BPF.
+const DROPPED_CAPS = [2, 12, 13, 16, 17, 19, 20, 21, 22, 25, 27, 30, 32, 33, 34, 35, 36, 38, 39, 40]
 
 // Device nodes bound from the host's /dev into a fresh tmpfs: no disk, no memory device.
 const DEVICES = ['null', 'zero', 'full', 'random', 'urandom', 'tty']
@@ -56,7 +57,7 @@ while (@ARGV && $ARGV[0] ne '--') {
 shift @ARGV;
 fail('no command') unless @ARGV;
 
-sys('unshare', 0x20000 | 0x20000000);          # CLONE_NEWNS | CLONE_NEWPID
+sys('unshare', 0x20000 | 0x20000000 | 0x08000000 | 0x04000000);   # CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS: no host SysV IPC, no host hostname
 sys('mount', 0, '/', 0, $MS_REC | $MS_PRIVATE, 0);
 my $pid = fork() // fail("fork: $!");
 if ($pid) {
