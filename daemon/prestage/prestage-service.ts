@@ -10,14 +10,13 @@
 // Records live in <dataDir>/prestage/<id>.json, point manifests beside them. The source keeps
 // the newest point (and the one before it while a sync runs); so does the target.
 
-import fs from 'node:fs/promises'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { BAD_PARAMS, FLEET_NOT_CONFIGURED, JOB_CANCELLED, NO_PEERS, NOT_FOUND, OsfarmError } from '../../protocol/errors.js'
-import type { FetchResult, ImageInfo, JobInfo, PrestageInfo, PrestagePoint, PrestageStartParams, PrestageState, PrestageTargetReport, TransferStats } from '../../protocol/rpc.js'
+import type { FetchResult, ImageInfo, JobInfo, PrestageInfo, PrestagePoint, PrestageStartParams, PrestageTargetReport, TransferStats } from '../../protocol/rpc.js'
 import type { Stage, StageStatus } from '../../protocol/wire.js'
 import type { BlockHasher } from '../blocks/block-hasher.js'
-import { decodeManifest, encodeManifest, type Manifest } from '../blocks/manifest.js'
+import type { Manifest } from '../blocks/manifest.js'
 import type { Catalog } from '../catalog/catalog.js'
 import type { ImageService } from '../images/images.js'
 import type { JobContext, JobManager } from '../jobs/jobs.js'
@@ -26,6 +25,8 @@ import type { FleetSwarm } from '../fleet/fleet-swarm.js'
 import type { PeerSession } from '../fleet/peer-session.js'
 import { parseKey } from '../fleet/fleet-config.js'
 import type { FleetService } from '../fleet/fleet-service.js'
+import { PrestageBook, prestageInfo, type Record } from './prestage-book.js'
+import { REPORT_TIMEOUT_MS, TargetReports } from './target-reports.js'
 import type { AdvertBook } from '../adverts/advert-book.js'
 import type { FetchService } from '../fetch/fetch-service.js'
 import type { Logger } from '../log.js'
@@ -33,7 +34,6 @@ import { PRESTAGE_LABEL } from '../seed/seed-service.js'
 import { capturePoint, indexPoint, openDisk, sweepPoints, type Disk } from './point.js'
 
 // The source gives up on a target that reports nothing for this long.
-const REPORT_TIMEOUT_MS = 5 * 60_000
 const REPORT_EVERY_MS = 1000
 const PEER_WAIT_MS = 60_000
 const VOLUME_PREFIX = 'pre-'
@@ -52,38 +52,10 @@ export interface PrestageDeps {
   log: Logger
 }
 
-interface Record {
-  id: string
-  role: 'source' | 'target'
-  state: PrestageState
-  disk: string
-  // Source: what the disk is. An image point is the image's own volume, never removed here.
-  diskKind?: 'file' | 'device' | 'image'
-  diskPath?: string
-  image?: string
-  peer: string
-  peerHost: string
-  base: { name: string, root: string, volume: string } | null
-  size: number
-  points: PrestagePoint[]
-  target: PrestageTargetReport | null
-  // Target: the point being fetched.
-  pending?: { seq: number, root: string, base?: string, job?: string }
-  createdAt: string
-  error?: string
-}
-
-interface Waiter {
-  seq: number
-  resolve: (r: PrestageTargetReport) => void
-  reject: (err: Error) => void
-  onReport: (r: PrestageTargetReport) => void
-}
-
 export class PrestageService {
   readonly #d: PrestageDeps
-  readonly #records = new Map<string, Record>()
-  readonly #waiters = new Map<string, Waiter>()
+  readonly #book: PrestageBook
+  readonly #reports = new TargetReports()
   // Source: the job running a point for each id.
   readonly #jobs = new Map<string, string>()
   // Target: ids whose point is being received now.
@@ -92,28 +64,18 @@ export class PrestageService {
 
   constructor (deps: PrestageDeps) {
     this.#d = deps
+    this.#book = new PrestageBook(path.join(deps.dataDir, 'prestage'))
   }
 
-  get #dir (): string { return path.join(this.#d.dataDir, 'prestage') }
-
   async start (): Promise<void> {
-    await fs.mkdir(this.#dir, { recursive: true, mode: 0o700 })
-    let unreadable = false
-    for (const name of await fs.readdir(this.#dir)) {
-      if (!name.endsWith('.json')) continue
-      try {
-        const rec = JSON.parse(await fs.readFile(path.join(this.#dir, name), 'utf8')) as Record
-        this.#records.set(rec.id, rec)
-        // A point that was being taken when the daemon stopped is not there.
-        if (rec.role === 'source' && (rec.state === 'indexing' || rec.state === 'syncing')) rec.state = rec.points.length ? 'staging' : 'failed'
-        for (const p of rec.points) await this.#serve(rec, p).catch(() => {})
-      } catch (err) {
-        this.#d.log.warn('unreadable prestage record', { file: name, error: (err as Error).message })
-        unreadable = true
-      }
+    const { unreadable } = await this.#book.load(this.#d.log)
+    for (const rec of this.#book.all()) {
+      // A point that was being taken when the daemon stopped is not there.
+      if (rec.role === 'source' && (rec.state === 'indexing' || rec.state === 'syncing')) rec.state = rec.points.length ? 'staging' : 'failed'
+      for (const p of rec.points) await this.#serve(rec, p).catch(() => {})
     }
     // Not when a record could not be read: its points would look unnamed.
-    const named = new Set([...this.#records.values()].flatMap(r => r.points.map(p => p.volume)))
+    const named = new Set(this.#book.all().flatMap(r => r.points.map(p => p.volume)))
     const swept = unreadable ? [] : await sweepPoints(this.#d.store, VOLUME_PREFIX, named)
     if (swept.length) this.#d.log.warn('removed pre-stage points a crash left unrecorded', { volumes: swept.join(',') })
     this.#d.fleet.onSwarm(swarm => this.#attach(swarm))
@@ -124,7 +86,7 @@ export class PrestageService {
     swarm.on('Stage', (s: PeerSession, body: Stage) => { this.#onStage(s, body).catch(err => this.#d.log.warn('stage request failed', { id: body.id, error: (err as Error).message })) })
     swarm.on('StageStatus', (s: PeerSession, body: StageStatus) => this.#onStatus(s, body))
     swarm.on('peer', (s: PeerSession) => this.#onPeer(s))
-    for (const rec of this.#records.values()) {
+    for (const rec of this.#book.all()) {
       const last = rec.points[rec.points.length - 1]
       if (rec.role === 'source' && last && rec.state !== 'cancelled' && rec.state !== 'failed') swarm.advertiseTo(rec.peer, [this.#advert(rec, last)])
     }
@@ -169,13 +131,13 @@ export class PrestageService {
       const image = await this.#d.images.get(params.base)
       rec.base = { name: image.name, root: image.root, volume: image.volume }
     }
-    await this.#save(rec)
+    await this.#book.save(rec)
     this.#d.log.info('prestage started', { id: rec.id, disk: rec.disk, target: peer.slice(0, 16), base: rec.base?.name ?? '-' })
     return this.#runPoint(rec)
   }
 
   async sync (id: string): Promise<JobInfo> {
-    const rec = this.#get(id)
+    const rec = this.#book.get(id)
     if (rec.role !== 'source') throw BAD_PARAMS(`prestage ${id} is staged here from ${rec.peer.slice(0, 16)}; sync it on its source`)
     if (rec.state === 'cancelled') throw BAD_PARAMS(`prestage ${id} was cancelled`)
     if (this.#jobs.has(id)) throw BAD_PARAMS(`prestage ${id} is busy (job ${this.#jobs.get(id)})`)
@@ -191,7 +153,7 @@ export class PrestageService {
         if (rec.state !== 'cancelled') {
           rec.state = 'failed'
           rec.error = (err as Error).message
-          await this.#save(rec)
+          await this.#book.save(rec)
         }
         throw err
       } finally {
@@ -207,7 +169,7 @@ export class PrestageService {
     const seq = (prev?.seq ?? 0) + 1
     rec.state = prev ? 'syncing' : 'indexing'
     delete rec.error
-    await this.#save(rec)
+    await this.#book.save(rec)
     const t0 = performance.now()
     let point: PrestagePoint
     let manifest: Manifest
@@ -224,7 +186,7 @@ export class PrestageService {
       const { volume, capture } = await capturePoint(this.#d.store, disk, key, ctx.signal)
       try {
         const against = prev
-          ? { manifest: await this.#manifest(rec, prev.seq), volume: await this.#volume(prev.volume) }
+          ? { manifest: await this.#book.manifest(rec.id, prev.seq), volume: await this.#volume(prev.volume) }
           : rec.base ? { manifest: (await this.#d.catalog.manifest(rec.base.root))!, volume: await this.#volume(rec.base.volume) } : undefined
         const indexed = await indexPoint({
           store: this.#d.store,
@@ -244,10 +206,10 @@ export class PrestageService {
         throw err
       }
     }
-    await this.#writeManifest(rec.id, seq, manifest)
+    await this.#book.writeManifest(rec.id, seq, manifest)
     rec.points.push(point)
     rec.state = 'staging'
-    await this.#save(rec)
+    await this.#book.save(rec)
     await this.#serve(rec, point, manifest)
     this.#d.log.info('prestage point taken', { id: rec.id, seq, root: point.root.slice(0, 16), capture: point.capture, index: point.index, hashed: point.hashedBlocks, changed: point.changedBlocks, ms: point.indexMs })
 
@@ -258,8 +220,8 @@ export class PrestageService {
     // The previous point served as the target's base; both sides can let it go now.
     for (const old of rec.points.slice(0, -1)) await this.#dropPoint(rec, old)
     rec.points = rec.points.slice(-1)
-    await this.#save(rec)
-    return this.#info(rec)
+    await this.#book.save(rec)
+    return prestageInfo(this.#d.store, rec)
   }
 
   #advert (rec: Record, p: PrestagePoint) {
@@ -281,48 +243,24 @@ export class PrestageService {
     })
   }
 
-  async #waitFor (rec: Record, p: PrestagePoint, prev: PrestagePoint | undefined, ctx: JobContext): Promise<PrestageTargetReport> {
-    const key = rec.id
-    return new Promise<PrestageTargetReport>((resolve, reject) => {
-      let timer: NodeJS.Timeout
-      const arm = () => {
-        clearTimeout(timer)
-        timer = setTimeout(() => finish(NO_PEERS(`the target ${rec.peer.slice(0, 16)} reported nothing on point ${p.seq} for ${REPORT_TIMEOUT_MS / 1000} s`)), REPORT_TIMEOUT_MS)
-      }
-      const finish = (err?: Error, r?: PrestageTargetReport) => {
-        clearTimeout(timer)
-        ctx.signal.removeEventListener('abort', onAbort)
-        if (this.#waiters.get(key) === waiter) this.#waiters.delete(key)
-        if (err) reject(err)
-        else resolve(r!)
-      }
-      const onAbort = () => finish(JOB_CANCELLED())
-      const waiter: Waiter = {
-        seq: p.seq,
-        resolve: r => finish(undefined, r),
-        reject: err => finish(err),
-        onReport: r => {
-          arm()
-          rec.target = r
-          ctx.progress(`target ${r.state}${r.message ? ` (${r.message})` : ''}`, r.done, r.total, 'blocks')
-        }
-      }
-      this.#waiters.set(key, waiter)
-      ctx.signal.addEventListener('abort', onAbort, { once: true })
-      arm()
-      ctx.progress('offer', 0, 1, 'steps')
-      if (!this.#offer(rec, p, prev)) this.#d.log.info('prestage target not connected; offering when it is', { id: rec.id, target: rec.peer.slice(0, 16) })
+  #waitFor (rec: Record, p: PrestagePoint, prev: PrestagePoint | undefined, ctx: JobContext): Promise<PrestageTargetReport> {
+    const report = this.#reports.wait(rec.id, p.seq, ctx.signal, () => NO_PEERS(`the target ${rec.peer.slice(0, 16)} reported nothing on point ${p.seq} for ${REPORT_TIMEOUT_MS / 1000} s`), r => {
+      rec.target = r
+      ctx.progress(`target ${r.state}${r.message ? ` (${r.message})` : ''}`, r.done, r.total, 'blocks')
     })
+    ctx.progress('offer', 0, 1, 'steps')
+    if (!this.#offer(rec, p, prev)) this.#d.log.info('prestage target not connected; offering when it is', { id: rec.id, target: rec.peer.slice(0, 16) })
+    return report
   }
 
   #onStatus (session: PeerSession, body: StageStatus): void {
-    const rec = this.#records.get(body.id)
+    const rec = this.#book.byId(body.id)
     if (!rec || rec.role !== 'source' || rec.peer !== session.remoteHex) return
     let stats: TransferStats | undefined
     try { stats = body.stats ? JSON.parse(body.stats) : undefined } catch {}
     const report: PrestageTargetReport = { seq: body.seq, state: body.state, done: body.done ?? 0, total: body.total ?? 0, ...(body.message ? { message: body.message } : {}), ...(stats ? { stats } : {}) }
     rec.peerHost = session.remoteHello?.host ?? rec.peerHost
-    const w = this.#waiters.get(rec.id)
+    const w = this.#reports.get(rec.id)
     if (!w || w.seq !== body.seq) {
       if (body.state === 'cancelled' && rec.state !== 'cancelled') {
         // The target dropped its copy: so does this side.
@@ -336,10 +274,10 @@ export class PrestageService {
   }
 
   #onPeer (session: PeerSession): void {
-    for (const rec of this.#records.values()) {
+    for (const rec of this.#book.all()) {
       if (rec.role !== 'source' || rec.peer !== session.remoteHex) continue
       rec.peerHost = session.remoteHello?.host ?? rec.peerHost
-      const w = this.#waiters.get(rec.id)
+      const w = this.#reports.get(rec.id)
       const p = rec.points.find(x => x.seq === w?.seq)
       if (w && p) this.#offer(rec, p, rec.points.find(x => x.seq === p.seq - 1))
     }
@@ -356,7 +294,7 @@ export class PrestageService {
       this.#d.fleet.local.removeVolume(p.volume)
       await this.#d.store.remove(p.volume).catch(() => {})
     }
-    await fs.rm(this.#manifestPath(rec.id, p.seq), { force: true })
+    await this.#book.removeManifest(rec.id, p.seq)
   }
 
   async #cancelSource (rec: Record, why: string): Promise<void> {
@@ -364,18 +302,18 @@ export class PrestageService {
     rec.error = why
     const job = this.#jobs.get(rec.id)
     if (job) this.#d.jobs.cancel(job)
-    this.#waiters.get(rec.id)?.reject(JOB_CANCELLED(why))
+    this.#reports.get(rec.id)?.reject(JOB_CANCELLED(why))
     this.#swarm?.sendTo(rec.peer, 'Stage', { id: rec.id, seq: rec.points[rec.points.length - 1]?.seq ?? 0, cancel: true })
     for (const p of rec.points) this.#swarm?.withdrawFrom(rec.peer, Buffer.from(p.root, 'hex'))
     for (const p of rec.points) await this.#dropPoint(rec, p)
     rec.points = []
-    await this.#save(rec)
+    await this.#book.save(rec)
   }
 
   // ---- target ----
 
   async #onStage (session: PeerSession, body: Stage): Promise<void> {
-    let rec = this.#records.get(body.id)
+    let rec = this.#book.byId(body.id)
     if (rec && (rec.role !== 'target' || rec.peer !== session.remoteHex)) return
     if (body.cancel) {
       if (rec && rec.state !== 'cancelled') await this.#cancelTarget(rec, 'the source cancelled it', false)
@@ -384,7 +322,7 @@ export class PrestageService {
     const root = body.root!.toString('hex')
     if (!rec) {
       rec = { id: body.id, role: 'target', state: 'staging', disk: body.name ?? '', peer: session.remoteHex, peerHost: session.remoteHello?.host ?? '', base: null, size: body.size ?? 0, points: [], target: null, createdAt: new Date().toISOString() }
-      this.#records.set(rec.id, rec)
+      this.#book.add(rec)
     }
     if (rec.state === 'cancelled') { this.#report(rec, body.seq, 'cancelled', 'cancelled on the target'); return }
     const have = rec.points.find(p => p.seq === body.seq)
@@ -399,7 +337,7 @@ export class PrestageService {
     rec.pending = { seq: body.seq, root, ...(body.base ? { base: body.base.toString('hex') } : {}) }
     rec.size = body.size ?? rec.size
     rec.state = 'staging'
-    await this.#save(rec)
+    await this.#book.save(rec)
     this.#receive(rec, body).catch(err => this.#d.log.warn('prestage receive failed', { id: rec!.id, error: (err as Error).message })).finally(() => this.#receiving.delete(rec!.id))
   }
 
@@ -446,14 +384,14 @@ export class PrestageService {
       }
       const manifest = this.#d.fleet.local.manifest(Buffer.from(root, 'hex')) ?? await this.#d.catalog.manifest(root)
       if (!manifest) throw new OsfarmError('INTERNAL', `the manifest of ${root.slice(0, 16)} is gone`)
-      await this.#writeManifest(rec.id, seq, manifest)
+      await this.#book.writeManifest(rec.id, seq, manifest)
       const point: PrestagePoint = { seq, root, volume, createdAt: new Date().toISOString(), capture: image ? 'image' : 'copy', index: 'manifest', hashedBlocks: 0, changedBlocks: stats?.received ?? 0, indexMs: 0 }
       const old = rec.points
       rec.points = [point]
       delete rec.pending
       rec.state = 'staged'
       rec.target = { seq, state: 'done', done: 1, total: 1, ...(stats ? { stats } : {}) }
-      await this.#save(rec)
+      await this.#book.save(rec)
       for (const p of old) await this.#dropPoint(rec, p)
       this.#report(rec, seq, 'done', undefined, stats)
       this.#d.log.info('prestage point held', { id: rec.id, seq, root: root.slice(0, 16), received: stats?.received ?? 0, wire: stats?.wireBytes ?? 0 })
@@ -462,7 +400,7 @@ export class PrestageService {
       rec.state = 'failed'
       rec.error = (err as Error).message
       delete rec.pending
-      await this.#save(rec)
+      await this.#book.save(rec)
       this.#report(rec, seq, 'failed', (err as Error).message.slice(0, 1000))
     }
   }
@@ -497,7 +435,7 @@ export class PrestageService {
     delete rec.pending
     for (const p of rec.points) await this.#dropPoint(rec, p)
     rec.points = []
-    await this.#save(rec)
+    await this.#book.save(rec)
     if (root) {
       // The cancelled fetch's partial volume goes once its job has wound down.
       for (let i = 0; i < 50 && this.#d.fetches.fetchJobOf(root); i++) await new Promise(resolve => setTimeout(resolve, 100))
@@ -509,52 +447,26 @@ export class PrestageService {
   // ---- both ----
 
   async cancel (id: string): Promise<PrestageInfo> {
-    const rec = this.#get(id)
+    const rec = this.#book.get(id)
     if (rec.state !== 'cancelled') {
       if (rec.role === 'source') await this.#cancelSource(rec, 'cancelled on the source')
       else await this.#cancelTarget(rec, 'cancelled on the target', true)
     }
-    return this.#info(rec)
+    return prestageInfo(this.#d.store, rec)
   }
 
   list (): Promise<PrestageInfo[]> {
-    return Promise.all([...this.#records.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(r => this.#info(r)))
+    return Promise.all(this.#book.all().sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(r => prestageInfo(this.#d.store, r)))
   }
 
   async get (id: string): Promise<PrestageInfo> {
-    return this.#info(this.#get(id))
-  }
-
-  #get (id: string): Record {
-    const rec = this.#records.get(id) ?? [...this.#records.values()].find(r => id.length >= 4 && r.id.startsWith(id))
-    if (!rec) throw NOT_FOUND(`no prestage "${id}"`)
-    return rec
-  }
-
-  async #info (rec: Record): Promise<PrestageInfo> {
-    const last = rec.points[rec.points.length - 1]
-    const vol = rec.role === 'target' && last ? await this.#d.store.stat(last.volume) : undefined
-    return {
-      id: rec.id,
-      role: rec.role,
-      state: rec.state,
-      disk: rec.disk,
-      peer: rec.peer,
-      peerHost: rec.peerHost,
-      base: rec.base ? { name: rec.base.name, root: rec.base.root } : null,
-      size: rec.size,
-      points: rec.points,
-      target: rec.role === 'source' ? rec.target : null,
-      ...(vol ? { volume: vol.key, path: vol.path } : {}),
-      createdAt: rec.createdAt,
-      ...(rec.error ? { error: rec.error } : {})
-    }
+    return prestageInfo(this.#d.store, this.#book.get(id))
   }
 
   // A point's volume serves its blocks (and its manifest) to the peer.
   async #serve (rec: Record, p: PrestagePoint, manifest?: Manifest): Promise<void> {
     const vol = await this.#d.store.stat(p.volume)
-    const m = manifest ?? await this.#manifest(rec, p.seq)
+    const m = manifest ?? await this.#book.manifest(rec.id, p.seq)
     if (vol && m) this.#d.fleet.local.addVolume(p.volume, vol.path, m)
   }
 
@@ -572,28 +484,5 @@ export class PrestageService {
     const s = this.#d.fleet.swarm
     if (!s) throw FLEET_NOT_CONFIGURED()
     return s
-  }
-
-  #manifestPath (id: string, seq: number): string {
-    return path.join(this.#dir, `${id}.${seq}.manifest`)
-  }
-
-  async #manifest (rec: Record, seq: number): Promise<Manifest> {
-    return decodeManifest(await fs.readFile(this.#manifestPath(rec.id, seq)))
-  }
-
-  async #writeManifest (id: string, seq: number, m: Manifest): Promise<void> {
-    const file = this.#manifestPath(id, seq)
-    const tmp = `${file}.${randomBytes(3).toString('hex')}.tmp`
-    await fs.writeFile(tmp, encodeManifest(m), { mode: 0o600 })
-    await fs.rename(tmp, file)
-  }
-
-  async #save (rec: Record): Promise<void> {
-    this.#records.set(rec.id, rec)
-    const file = path.join(this.#dir, `${rec.id}.json`)
-    const tmp = `${file}.${randomBytes(3).toString('hex')}.tmp`
-    await fs.writeFile(tmp, JSON.stringify(rec, null, 2), { mode: 0o600 })
-    await fs.rename(tmp, file)
   }
 }
