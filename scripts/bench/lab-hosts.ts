@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
 import { OsfarmClient } from '../../client/client.js'
-import type { JobInfo } from '../../protocol/rpc.js'
+import { adminSocketPath, type JobInfo } from '../../protocol/rpc.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
 const LAB = path.join(ROOT, 'scripts/lab/lab.sh')
@@ -65,7 +65,8 @@ export class Lab {
     this.procs.push(proc)
     let client: OsfarmClient | undefined
     for (let i = 0; i < 100 && !client; i++) {
-      client = await OsfarmClient.connect(socket).catch(() => undefined)
+      // Root's socket: the lab configures each host's fleet.
+      client = await OsfarmClient.connect(adminSocketPath(socket)).catch(() => undefined)
       if (!client) await new Promise(resolve => setTimeout(resolve, 100))
     }
     if (!client) throw new Error(`osfarmd in ${ns} did not come up`)
