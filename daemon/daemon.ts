@@ -149,7 +149,6 @@ export class Daemon implements Services {
           table,
           services: this,
           log: this.log,
-          scratchDir: path.join(dataDir, 'http'),
           access: { token: this.config.http.token, socket, socketReadOnly: this.config.writeRequiresRoot }
         })
         await this.#http.listen()

@@ -1,13 +1,11 @@
 // GET /images/REF/download?format=raw|qcow2: an image streamed to the browser. Raw comes straight
-// off the committed (read-only) volume, with ranges so a broken download can resume; qcow2 is an
-// export into a private scratch file that is unlinked once open and streamed from there.
+// off the committed (read-only) volume, with ranges so a broken download can resume; qcow2 is
+// converted by the image service into a private scratch file, unlinked once open.
 
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
-import path from 'node:path'
-import { randomBytes } from 'node:crypto'
 import type http from 'node:http'
-import { BAD_PARAMS, IMAGE_NOT_FOUND, JOB_CANCELLED, OsfarmError } from '../../protocol/errors.js'
+import { BAD_PARAMS, IMAGE_NOT_FOUND, JOB_CANCELLED } from '../../protocol/errors.js'
 import type { ImageInfo } from '../../protocol/rpc.js'
 import type { Services } from '../services.js'
 import { SECURITY_HEADERS } from './static-files.js'
@@ -17,18 +15,10 @@ const STREAM_CHUNK = 1 << 20
 export type DownloadFormat = 'raw' | 'qcow2'
 
 export class Downloads {
-  readonly #d: Pick<Services, 'images' | 'store' | 'jobs'>
-  readonly #scratch: string
+  readonly #d: Pick<Services, 'images' | 'store'>
 
-  constructor (daemon: Pick<Services, 'images' | 'store' | 'jobs'>, scratchDir: string) {
+  constructor (daemon: Pick<Services, 'images' | 'store'>) {
     this.#d = daemon
-    this.#scratch = scratchDir
-  }
-
-  // Scratch files of exports a crash interrupted are removed at start.
-  async prepare (): Promise<void> {
-    await fsp.rm(this.#scratch, { recursive: true, force: true })
-    await fsp.mkdir(this.#scratch, { recursive: true, mode: 0o700 })
   }
 
   async serve (req: http.IncomingMessage, res: http.ServerResponse, ref: string, format: string | null): Promise<void> {
@@ -68,23 +58,17 @@ export class Downloads {
   }
 
   async #qcow2 (req: http.IncomingMessage, res: http.ServerResponse, image: ImageInfo): Promise<void> {
-    const tmp = path.join(this.#scratch, `${image.id}-${randomBytes(6).toString('hex')}.qcow2`)
+    const vol = await this.#d.store.stat(image.volume)
+    if (!vol) throw IMAGE_NOT_FOUND(`the volume of image ${image.name} is missing from the store`)
     const gone = new AbortController()
     res.once('close', () => gone.abort())
-    try {
-      const job = await this.#d.images.export(image.id, tmp, 'qcow2')
-      gone.signal.addEventListener('abort', () => { try { this.#d.jobs.cancel(job.id) } catch {} }, { once: true })
-      const end = await this.#d.jobs.watch(job.id, () => {})
-      if (end.state !== 'done') throw end.error?.code === 'JOB_CANCELLED' ? JOB_CANCELLED('the download was abandoned') : new OsfarmError('JOB_FAILED', `qcow2 export failed: ${end.error?.message ?? end.state}`)
-      const fh = await fsp.open(tmp, 'r')
-      await fsp.rm(tmp, { force: true })
-      const { size } = await fh.stat()
-      res.writeHead(200, headers(image, 'qcow2', size))
-      if (req.method === 'HEAD' || gone.signal.aborted) { await fh.close(); return void res.end() }
-      await pipe(fs.createReadStream('', { fd: fh, highWaterMark: STREAM_CHUNK }), res)
-    } finally {
-      await fsp.rm(tmp, { force: true })
-    }
+    const fh = await this.#d.images.openAs(image, vol.path, 'qcow2', gone.signal).catch(err => {
+      throw gone.signal.aborted ? JOB_CANCELLED('the download was abandoned') : err
+    })
+    const { size } = await fh.stat()
+    res.writeHead(200, headers(image, 'qcow2', size))
+    if (req.method === 'HEAD' || gone.signal.aborted) { await fh.close(); return void res.end() }
+    await pipe(fs.createReadStream('', { fd: fh, highWaterMark: STREAM_CHUNK }), res)
   }
 }
 

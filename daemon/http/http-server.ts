@@ -56,7 +56,6 @@ export interface HttpServerOptions {
   access: AccessOptions
   log: Logger
   webRoot?: string
-  scratchDir: string
 }
 
 export class HttpServer {
@@ -77,7 +76,7 @@ export class HttpServer {
     this.#access = new AccessControl(opts.access)
     this.#rpcDispatcher = new Dispatcher({ table: opts.table, log: opts.log, readOnlyHint: 'use a token or run the browser as root' })
     this.#static = new StaticFiles(opts.webRoot ?? DEFAULT_WEB_ROOT)
-    this.#downloads = new Downloads(opts.services, opts.scratchDir)
+    this.#downloads = new Downloads(opts.services)
     this.#server = http.createServer((req, res) => {
       this.#route(req, res).catch(err => {
         // A request malformed in a way only found while reading it (a bad %-escape, cookie).
@@ -102,7 +101,6 @@ export class HttpServer {
   get url (): string { return this.#url }
 
   async listen (): Promise<string> {
-    await this.#downloads.prepare()
     const { host, port } = splitHostPort(this.#opts.listen)
     await new Promise<void>((resolve, reject) => {
       this.#server.once('error', reject)

@@ -264,16 +264,9 @@ export class ImageService {
     const vol = await this.#volumeOf(image)
     const { token, attached } = this.#streams.open()
     const job = this.#jobs.start('export', image.name, async ctx => {
-      let file = vol.path
-      if (format !== 'raw') {
-        await fs.mkdir(this.#scratchDir, { recursive: true, mode: 0o700 })
-        file = path.join(this.#scratchDir, `${image.id}-${randomBytes(6).toString('hex')}.${format}`)
-        ctx.progress('convert', 0, image.size)
-        await qemuImg.convert(vol.path, 'raw', file, format, ctx.signal)
-      }
-      const from = await fs.open(file, 'r')
+      ctx.progress('convert', 0, image.size)
+      const from = await this.openAs(image, vol.path, format, ctx.signal)
       try {
-        if (file !== vol.path) await fs.rm(file, { force: true })
         const bytes = await sendStream(attached, from, ctx)
         return { id: image.id, path: '-', format, bytes } satisfies ExportResult
       } finally {
@@ -281,6 +274,20 @@ export class ImageService {
       }
     })
     return { job, stream: token }
+  }
+
+  // The image's bytes in `format`, open for reading: raw is its (read-only) volume; another
+  // format is converted into a private scratch file, unlinked once open, so it goes when closed.
+  async openAs (image: ImageInfo, volumePath: string, format: ExportFormat, signal?: AbortSignal): Promise<FileHandle> {
+    if (format === 'raw') return fs.open(volumePath, 'r')
+    await fs.mkdir(this.#scratchDir, { recursive: true, mode: 0o700 })
+    const file = path.join(this.#scratchDir, `${image.id}-${randomBytes(6).toString('hex')}.${format}`)
+    try {
+      await qemuImg.convert(volumePath, 'raw', file, format, signal)
+      return await fs.open(file, 'r')
+    } finally {
+      await fs.rm(file, { force: true })
+    }
   }
 
   async verify (ref: string): Promise<JobInfo> {
