@@ -219,9 +219,16 @@ export function stdoutTarget (): DownloadTarget {
 export async function download (socketPath: string, token: string, target: DownloadTarget): Promise<number> {
   const { socket, rest } = await attachStream(socketPath, token)
   const writes = new WriteWindow(target.ordered ? 1 : 8)
+  let next = 0
   try {
     for await (const f of readFrames(socket as AsyncIterable<Buffer>, rest)) {
-      if (f.type === DATA) { await writes.add(target.write(f)); continue }
+      if (f.type === DATA) {
+        // Writes in flight together must not overlap.
+        if (f.offset < next) throw PROTOCOL_ERROR('osfarmd sent a download out of order')
+        next = f.offset + f.payload.length
+        await writes.add(target.write(f))
+        continue
+      }
       await writes.drain()
       if (f.type === END) { await target.finish(f.offset); return f.offset }
       parseResult(f.payload)

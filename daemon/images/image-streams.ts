@@ -16,6 +16,7 @@ export async function receiveStream (attached: Promise<StreamConnection>, to: Fi
   ctx.signal.addEventListener('abort', cancel, { once: true })
   try {
     let received = 0
+    let next = 0
     let ended = false
     let lastShown = 0
     const writes = new WriteWindow()
@@ -26,7 +27,10 @@ export async function receiveStream (attached: Promise<StreamConnection>, to: Fi
         break
       }
       if (frame.type !== DATA) throw PROTOCOL_ERROR('an upload carries only DATA and END frames')
+      // In order and never overlapping: writes in flight together must not touch the same bytes.
+      if (frame.offset < next) throw PROTOCOL_ERROR(`an upload's frames go forward: one at byte ${frame.offset} came after byte ${next}`)
       if (frame.offset + frame.payload.length > size) throw SOURCE_CHANGED(`the upload wrote past its announced size (${size} bytes)`)
+      next = frame.offset + frame.payload.length
       await writes.add(writeAt(to, frame.payload, frame.offset))
       received += frame.payload.length
       // Progress by position: the caller sends in order, skipping holes.
