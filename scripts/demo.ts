@@ -8,7 +8,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { OSFARMD, startDaemon, tempDir, type TestDaemon } from '../test/helpers/daemon.js'
+import { OSFARMD, startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 
 const EXAMPLES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples')
 const MB = 1e6

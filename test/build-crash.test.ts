@@ -4,10 +4,11 @@
 // then succeeds. The real osfarmd and osfarmctl; mmdebstrap against the host's apt mirror.
 
 import t, { type Test } from 'tap'
+import { eventually } from '../testing/eventually.js'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
-import { startDaemon, tempDir, type TestDaemon } from './helpers/daemon.js'
+import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 import { cgroupPrefix } from '../daemon/build/sandbox/cgroup.js'
 import type { BuildResultInfo, JobInfo } from '../protocol/rpc.js'
 import { busyboxRootfs } from './helpers/rootfs.js'
@@ -56,11 +57,7 @@ async function processesWith (text: string): Promise<number[]> {
 
 // Polls (bounded) until ready() holds; fails the test if it never does.
 async function until (t: Test, what: string, ready: () => Promise<boolean>, tries = 1200): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    if (await ready()) return
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
-  t.fail(`${what} never happened`)
+  await eventually(what, ready, { timeoutMs: tries * 100 }).catch(() => t.fail(`${what} never happened`))
 }
 
 const job = async (id: string) => d.ctlJson<JobInfo>('job', 'show', id)

@@ -4,7 +4,7 @@
 import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { startDaemon, tempDir } from './helpers/daemon.js'
+import { startDaemon, tempDir } from '../testing/daemon.js'
 import type { BuildResultInfo, ImageInfo, JobInfo } from '../protocol/rpc.js'
 import { busyboxRootfs } from './helpers/rootfs.js'
 

@@ -8,7 +8,7 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
-import { startDaemon, tempDir, type TestDaemon } from './helpers/daemon.js'
+import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
 import type { BuildResultInfo } from '../protocol/rpc.js'
 

@@ -6,7 +6,7 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
-import { startDaemon, tempDir } from './helpers/daemon.js'
+import { startDaemon, tempDir } from '../testing/daemon.js'
 import { busyboxRootfs } from './helpers/rootfs.js'
 
 const dir = await tempDir('osfarm-build-space-')

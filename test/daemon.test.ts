@@ -4,7 +4,7 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
-import { OSFARMD, startDaemon, tempDir } from './helpers/daemon.js'
+import { OSFARMD, startDaemon, tempDir } from '../testing/daemon.js'
 
 t.test('SIGTERM removes the socket and closes the catalog; a restart finds the images', async t => {
   const d = await startDaemon()

@@ -2,11 +2,12 @@
 // stays bounded (RSS printed), and nothing is left behind. Every wait is bounded.
 
 import t from 'tap'
+import { eventually } from '../testing/eventually.js'
 import net from 'node:net'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
-import { OSFARMCTL, startDaemon, tempDir, type TestDaemon } from './helpers/daemon.js'
+import { OSFARMCTL, startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 import { OsfarmClient } from '../client/client.js'
 import { MAX_FRAME_BYTES, MAX_SPEC_BYTES } from '../protocol/rpc.js'
 import { createExportTarget, openSource } from '../daemon/images/host-files.js'
@@ -19,13 +20,7 @@ async function rssMiB (pid: number): Promise<number> {
   return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024
 }
 
-async function waitFor (cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error('timed out waiting')
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-}
+const waitFor = async (cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> => { await eventually('the condition', cond, { timeoutMs, intervalMs: 50 }) }
 
 async function ctl (d: TestDaemon, ...args: string[]) {
   const r = await execa(process.execPath, [OSFARMCTL, '--socket', d.socket, ...args], { reject: false, timeout: CTL_TIMEOUT_MS })

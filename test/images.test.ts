@@ -4,7 +4,7 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
-import { startDaemon } from './helpers/daemon.js'
+import { startDaemon } from '../testing/daemon.js'
 import { allocatedBytes, makeImage } from './helpers/images.js'
 
 t.test('import → list → verify → export raw and qcow2', async t => {
@@ -99,7 +99,7 @@ t.test('bad input gets a clear error and leaves the catalog untouched', async t 
 })
 
 t.test('a refused connection prints a hint', async t => {
-  const r = await execa(process.execPath, [(await import('./helpers/daemon.js')).OSFARMCTL, '--socket', '/tmp/osfarm-no-such.sock', 'status'], { reject: false })
+  const r = await execa(process.execPath, [(await import('../testing/daemon.js')).OSFARMCTL, '--socket', '/tmp/osfarm-no-such.sock', 'status'], { reject: false })
   t.equal(r.exitCode, 69)
   t.match(r.stderr, /DAEMON_UNREACHABLE: .*is osfarmd running\? Try: systemctl status osfarmd/)
 })

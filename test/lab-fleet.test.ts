@@ -9,7 +9,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { Lab, waitJob, type Host } from '../scripts/bench/lab-hosts.js'
 import { makeImage } from './helpers/images.js'
-import { sha256 } from './helpers/fleet.js'
+import { sha256 } from '../testing/fleet.js'
 
 const HOSTS = 4
 const FORM_LIMIT_MS = 10_000

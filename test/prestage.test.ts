@@ -3,8 +3,8 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import crypto from 'node:crypto'
 import { execa } from 'execa'
-import { makeImagePair, sha256, startTestnet, tempDir, waitPeers } from './helpers/fleet.js'
-import { startDaemon, type TestDaemon } from './helpers/daemon.js'
+import { joinFleet, makeImagePair, sha256, startTestnet, tempDir } from '../testing/fleet.js'
+import { startDaemon, type TestDaemon } from '../testing/daemon.js'
 
 type Teardown = (fn: () => unknown) => void
 
@@ -63,11 +63,7 @@ t.test('a disk made from an image is staged on a host holding the image, synced 
     hosts.push(d)
   }
   const [a, b] = hosts as [TestDaemon, TestDaemon]
-  const first = await a.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
-  const second = await b.ctlJson('fleet', 'init', '--secret', first.secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
-  for (const d of [a, b]) for (const k of [first.publicKey, second.publicKey]) await d.ctlJson('fleet', 'allow', k)
-  await waitPeers(a, 1)
-  await waitPeers(b, 1)
+  const [keyA, keyB] = (await joinFleet([a, b], bootstrap, { connected: true })).keys as [string, string]
 
   // The image on both hosts; the VM's disk on A is a clone of A's copy of it, then written to.
   const pair = await makeImagePair(dir, 16384, 20, 31)
@@ -80,7 +76,7 @@ t.test('a disk made from an image is staged on a host holding the image, synced 
   const first1 = await change(disk, blocks * 2 / 100, 'one')
 
   // 1. Stage.
-  const staged = await a.ctlJson('prestage', 'start', disk, '--to', second.publicKey, '--base', 'debian')
+  const staged = await a.ctlJson('prestage', 'start', disk, '--to', keyB, '--base', 'debian')
   t.equal(staged.state, 'staged')
   const p1 = staged.points[0]
   t.equal(p1.seq, 1)
@@ -98,9 +94,9 @@ t.test('a disk made from an image is staged on a host holding the image, synced 
 
   // 2. More changes, then sync: only the changed blocks cross the wire.
   const second2 = await change(disk, blocks / 100, 'two')
-  const inBefore = await bytesFrom(b, first.publicKey)
+  const inBefore = await bytesFrom(b, keyA)
   const synced = await a.ctlJson('prestage', 'sync', staged.id)
-  const inAfter = await bytesFrom(b, first.publicKey)
+  const inAfter = await bytesFrom(b, keyA)
   const p2 = synced.points[synced.points.length - 1]
   t.equal(p2.seq, 2)
   t.equal(synced.points.length, 1, 'the source keeps only the newest point')
@@ -140,11 +136,7 @@ t.test('prestage of an image the target lacks: it comes from every holder', asyn
     hosts.push(d)
   }
   const [a, b, c] = hosts as [TestDaemon, TestDaemon, TestDaemon]
-  const first = await a.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
-  const keys = [first.publicKey]
-  for (const d of [b, c]) keys.push((await d.ctlJson('fleet', 'init', '--secret', first.secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')).publicKey)
-  for (const d of hosts) for (const k of keys) await d.ctlJson('fleet', 'allow', k)
-  for (const d of hosts) await waitPeers(d, 2)
+  const { keys } = await joinFleet(hosts, bootstrap, { connected: true })
   const dir = await tempDir('osfarm-prestage2-')
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
   const pair = await makeImagePair(dir, 8192, 20, 41)

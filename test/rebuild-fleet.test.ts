@@ -5,12 +5,13 @@
 // testnet on 127.0.0.1.
 
 import t from 'tap'
+import { eventually } from '../testing/eventually.js'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
-import { startDaemon, tempDir, type TestDaemon } from './helpers/daemon.js'
-import { startTestnet, waitPeers } from './helpers/fleet.js'
-import { createAptRepo } from './helpers/apt-repo.js'
+import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
+import { joinFleet, startTestnet } from '../testing/fleet.js'
+import { createAptRepo } from '../testing/apt-repo.js'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
 import type { FetchResult, ImageInfo, JobInfo, RebuildPolicy } from '../protocol/rpc.js'
 
@@ -29,22 +30,10 @@ t.teardown(async () => {
   await fs.rm(dir, { recursive: true, force: true })
 })
 
-async function until<T> (what: string, fn: () => Promise<T | undefined>, ms = WAIT_MS): Promise<T> {
-  const end = Date.now() + ms
-  for (;;) {
-    const v = await fn()
-    if (v !== undefined) return v
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms / 1000} s`)
-    await new Promise(resolve => setTimeout(resolve, 500))
-  }
-}
+const until = <T> (what: string, fn: () => Promise<T | undefined>, ms = WAIT_MS): Promise<T> => eventually(what, fn, { timeoutMs: ms, intervalMs: 500 })
 
 t.test('a rebuild policy on A, a seed policy on B: B ends up with version 2', async t => {
-  const first = await a.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
-  const second = await b.ctlJson('fleet', 'init', '--secret', first.secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
-  for (const d of [a, b]) for (const k of [first.publicKey, second.publicKey]) await d.ctlJson('fleet', 'allow', k)
-  await waitPeers(a, 1)
-  await waitPeers(b, 1)
+  await joinFleet([a, b], bootstrap, { connected: true })
 
   const spec = path.join(dir, 'fresh.json')
   await fs.writeFile(spec, JSON.stringify({

@@ -2,10 +2,11 @@
 // clients that vanish mid-job. Each gets a JSON-RPC error (or nothing), never a crash.
 
 import t from 'tap'
+import { eventually } from '../testing/eventually.js'
 import net from 'node:net'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { startDaemon } from './helpers/daemon.js'
+import { startDaemon } from '../testing/daemon.js'
 import { makeImage } from './helpers/images.js'
 import { MAX_FRAME_BYTES, adminSocketPath } from '../protocol/rpc.js'
 
@@ -105,10 +106,4 @@ t.test('a client that disconnects mid-job does not disturb the job or the catalo
   t.equal((await fs.readdir(path.join(d.dataDir, 'volumes'))).length, 1)
 })
 
-async function waitFor (cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out')
-    await new Promise(resolve => setTimeout(resolve, 20))
-  }
-}
+const waitFor = async (cond: () => boolean, timeoutMs = 10_000): Promise<void> => { await eventually('the condition', cond, { timeoutMs, intervalMs: 20 }) }

@@ -1,21 +1,14 @@
 import t from 'tap'
+import { eventually } from '../testing/eventually.js'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from './helpers/fleet.js'
-import { startDaemon, type TestDaemon } from './helpers/daemon.js'
+import { addToFleet, makeImagePair, sha256, startFleet, tempDir, waitPeers } from '../testing/fleet.js'
+import { startDaemon, type TestDaemon } from '../testing/daemon.js'
 import { OsfarmClient } from '../client/client.js'
 
 const WAIT_MS = 120_000
 
-async function until<T> (what: string, fn: () => Promise<T | undefined | false>, ms = WAIT_MS): Promise<T> {
-  const end = Date.now() + ms
-  for (;;) {
-    const v = await fn()
-    if (v) return v
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 250))
-  }
-}
+const until = <T> (what: string, fn: () => Promise<T | undefined | false>, ms = WAIT_MS): Promise<T> => eventually(what, fn, { timeoutMs: ms, intervalMs: 250 })
 
 const holds = (d: TestDaemon, root: string) => until(`an image ${root.slice(0, 12)}`, async () => {
   const list = await d.ctlJson('image', 'ls')
@@ -81,9 +74,7 @@ t.test('a fleet-wide policy seeds every host with no user action; a late host ca
   // D joins late: it hears the fleet's defaults and the adverts, and catches up.
   const d = await startDaemon()
   t.teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
-  const info = await d.ctlJson('fleet', 'init', '--secret', fleet.secret, '--bootstrap', fleet.bootstrap, '--dht-host', '127.0.0.1')
-  for (const k of fleet.keys) await d.ctlJson('fleet', 'allow', k)
-  for (const x of [a, b, c]) await x.ctlJson('fleet', 'allow', info.publicKey)
+  await addToFleet(d, fleet, [a, b, c])
   await holds(d, img1.root)
   t.same((await d.ctlJson('seed', 'ls')).map((p: any) => p.id), [policy.id], 'the late host applies the fleet policy')
   t.pass('the late host caught up')
@@ -205,9 +196,7 @@ t.test('relabelling: the builder changes an image\'s labels; holders, late hosts
   await a.stop('SIGKILL')
   const d = await startDaemon()
   t.teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
-  const info = await d.ctlJson('fleet', 'init', '--secret', fleet.secret, '--bootstrap', fleet.bootstrap, '--dht-host', '127.0.0.1')
-  for (const k of fleet.keys) await d.ctlJson('fleet', 'allow', k)
-  for (const x of [b, c]) await x.ctlJson('fleet', 'allow', info.publicKey)
+  await addToFleet(d, fleet, [b, c])
   await d.ctlJson('seed', 'add', 'svc-*', '--label', 'role=db')
   const late = await holds(d, img.root)
   t.same(late.labels.sort(), [...final].sort(), 'passed on by the holder with the builder\'s newest labels (team=x gone)')

@@ -3,11 +3,12 @@
 // scripts/uninstall for real, with `systemd-analyze verify` of the installed unit.
 
 import t, { type Test } from 'tap'
+import { eventually } from '../testing/eventually.js'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { execa } from 'execa'
-import { OSFARMCTL, OSFARMD, startDaemon, tempDir } from './helpers/daemon.js'
+import { OSFARMCTL, OSFARMD, startDaemon, tempDir } from '../testing/daemon.js'
 
 const REPO = path.resolve(path.dirname(OSFARMD), '../..')
 // The environment the unit gives the daemon (systemd/osfarmd.service, Environment=).
@@ -30,11 +31,7 @@ while True:
   let out = ''
   py.stdout.on('data', d => { out += d })
   const waitFor = async (text: string, timeoutMs = 20_000) => {
-    const end = Date.now() + timeoutMs
-    while (!out.includes(text)) {
-      if (Date.now() > end) throw new Error(`no ${text} on the notify socket; got: ${out}`)
-      await new Promise(resolve => setTimeout(resolve, 20))
-    }
+    await eventually(`${text} on the notify socket`, () => out.includes(text), { timeoutMs, intervalMs: 20 }).catch(err => { throw new Error(`${(err as Error).message}; got: ${out}`) })
   }
   await waitFor('LISTENING')
   return { waitFor, messages: () => out, close: () => py.kill() }

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { eventually } from '../testing/eventually.js'
 import createTestnet from 'hyperdht/testnet.js'
 import DHT from 'hyperdht'
 import { FleetSwarm, type BlockSource } from '../daemon/fleet/fleet-swarm.js'
@@ -14,14 +15,8 @@ const source: BlockSource = {
   readBlocks: async hashes => ({ sizes: new Array(hashes.length / 32).fill(0), data: Buffer.alloc(0) })
 }
 
-async function until (cond: () => boolean, ms = 15_000): Promise<boolean> {
-  const end = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > end) return false
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  return true
-}
+// True once cond holds, false if it does not within ms.
+const until = (cond: () => boolean, ms = 15_000): Promise<boolean> => eventually('the condition', cond, { timeoutMs: ms, intervalMs: 50 }).then(() => true, () => false)
 
 t.test('allow-listed hosts connect and exchange signed adverts; others are refused', async t => {
   const testnet = await createTestnet(3, t.teardown)
@@ -38,12 +33,19 @@ t.test('allow-listed hosts connect and exchange signed adverts; others are refus
   const b = await FleetSwarm.open({ keyPair: keys[1]!, config: cfg(), source, hostName: 'b' })
   t.teardown(() => b.close())
   // The intruder knows the secret (the worst case) but its key is not on the list.
+  // The refusal itself is the event waited for (bounded), not a quiet spell.
+  const refused = new Promise<boolean>(resolve => {
+    const timer = setTimeout(() => resolve(false), 30_000)
+    const on = (key: Buffer) => { if (key.equals(keys[2]!.publicKey)) { clearTimeout(timer); resolve(true) } }
+    a.on('refused', on)
+    b.on('refused', on)
+  })
   const c = await FleetSwarm.open({ keyPair: keys[2]!, config: newFleetConfig({ secret, allow: [...allow, keys[2]!.publicKey.toString('hex')], bootstrap, dht: { host: '127.0.0.1' } }), source, hostName: 'c' })
   t.teardown(() => c.close())
   t.ok(await until(() => b.holders(advert.root.toString('hex')).length === 1), 'b sees a as a holder')
   t.equal(b.peerAdverts()[0]!.advert.name, 'minbase')
   await c.flush()
-  await new Promise(resolve => setTimeout(resolve, 1500))
+  t.ok(await refused, 'the fleet refused the intruder\'s key')
   t.equal(c.sessions.size, 0, 'the intruder has no session')
   t.same(c.peerAdverts(), [], 'and learned no image names')
   t.equal(a.peers().length, 1)

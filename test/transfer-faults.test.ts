@@ -1,22 +1,13 @@
 import t from 'tap'
+import { eventually } from '../testing/eventually.js'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { makeImagePair, sha256, startFleet, startTestnet, tempDir, waitPeers } from './helpers/fleet.js'
-import { startDaemon } from './helpers/daemon.js'
+import { makeImagePair, pollJob, sha256, startFleet, startTestnet, tempDir, waitPeers } from '../testing/fleet.js'
+import { startDaemon } from '../testing/daemon.js'
 
 const BAD_PEER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers/bad-peer.js')
-
-async function pollJob (d: any, id: string, until: (j: any) => boolean, ms = 120_000): Promise<any> {
-  const end = Date.now() + ms
-  for (;;) {
-    const j = await d.ctlJson('job', 'show', id)
-    if (until(j)) return j
-    if (Date.now() > end) throw new Error(`job ${id} did not reach the state in time: ${JSON.stringify(j)}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
-}
 
 async function images (dir: string) {
   // A larger image fetched whole: long enough to interrupt.
@@ -119,7 +110,9 @@ t.test('a host off the allow-list is refused and learns no image names', async t
   t.teardown(async () => { await c.stop('SIGKILL'); await fs.rm(c.dir, { recursive: true, force: true }) })
   await c.ctlJson('fleet', 'init', '--secret', fleet.secret, '--bootstrap', fleet.bootstrap, '--dht-host', '127.0.0.1')
   for (const k of fleet.keys) await c.ctlJson('fleet', 'allow', k)
-  await new Promise(resolve => setTimeout(resolve, 3000))
+  // The refusal itself is the event waited for: a member logs the intruder's key as refused.
+  const intruder = (await c.ctlJson('fleet', 'show')).publicKey as string
+  await eventually('the fleet refuses the intruder', () => [a, b].some(d => d.output().split('\n').some((l: string) => l.includes('peer refused') && l.includes(intruder))), { timeoutMs: 60_000 })
   t.same(await c.ctlJson('peer', 'ls'), [], 'the intruder has no peers')
   const r = await c.ctl('fetch', 'secret-image', '--wait', '3')
   t.not(r.exitCode, 0)

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises'
 import crypto from 'node:crypto'
 import DHT from 'hyperdht'
 import { Codec, encodeFrame, WIRE_VERSION } from '../protocol/wire.js'
-import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from './helpers/fleet.js'
+import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from '../testing/fleet.js'
 import path from 'node:path'
 
 // 100 connections × 100 frames: random well-formed requests, then one random, mutated or

@@ -3,7 +3,7 @@
 import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from './helpers/fleet.js'
+import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from '../testing/fleet.js'
 
 t.test('fetch --limit caps the receive rate', async t => {
   const fleet = await startFleet(2, t.teardown)

@@ -1,17 +1,7 @@
 import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { makeImagePair, sha256, startFleet, tempDir, waitPeers } from './helpers/fleet.js'
-
-async function pollJob (d: any, id: string, until: (j: any) => boolean, ms = 120_000): Promise<any> {
-  const end = Date.now() + ms
-  for (;;) {
-    const j = await d.ctlJson('job', 'show', id)
-    if (until(j)) return j
-    if (Date.now() > end) throw new Error(`job ${id} did not reach the state in time: ${JSON.stringify(j.progress)}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
-}
+import { makeImagePair, pollJob, sha256, startFleet, tempDir, waitPeers } from '../testing/fleet.js'
 
 t.test('three hosts: a host part-way through a fetch serves a third; then both serve a fourth fetch', async t => {
   const fleet = await startFleet(3, t.teardown)

@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
-import { startDaemon, tempDir, type TestDaemon } from './helpers/daemon.js'
+import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 import { allocatedBytes, makeImage } from './helpers/images.js'
 import { busyboxRootfs } from './helpers/rootfs.js'
 

@@ -6,6 +6,7 @@
 // with live progress and shows who holds what. Screenshots of every page: test-artifacts/web/.
 
 import t, { type Test } from 'tap'
+import { eventually } from '../testing/eventually.js'
 import fs from 'node:fs/promises'
 import http from 'node:http'
 import zlib from 'node:zlib'
@@ -16,8 +17,8 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
 import { chromium, type BrowserContext, type Locator, type Page } from 'playwright-core'
-import { startDaemon, tempDir, type TestDaemon } from './helpers/daemon.js'
-import { makeImagePair, startTestnet, waitPeers } from './helpers/fleet.js'
+import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
+import { joinFleet, makeImagePair, startTestnet, waitPeers } from '../testing/fleet.js'
 import { readFile as debugfsRead } from '../daemon/build/tools/mke2fs.js'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -115,21 +116,16 @@ async function shot (page: Page, name: string): Promise<void> {
 // Waits until the element's text (as in the DOM, not as CSS shows it) matches.
 async function waitText (l: Locator, re: RegExp, timeout = 15_000): Promise<string> {
   const end = Date.now() + timeout
-  for (;;) {
-    const text = (await l.textContent({ timeout: Math.max(1, end - Date.now()) }).catch(() => null)) ?? ''
-    if (re.test(text)) return text
-    if (Date.now() > end) throw new Error(`text ${JSON.stringify(text.slice(0, 300))} never matched ${re}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
+  let text = ''
+  return await eventually(`text matching ${re}`, async () => {
+    text = (await l.textContent({ timeout: Math.max(1, end - Date.now()) }).catch(() => null)) ?? ''
+    return re.test(text) ? text : undefined
+  }, { timeoutMs: timeout }).catch(() => { throw new Error(`text ${JSON.stringify(text.slice(0, 300))} never matched ${re}`) })
 }
 
 // The error Mantine shows under an input, found through the input's aria-describedby.
 async function fieldError (page: Page, input: Locator): Promise<string> {
-  const end = Date.now() + 15_000
-  while (await input.getAttribute('aria-invalid') !== 'true') {
-    if (Date.now() > end) throw new Error('the input never showed an error')
-    await new Promise(resolve => setTimeout(resolve, 100))
-  }
+  await eventually('an error on the input', async () => await input.getAttribute('aria-invalid') === 'true', { timeoutMs: 15_000 })
   const ids = ((await input.getAttribute('aria-describedby')) ?? '').split(/\s+/).filter(id => id.endsWith('-error'))
   if (!ids.length) throw new Error('the input has no error element')
   return (await page.locator(`[id="${ids[0]}"]`).textContent()) ?? ''
@@ -359,9 +355,7 @@ t.test('the console with a fleet: peers, holders, a fetch with live progress', a
   const a = await startDaemon({ args: ['--http', '127.0.0.1:0'] })
   const b = await startDaemon()
   for (const d of [a, b]) t.teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
-  const first = await a.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
-  const second = await b.ctlJson('fleet', 'init', '--secret', first.secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
-  for (const d of [a, b]) for (const k of [first.publicKey, second.publicKey]) await d.ctlJson('fleet', 'allow', k)
+  const keyB = (await joinFleet([a, b], bootstrap)).keys[1]!
   const dir = await tempDir('osfarm-web-pair-')
   t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
   const pair = await makeImagePair(dir, 16384)
@@ -374,7 +368,7 @@ t.test('the console with a fleet: peers, holders, a fetch with live progress', a
   const { page, errors } = await browser(t)
   await page.goto(new URL('fleet', base).href)
   const peers = page.getByTestId('peers-table')
-  t.match(await waitText(peers, new RegExp(second.publicKey.slice(0, 12)), 30_000), os.hostname(), 'the peer is listed with its host')
+  t.match(await waitText(peers, new RegExp(keyB.slice(0, 12)), 30_000), os.hostname(), 'the peer is listed with its host')
   const adverts = page.getByTestId('adverts-table')
   t.match(await waitText(adverts, /derived/, 30_000), /stage=web/, 'with the builder\'s labels')
   await shot(page, 'fleet')

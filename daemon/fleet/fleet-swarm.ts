@@ -74,6 +74,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
   #log: NonNullable<FleetSwarmOptions['log']>
   #closed = false
   #rediscover: NodeJS.Timeout | undefined
+  readonly #refused = new Set<string>()
 
   private constructor (options: FleetSwarmOptions) {
     super()
@@ -98,7 +99,7 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
     this.#swarm = new Hyperswarm({
       keyPair: options.keyPair,
       dht: this.#dht,
-      firewall: remoteKey => !this.isAllowed(remoteKey)
+      firewall: remoteKey => !this.#admits(remoteKey)
     })
     this.#swarm.on('connection', (conn: NoiseStream) => this.#onConnection(conn))
   }
@@ -111,6 +112,19 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   get publicKey (): string { return this.keyPair.publicKey.toString('hex') }
   get peerUploadLimit (): number { return this.config.peerUploadLimit ?? 0 }
+
+  // The firewall: a key off the allow-list is refused before any message ('refused', logged
+  // once per key), which is what tests of a refusal wait for.
+  #admits (key: Buffer): boolean {
+    if (this.isAllowed(key)) return true
+    const hex = key.toString('hex')
+    if (!this.#refused.has(hex)) {
+      this.#refused.add(hex)
+      this.#log('peer refused: not on the allow-list', { key: hex })
+    }
+    this.emit('refused', key)
+    return false
+  }
 
   isAllowed (key: Buffer): boolean {
     return this.#allow.has(key.toString('hex'))

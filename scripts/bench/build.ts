@@ -26,8 +26,8 @@ import type { LayerStore } from '../../daemon/store/layer-store.js'
 import { RepoStates } from '../../daemon/build/repo-state.js'
 import { OsfarmClient } from '../../client/client.js'
 import type { BuildResultInfo, ImageInfo } from '../../protocol/rpc.js'
-import { startDaemon, type TestDaemon } from '../../test/helpers/daemon.js'
-import { createAptRepo, type AptRepo } from '../../test/helpers/apt-repo.js'
+import { startDaemon, type TestDaemon } from '../../testing/daemon.js'
+import { createAptRepo, type AptRepo } from '../../testing/apt-repo.js'
 
 const json = process.argv.includes('--json')
 const keep = process.argv.includes('--keep')

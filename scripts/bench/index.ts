@@ -8,7 +8,7 @@ import path from 'node:path'
 import os from 'node:os'
 import { execa } from 'execa'
 import { BlockHasher } from '../../daemon/blocks/block-hasher.js'
-import { startDaemon } from '../../test/helpers/daemon.js'
+import { startDaemon } from '../../testing/daemon.js'
 import { makeHalfDataImage } from './half-data-image.js'
 
 const SIZE = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 2048) * (1 << 20)

@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
 import { OsfarmClient } from '../../client/client.js'
+import { eventually } from '../../testing/eventually.js'
 import { adminSocketPath, type JobInfo } from '../../protocol/rpc.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..')
@@ -135,13 +136,10 @@ export async function waitFor (p: ChildProcess, text: string, ms = 30_000): Prom
 
 // Waits for a job to end (bounded), by polling.
 export async function waitJob (h: Host, id: string, ms = STEP_TIMEOUT_MS): Promise<JobInfo> {
-  const end = Date.now() + ms
-  for (;;) {
+  return await eventually(`job ${id} on ${h.ns} ended`, async () => {
     const j = await h.client.call('job.get', { id })
-    if (j.state !== 'running') return j
-    if (Date.now() > end) throw new Error(`job ${id} on ${h.ns} still running after ${ms} ms`)
-    await new Promise(resolve => setTimeout(resolve, 250))
-  }
+    return j.state !== 'running' ? j : undefined
+  }, { timeoutMs: ms, intervalMs: 250 })
 }
 
 // CPU seconds (user + system) the hosts' daemons have used so far.

@@ -8,7 +8,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import os from 'node:os'
 import { execa } from 'execa'
-import { OSFARMCTL, startDaemon, type TestDaemon } from '../../test/helpers/daemon.js'
+import { OSFARMCTL, startDaemon, type TestDaemon } from '../../testing/daemon.js'
 import { makeHalfDataImage } from './half-data-image.js'
 
 const SIZE = Number(process.env.OSFARM_BENCH_SIZE_MIB ?? 2048) * (1 << 20)

@@ -9,7 +9,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
 import createTestnet from 'hyperdht/testnet.js'
-import { startDaemon, type TestDaemon } from '../../test/helpers/daemon.js'
+import { startDaemon, type TestDaemon } from '../../testing/daemon.js'
 
 const IMAGES = process.env.OUT ?? '/var/tmp/osfarm-bench'
 const DIR = process.env.PERF_DIR ?? '/var/tmp/osfarm-perf'

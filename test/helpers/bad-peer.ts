@@ -8,8 +8,7 @@ import DHT from 'hyperdht'
 import { BlockHasher } from '../../daemon/blocks/block-hasher.js'
 import { LocalBlocks } from '../../daemon/blocks/local-blocks.js'
 import { FleetSwarm } from '../../daemon/fleet/fleet-swarm.js'
-import { sign } from '../../daemon/fleet/identity.js'
-import { advertSigningBytes } from '../../protocol/wire.js'
+import { signAdvert } from '../../daemon/adverts/sign-advert.js'
 
 const cfg = JSON.parse(process.env.BAD_PEER ?? '{}') as { image: string, name: string, secret: string, bootstrap: string[], allow: string[] }
 const hasher = new BlockHasher(1)
@@ -36,7 +35,6 @@ const swarm = await FleetSwarm.open({
     }
   }
 })
-const body = { root: manifest.root, name: cfg.name, size: manifest.size, blockSize: manifest.blockSize, specKey: null, builder: keyPair.publicKey }
-swarm.advertise([{ ...body, signature: sign(advertSigningBytes(body), keyPair) }])
+swarm.advertise([signAdvert(keyPair, { root: manifest.root, name: cfg.name, size: manifest.size, blockSize: manifest.blockSize })])
 process.stdout.write(JSON.stringify({ key }) + '\n')
 process.on('SIGTERM', () => { swarm.close().finally(() => process.exit(0)) })

@@ -1,11 +1,12 @@
 // Fleets of real daemons on a local HyperDHT testnet (127.0.0.1 only), and image pairs that
-// share most of their blocks, for the transfer tests.
+// share most of their blocks, for the transfer tests and the benches.
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import crypto from 'node:crypto'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import { startDaemon, tempDir, type TestDaemon } from './daemon.js'
+import { eventually } from './eventually.js'
 
 export interface Fleet {
   testnet: Testnet
@@ -23,15 +24,31 @@ export async function startTestnet (teardown: Teardown): Promise<{ testnet: Test
   return { testnet, bootstrap: testnet.bootstrap.map(b => `${b.host}:${b.port}`).join(',') }
 }
 
-// Starts `n` daemons (or adds to `dirs`), joins them into one fleet where all allow all.
-export async function startFleet (n: number, teardown: Teardown, options: { env?: Record<string, string>, uploadLimit?: number } = {}): Promise<Fleet> {
+export interface FleetOptions {
+  env?: Record<string, string>
+  uploadLimit?: number
+  // Per host: its directory and extra daemon arguments.
+  hosts?: Array<{ dir?: string, args?: string[] }>
+  // Wait until every host sees every other.
+  connected?: boolean
+}
+
+// Starts `n` daemons on a fresh testnet and joins them into one fleet where all allow all.
+export async function startFleet (n: number, teardown: Teardown, options: FleetOptions = {}): Promise<Fleet> {
   const { testnet, bootstrap } = await startTestnet(teardown)
   const daemons: TestDaemon[] = []
   for (let i = 0; i < n; i++) {
-    const d = await startDaemon({ env: options.env })
-    teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
+    const host = options.hosts?.[i]
+    const d = await startDaemon({ ...(options.env ? { env: options.env } : {}), ...(host?.dir ? { dir: host.dir } : {}), ...(host?.args ? { args: host.args } : {}) })
+    teardown(async () => { await d.stop('SIGKILL'); if (!host?.dir) await fs.rm(d.dir, { recursive: true, force: true }) })
     daemons.push(d)
   }
+  const { keys, secret } = await joinFleet(daemons, bootstrap, options)
+  return { testnet, bootstrap, daemons, keys, secret }
+}
+
+// Joins running daemons into one new fleet (the first makes the secret); each allows all.
+export async function joinFleet (daemons: TestDaemon[], bootstrap: string, options: { uploadLimit?: number, connected?: boolean } = {}): Promise<{ keys: string[], secret: string }> {
   const limit = options.uploadLimit ? ['--upload-limit', String(options.uploadLimit)] : []
   const first = await daemons[0]!.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1', ...limit)
   const secret = first.secret as string
@@ -41,18 +58,30 @@ export async function startFleet (n: number, teardown: Teardown, options: { env?
     keys.push(info.publicKey)
   }
   for (const d of daemons) for (const k of keys) await d.ctlJson('fleet', 'allow', k)
-  return { testnet, bootstrap, daemons, keys, secret }
+  if (options.connected) for (const d of daemons) await waitPeers(d, daemons.length - 1)
+  return { keys, secret }
+}
+
+// Adds a daemon to a fleet: it joins, allows every member, and the members (those running)
+// allow it.
+export async function addToFleet (d: TestDaemon, fleet: Pick<Fleet, 'secret' | 'bootstrap' | 'keys'>, members: TestDaemon[]): Promise<string> {
+  const info = await d.ctlJson('fleet', 'init', '--secret', fleet.secret, '--bootstrap', fleet.bootstrap, '--dht-host', '127.0.0.1')
+  for (const k of fleet.keys) await d.ctlJson('fleet', 'allow', k)
+  for (const m of members) await m.ctlJson('fleet', 'allow', info.publicKey)
+  return info.publicKey as string
 }
 
 // Waits until `d` sees `count` peers.
 export async function waitPeers (d: TestDaemon, count: number, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms
-  for (;;) {
-    const peers = await d.ctlJson('peer', 'ls')
-    if (peers.length >= count) return
-    if (Date.now() > end) throw new Error(`only ${peers.length} of ${count} peers after ${ms} ms`)
-    await new Promise(resolve => setTimeout(resolve, 200))
-  }
+  await eventually(`${count} peers`, async () => (await d.ctlJson('peer', 'ls')).length >= count, { timeoutMs: ms, intervalMs: 200 })
+}
+
+// Polls a job (osfarmctl job show) until `until` holds.
+export async function pollJob (d: TestDaemon, id: string, until: (j: any) => boolean, ms = 120_000): Promise<any> {
+  return await eventually(`job ${id} in the state waited for`, async () => {
+    const j = await d.ctlJson('job', 'show', id)
+    return until(j) ? j : undefined
+  }, { timeoutMs: ms })
 }
 
 // Compressible, varied content: text-like runs, as file systems hold.

@@ -7,7 +7,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
 
-const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 export const OSFARMD = path.join(DIST, 'daemon/main.js')
 export const OSFARMCTL = path.join(DIST, 'client/main.js')
 const READY_TIMEOUT_MS = 20_000
