@@ -25,10 +25,8 @@ const MAX_REVISED = 10_000
 const REDISCOVER_MS = 5_000
 // Receive buffer asked for on every UDP socket the swarm uses (the kernel caps it at
 // net.core.rmem_max). With the 208 KiB default, a busy moment of the event loop at link speed
-// overflowed it here (about 1,100 drops in one 70 MB fetch on loopback), and UDX slows down at
-// every drop. The send buffer stays as it is: a large one let UDX queue past a shaped link's
-// queue, which dropped the excess (3 peers at 100 Mbit: 98 MB on the wire for 76 MB of payload,
-// 87 MB without it).
+// overflowed it, and UDX slows down at every drop. The send buffer stays as it is: a large one
+// let UDX queue past a shaped link's queue, which dropped the excess (docs/measurements.md).
 const RECV_BUFFER_BYTES = 4 << 20
 // How long opening the swarm waits for the DHT node's reachability test (see #checkReachable).
 const REACHABILITY_CHECK_MS = 3_000
