@@ -36,7 +36,7 @@ export async function withMountedVolume<T> (volumePath: string, root: string, wo
 }
 
 // The device mounted at a point (the loop device mount -o loop chose).
-async function mountSource (point: string): Promise<string> {
+export async function mountSource (point: string): Promise<string> {
   const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
   for (const line of info.split('\n')) {
     const f = line.split(' ')

@@ -19,16 +19,20 @@ import { lastLines, run } from '../tools/run.js'
 import { readOnlyHostArgv } from './sandbox/enter-root.js'
 import { makeScratchFs } from './tools/mke2fs.js'
 import { mount, umount } from './tools/mount.js'
-import { MOUNT_OPTIONS } from './mounted-root.js'
+import { MOUNT_OPTIONS, mountSource } from './mounted-root.js'
 
 // The upper filesystem is never smaller than this (metadata, apt's small writes).
 const MIN_UPPER_BYTES = 64 << 20
+// How long the kernel may take to tear the overlay down after its last unmount.
+const RELEASE_WAIT_MS = 60_000
 
 export interface StepChanges {
   // Image paths the step removed (or replaced by another type), sorted.
   removed: string[]
   // Entries written (files, dirs, links) as tar counts them.
   written: number
+  // How long the overlay took to be released after its unmount.
+  releaseMs: number
 }
 
 // Runs work with `root` (an empty dir in scratch) as the merged view of the mounted layer at
@@ -42,8 +46,10 @@ export async function withStepOverlay (layer: string, scratch: string, work: (ro
   await fs.mkdir(root)
   await fs.mkdir(upperFs)
   const stat = await fs.statfs(layer)
-  await makeScratchFs(image, Math.max(MIN_UPPER_BYTES, stat.bavail * stat.bsize))
-  await mount(image, upperFs, { type: 'ext4', options: ['loop', 'nodev', ...MOUNT_OPTIONS] })
+  await makeScratchFs(image, Math.max(MIN_UPPER_BYTES, stat.bavail * stat.bsize), scratch)
+  const mountUpper = () => mount(image, upperFs, { type: 'ext4', options: ['loop', 'nodev', ...MOUNT_OPTIONS] })
+  await mountUpper()
+  let upperMounted = true
   try {
     const upper = path.join(upperFs, 'upper')
     const workDir = path.join(upperFs, 'work')
@@ -63,12 +69,37 @@ export async function withStepOverlay (layer: string, scratch: string, work: (ro
     } finally {
       await umount(root)
     }
+    // The overlay's superblock outlives this unmount while a copy of its mount in a command's
+    // namespace is still being torn down, and it holds the layer's inodes it looked at: a file
+    // removed now would be freed when that ends, so whether tar reuses its inode would be
+    // timing again. Its last act is dropping its clone of the upper mount, so once the upper
+    // filesystem's loop device has detached itself (autoclear), nothing but this holds the layer.
+    const device = await mountSource(upperFs)
+    await umount(upperFs)
+    upperMounted = false
+    const t0 = performance.now()
+    await detached(device, image)
+    const releaseMs = performance.now() - t0
+    await mountUpper()
+    upperMounted = true
     await dropWhiteouts(upper)
     for (const rel of removed) await fs.rm(path.join(layer, rel), { recursive: true, force: true })
     const written = await copyTree(upper, layer, path.join(upperFs, 'changes.tar'))
-    return { removed: removed.map(r => '/' + r), written }
+    return { removed: removed.map(r => '/' + r), written, releaseMs }
   } finally {
-    await umount(upperFs)
+    if (upperMounted) await umount(upperFs)
+  }
+}
+
+// Waits (bounded) until a loop device no longer holds the given file.
+async function detached (device: string, file: string): Promise<void> {
+  const backing = `/sys/block/${path.basename(device)}/loop/backing_file`
+  const deadline = Date.now() + RELEASE_WAIT_MS
+  for (;;) {
+    const held = await fs.readFile(backing, 'utf8').then(t => t.trim().replace(/ \(deleted\)$/, '') === file, () => false)
+    if (!held) return
+    if (Date.now() > deadline) throw IO_ERROR(`the step's overlay was not released within ${RELEASE_WAIT_MS / 1000} s (${device} still holds ${file})`)
+    await new Promise(resolve => setTimeout(resolve, 5))
   }
 }
 

@@ -54,17 +54,20 @@ export async function makeFs (device: string, options: MakeFsOptions): Promise<v
   throw TOOL_FAILED(`mke2fs failed (exit ${r.exitCode}): ${lastLines(r.tail)}`)
 }
 
-// A scratch filesystem in a sparse file (a step's overlay upper dir): the host's defaults, no
-// journal, inode tables left to be zeroed lazily (mounted noinit_itable: never, it is thrown
-// away). Its size bounds what a step may write.
-export async function makeScratchFs (file: string, bytes: number): Promise<void> {
+// A scratch filesystem in a sparse file (a step's overlay upper dir): no journal, inode tables
+// left to be zeroed lazily (mounted noinit_itable: never, it is thrown away). Its size bounds
+// what a step may write. The pinned configuration, UUID and hash seed matter: the merged view
+// lists a directory in its upper dir's hash order, and a step's output can follow that order.
+export async function makeScratchFs (file: string, bytes: number, confDir: string): Promise<void> {
+  const conf = path.join(confDir, 'mke2fs.conf')
+  await fs.writeFile(conf, MKE2FS_CONF)
   const fh = await fs.open(file, 'wx')
   try {
     await fh.truncate(Math.floor(bytes / 4096) * 4096)
   } finally {
     await fh.close()
   }
-  const r = await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-O', '^has_journal', '-E', 'lazy_itable_init=1,nodiscard', '-m', '0', '--', file], { pkg: 'e2fsprogs' })
+  const r = await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-U', SCRATCH_UUID, '-E', `lazy_itable_init=1,nodiscard,hash_seed=${SCRATCH_UUID}`, '-m', '0', '--', file], { env: e2fsEnv(BUILD_TIME_SCRATCH, conf), pkg: 'e2fsprogs' })
   if (r.exitCode !== 0) throw TOOL_FAILED(`mke2fs of a scratch filesystem failed (exit ${r.exitCode}): ${lastLines(r.tail)}`)
 }
 
@@ -136,6 +139,9 @@ export async function dumpFile (device: string, file: string, to: string): Promi
   const st = await fs.stat(to).catch(() => undefined)
   if (r.exitCode !== 0 || !st || r.tail.some(l => /not found|error/i.test(l))) throw IO_ERROR(`could not copy ${file} out of the image: ${lastLines(r.tail)}`)
 }
+
+const SCRATCH_UUID = '0f5c7a1e-3d2b-4c6a-9e8f-7a6b5c4d3e2f'
+const BUILD_TIME_SCRATCH = 1704067200
 
 function e2fsEnv (time: number, conf?: string): Record<string, string> {
   return { E2FSPROGS_FAKE_TIME: String(time), ...(conf ? { MKE2FS_CONFIG: conf } : {}) }
