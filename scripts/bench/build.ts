@@ -177,7 +177,7 @@ async function inDaemon (mirrorUri: string, mmMs: number): Promise<void> {
       packages: ['osfarm-hello']
     }))
     const build = async (): Promise<BuildResultInfo> => {
-      const job = await client!.call('image.build', { path: specFile })
+      const job = await client!.call('image.build', { spec: await fs.readFile(specFile, 'utf8'), format: 'json' })
       const end = await client!.call('job.watch', { id: job.id })
       if (end.state !== 'done') throw new Error(`build ${end.state}: ${end.error?.message}`)
       return end.result as BuildResultInfo
