@@ -16,6 +16,8 @@ export interface IndexOptions {
   blockSize?: number
   // Bytes to index; defaults to the file's (or block device's) size.
   size?: number
+  // Where the data is (block-aligned, in order): only these are read; the rest is zero.
+  ranges?: Array<[number, number]>
   signal?: AbortSignal
   onProgress?: (bytesDone: number, bytesTotal: number) => void
 }
@@ -95,17 +97,22 @@ export class BlockHasher {
     // per-segment buffers cross threads or wait for collection.
     const hashes = Buffer.from(new SharedArrayBuffer(blockCount(size, blockSize) * HASH_BYTES))
     const segment = Math.max(blockSize, SEGMENT_BYTES - (SEGMENT_BYTES % blockSize))
+    const pieces: Array<[number, number]> = []
+    for (const [from, to] of options.ranges ?? [[0, size]]) {
+      for (let start = from; start < Math.min(to, size); start += segment) pieces.push([start, Math.min(to, size, start + segment)])
+    }
+    const total = pieces.reduce((n, [s, e]) => n + e - s, 0)
     let done = 0
     const jobs: Promise<void>[] = []
     let failure: Error | undefined
-    for (let start = 0; start < size && !failure; start += segment) {
+    for (const [start, end] of pieces) {
+      if (failure) break
       if (options.signal?.aborted) throw JOB_CANCELLED()
-      const end = Math.min(size, start + segment)
       // Keep at most `threads` segments queued so cancellation and errors stop work quickly.
       if (jobs.length >= this.threads * 2) await Promise.race(jobs)
       const job: Promise<void> = this.#run({ path, table: hashes.buffer as SharedArrayBuffer, blockSize, start, end }).then(() => {
         done += end - start
-        options.onProgress?.(done, size)
+        options.onProgress?.(done, total)
       }, err => { failure ??= err }).finally(() => { jobs.splice(jobs.indexOf(job), 1) })
       jobs.push(job)
     }

@@ -4,6 +4,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { JOB_CANCELLED } from '../../protocol/errors.js'
 import { readFully, writeError } from './host-files.js'
+import type { DataRanges } from '../blocks/data-ranges.js'
 
 const CHUNK_BYTES = 4 << 20
 
@@ -17,6 +18,8 @@ export interface CopyOptions {
   source?: string
   target?: string
   full?: 'STORE_FULL' | 'NO_SPACE'
+  // Told where data was written.
+  ranges?: DataRanges
 }
 
 // The target must already be `size` bytes long and read as zeros where nothing is written
@@ -41,12 +44,14 @@ export async function copyNonZero (from: FileHandle, to: FileHandle, options: Co
       if (nonZero && runStart < 0) runStart = o
       if (!nonZero && runStart >= 0) {
         await writeAll(to, chunk.subarray(runStart, o), pos + runStart, target, full)
+        options.ranges?.add(pos + runStart, pos + o)
         written += o - runStart
         runStart = -1
       }
     }
     if (runStart >= 0) {
       await writeAll(to, chunk.subarray(runStart, got), pos + runStart, target, full)
+      options.ranges?.add(pos + runStart, pos + got)
       written += got - runStart
     }
     pos += got

@@ -7,10 +7,11 @@ import { IO_ERROR, JOB_CANCELLED, OsfarmError, PROTOCOL_ERROR, SOURCE_CHANGED, S
 import { DATA, END, MAX_STREAM_DATA, WriteWindow, nonZeroRuns, sendFrame, sendResult } from '../../protocol/stream.js'
 import type { JobContext } from '../jobs/jobs.js'
 import type { StreamConnection } from '../rpc/streams.js'
+import type { DataRanges } from '../blocks/data-ranges.js'
 
 // Receives an upload of exactly `size` bytes into `to` (a new volume of that size, all zeros),
 // then answers RESULT {bytes} once they are written. Any failure is answered on the stream too.
-export async function receiveStream (attached: Promise<StreamConnection>, to: FileHandle, size: number, ctx: JobContext): Promise<void> {
+export async function receiveStream (attached: Promise<StreamConnection>, to: FileHandle, size: number, ctx: JobContext, ranges: DataRanges): Promise<void> {
   const conn = await withCancel(attached, ctx.signal)
   const cancel = () => conn.socket.destroy()
   ctx.signal.addEventListener('abort', cancel, { once: true })
@@ -31,6 +32,7 @@ export async function receiveStream (attached: Promise<StreamConnection>, to: Fi
       if (frame.offset < next) throw PROTOCOL_ERROR(`an upload's frames go forward: one at byte ${frame.offset} came after byte ${next}`)
       if (frame.offset + frame.payload.length > size) throw SOURCE_CHANGED(`the upload wrote past its announced size (${size} bytes)`)
       next = frame.offset + frame.payload.length
+      ranges.add(frame.offset, next)
       await writes.add(writeAt(to, frame.payload, frame.offset))
       received += frame.payload.length
       // Progress by position: the caller sends in order, skipping holes.

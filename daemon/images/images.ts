@@ -10,6 +10,7 @@ import type { ExportFormat, ExportResult, ImageInfo, JobInfo, StreamJob, VerifyR
 import type { FileHandle } from 'node:fs/promises'
 import type { StreamRegistry } from '../rpc/streams.js'
 import { receiveStream, sendStream } from './image-streams.js'
+import { DataRanges } from '../blocks/data-ranges.js'
 import type { Catalog } from '../catalog/catalog.js'
 import type { JobContext, JobManager } from '../jobs/jobs.js'
 import type { LayerStore } from '../store/layer-store.js'
@@ -120,8 +121,9 @@ export class ImageService {
   }
 
   async #importJob (src: Source, name: string, ctx: JobContext, labels?: string[]): Promise<ImageInfo> {
-    return this.#ingest(name, src.size, ctx, labels, async to => {
+    return this.#ingest(name, src.size, ctx, labels, async (to, ranges) => {
       await copyNonZero(src.handle, to, {
+        ranges,
         size: src.size,
         blockSize: this.#blockSize,
         signal: ctx.signal,
@@ -144,7 +146,7 @@ export class ImageService {
     try {
       const job = this.#jobs.start('import', name, async ctx => {
         try {
-          return await this.#ingest(name, size, ctx, labels, to => receiveStream(attached, to, size, ctx))
+          return await this.#ingest(name, size, ctx, labels, (to, ranges) => receiveStream(attached, to, size, ctx, ranges))
         } finally {
           this.#claimed.delete(name)
         }
@@ -156,14 +158,16 @@ export class ImageService {
     }
   }
 
-  // A new volume of `size` bytes, filled by `fill`, indexed, committed and registered.
-  async #ingest (name: string, size: number, ctx: JobContext, labels: string[] | undefined, fill: (to: FileHandle) => Promise<void>): Promise<ImageInfo> {
+  // A new volume of `size` bytes (all zeros), filled by `fill`, which says where it put data;
+  // only that is read back to be indexed. Then committed and registered.
+  async #ingest (name: string, size: number, ctx: JobContext, labels: string[] | undefined, fill: (to: FileHandle, ranges: DataRanges) => Promise<void>): Promise<ImageInfo> {
+    const ranges = new DataRanges()
     const volume = `img-${randomBytes(8).toString('hex')}`
     const info = await this.#store.prepare(volume, { size })
     try {
       const to = await fs.open(info.path, 'r+')
       try {
-        await fill(to)
+        await fill(to, ranges)
         await to.sync().catch(err => { throw writeError(err, info.path, 'STORE_FULL') })
       } finally {
         await to.close()
@@ -173,6 +177,7 @@ export class ImageService {
       const manifest = await this.#hasher.indexFile(info.path, {
         blockSize: this.#blockSize,
         size,
+        ranges: ranges.aligned(this.#blockSize, size),
         signal: ctx.signal,
         onProgress: (done, total) => ctx.progress('index', done, total)
       })
