@@ -17,9 +17,10 @@ import path from 'node:path'
 import { BUILD_FAILED, IO_ERROR, SIZE_TOO_SMALL } from '../../protocol/errors.js'
 import { lastLines, run } from '../tools/run.js'
 import { readOnlyHostArgv } from './sandbox/enter-root.js'
-import { makeScratchFs } from './tools/mke2fs.js'
+import { makeScratchFs, normalizeTimes } from './tools/mke2fs.js'
 import { mount, umount } from './tools/mount.js'
-import { MOUNT_OPTIONS, mountSource } from './mounted-root.js'
+import { MOUNT_OPTIONS, mountSource, withMountedVolume } from './mounted-root.js'
+import { scanInodes } from './ext4-inodes.js'
 
 // The upper filesystem is never smaller than this (metadata, apt's small writes).
 const MIN_UPPER_BYTES = 64 << 20
@@ -35,57 +36,68 @@ export interface StepChanges {
   releaseMs: number
 }
 
-// Runs work with `root` (an empty dir in scratch) as the merged view of the mounted layer at
-// `layer` and a fresh upper dir; then writes the changes into the layer. scratch: a directory
-// of the builder's, removed by it afterwards (nothing of it is mounted once this returns).
-export async function withStepOverlay (layer: string, scratch: string, work: (root: string) => Promise<void>): Promise<StepChanges> {
-  for (const p of [layer, scratch]) if (/[,:\\\s]/.test(p)) throw BUILD_FAILED(`the build dir ${p} cannot be used for an overlay (it holds a comma, colon, backslash or space)`)
+// Mounts the volume (at scratch/layer), runs work with `root` (scratch/root) as the merged view
+// of the layer and a fresh upper dir, writes the changes into the layer and runs finish on it
+// (still mounted). scratch: an empty directory of the builder's, removed by it afterwards
+// (nothing of it is mounted once this returns).
+export async function withStepOverlay<T> (volume: string, scratch: string, epoch: number, work: (root: string) => Promise<void>, finish: (layer: string) => Promise<T>): Promise<{ changes: StepChanges, result: T }> {
+  if (/[,:\\\s]/.test(scratch)) throw BUILD_FAILED(`the build dir ${scratch} cannot be used for an overlay (it holds a comma, colon, backslash or space)`)
+  const layerDir = path.join(scratch, 'layer')
   const root = path.join(scratch, 'root')
   const upperFs = path.join(scratch, 'upper')
   const image = path.join(scratch, 'upper.img')
-  await fs.mkdir(root)
-  await fs.mkdir(upperFs)
-  const stat = await fs.statfs(layer)
-  await makeScratchFs(image, Math.max(MIN_UPPER_BYTES, stat.bavail * stat.bsize), scratch)
+  const upper = path.join(upperFs, 'upper')
+  for (const d of [layerDir, root, upperFs]) await fs.mkdir(d)
   const mountUpper = () => mount(image, upperFs, { type: 'ext4', options: ['loop', 'nodev', ...MOUNT_OPTIONS] })
-  await mountUpper()
-  let upperMounted = true
+  let upperMounted = false
   try {
-    const upper = path.join(upperFs, 'upper')
-    const workDir = path.join(upperFs, 'work')
-    await fs.mkdir(workDir)
-    // The merged root takes the upper dir's owner and mode: the layer's own.
-    const top = await fs.lstat(layer)
-    await fs.mkdir(upper, top.mode & 0o7777)
-    await fs.chown(upper, top.uid, top.gid)
-    await fs.chmod(upper, top.mode & 0o7777)
-    // redirect_dir and metacopy off: a renamed lower dir is copied up whole and a changed
-    // file holds its data, so the upper dir is plain files, dirs, links and whiteouts.
-    await mount('overlay', root, { type: 'overlay', options: [`lowerdir=${layer}`, `upperdir=${upper}`, `workdir=${workDir}`, 'redirect_dir=off', 'metacopy=off', 'index=off', 'xino=off', 'nodev'] })
-    let removed: string[]
-    try {
-      await work(root)
-      removed = await removedEntries(layer, upper, root)
-    } finally {
-      await umount(root)
-    }
-    // The overlay's superblock outlives this unmount while a copy of its mount in a command's
-    // namespace is still being torn down, and it holds the layer's inodes it looked at: a file
-    // removed now would be freed when that ends, so whether tar reuses its inode would be
-    // timing again. Its last act is dropping its clone of the upper mount, so once the upper
-    // filesystem's loop device has detached itself (autoclear), nothing but this holds the layer.
-    const device = await mountSource(upperFs)
-    await umount(upperFs)
-    upperMounted = false
-    const t0 = performance.now()
-    await detached(device, image)
-    const releaseMs = performance.now() - t0
+    let removed: string[] = []
+    let releaseMs = 0
+    await withMountedVolume(volume, layerDir, async layer => {
+      const stat = await fs.statfs(layer)
+      await makeScratchFs(image, Math.max(MIN_UPPER_BYTES, stat.bavail * stat.bsize), scratch)
+      await mountUpper()
+      upperMounted = true
+      const workDir = path.join(upperFs, 'work')
+      await fs.mkdir(workDir)
+      // The merged root takes the upper dir's owner and mode: the layer's own.
+      const top = await fs.lstat(layer)
+      await fs.mkdir(upper, top.mode & 0o7777)
+      await fs.chown(upper, top.uid, top.gid)
+      await fs.chmod(upper, top.mode & 0o7777)
+      // redirect_dir and metacopy off: a renamed lower dir is copied up whole and a changed
+      // file holds its data, so the upper dir is plain files, dirs, links and whiteouts.
+      await mount('overlay', root, { type: 'overlay', options: [`lowerdir=${layer}`, `upperdir=${upper}`, `workdir=${workDir}`, 'redirect_dir=off', 'metacopy=off', 'index=off', 'xino=off', 'nodev'] })
+      try {
+        await work(root)
+        removed = await removedEntries(layer, upper, root)
+      } finally {
+        await umount(root)
+      }
+      // The overlay's superblock outlives this unmount while a copy of its mount in a
+      // command's namespace is still being torn down, and it holds layer inodes. Its last act
+      // is dropping its clone of the upper mount: once the upper filesystem's loop device has
+      // detached itself (autoclear), nothing but this mount holds the layer.
+      const device = await mountSource(upperFs)
+      await umount(upperFs)
+      upperMounted = false
+      const t0 = performance.now()
+      await detached(device, image)
+      releaseMs = performance.now() - t0
+      for (const rel of removed) await fs.rm(path.join(layer, rel), { recursive: true, force: true })
+    })
+    // ext4 without a journal does not reuse an inode deleted in the last minute or more while
+    // its inode table block is in the buffer cache (it may not be on disk yet): which inodes
+    // the new files get would depend on the clock and the cache. The removed inodes' records
+    // are cleared on the unmounted layer (no deletion time), so none counts as recent.
+    await normalizeTimes(volume, epoch, [], (await scanInodes(volume)).dirtyFree)
     await mountUpper()
     upperMounted = true
     await dropWhiteouts(upper)
-    for (const rel of removed) await fs.rm(path.join(layer, rel), { recursive: true, force: true })
-    const written = await copyTree(upper, layer, path.join(upperFs, 'changes.tar'))
-    return { removed: removed.map(r => '/' + r), written, releaseMs }
+    return await withMountedVolume(volume, layerDir, async layer => {
+      const written = await copyTree(upper, layer, path.join(upperFs, 'changes.tar'))
+      return { changes: { removed: removed.map(r => '/' + r), written, releaseMs }, result: await finish(layer) }
+    })
   } finally {
     if (upperMounted) await umount(upperFs)
   }
@@ -123,9 +135,9 @@ async function removedEntries (lower: string, upper: string, merged: string): Pr
       for (const e of entries) {
         const was = lowerTypes.get(e.name)
         if (!was || !shown.has(e.name)) continue
-        // A non-dir over anything is written anew by tar (it unlinks first); a dir over a
-        // non-dir needs the old entry gone first.
-        if (e.isDirectory() && was !== 'dir') out.push(path.join(rel, e.name))
+        // Anything the upper dir replaces goes first (tar then only creates: every inode is
+        // freed before the first new one is taken); a dir over a dir is merged.
+        if (!(e.isDirectory() && was === 'dir')) out.push(path.join(rel, e.name))
       }
     }
     for (const e of entries) {
@@ -156,7 +168,9 @@ async function copyTree (from: string, to: string, archive: string): Promise<num
   const xattrs = ['--xattrs', '--xattrs-include=*', '--xattrs-exclude=trusted.overlay.*', '--acls']
   const c = await run('tar', ['-C', from, '--sort=name', '--numeric-owner', ...xattrs, '-cf', archive, '.'], { pkg: 'tar' })
   if (c.exitCode !== 0) throw IO_ERROR(`archiving the step's changes failed: ${lastLines(c.tail)}`)
-  const argv = readOnlyHostArgv([to], ['tar', '-C', to, '-x', '-p', '--numeric-owner', ...xattrs, '-v', '-f', archive])
+  // -P: links are made as they come, not as placeholders replaced at the end (the archive is
+  // ours, made from a real tree: no member lies under a link or climbs with ..).
+  const argv = readOnlyHostArgv([to], ['tar', '-C', to, '-x', '-p', '-P', '--numeric-owner', ...xattrs, '-v', '-f', archive])
   const x = await run('unshare', ['--mount', '--propagation', 'private', '--', ...argv], { pkg: 'util-linux' })
   if (x.exitCode !== 0) {
     if (x.tail.some(l => /No space left on device/.test(l))) throw SIZE_TOO_SMALL(`the layer has no room for the step's changes: ${lastLines(x.tail, 2)}`)

@@ -6,10 +6,8 @@
 // written into the layer afterwards by one process in name order (step-overlay.ts). Whatever
 // happens, its mounts die with it.
 
-import fs from 'node:fs/promises'
-import path from 'node:path'
 import { BUILD_FAILED, OsfarmError } from '../../../protocol/errors.js'
-import { strayTimes, withMountedVolume, type StrayTimes } from '../mounted-root.js'
+import { strayTimes, type StrayTimes } from '../mounted-root.js'
 import { withStepOverlay } from '../step-overlay.js'
 import { bootStep, filesStep, packagesStep, scriptsStep, type StepContext } from '../steps.js'
 import { trim } from '../tools/mount.js'
@@ -38,16 +36,13 @@ async function main (): Promise<void> {
   process.stdin.setEncoding('utf8')
   for await (const chunk of process.stdin) text += chunk
   const job = JSON.parse(text) as LayerJob
-  const layer = path.join(job.scratch, 'layer')
-  await fs.mkdir(layer)
-  const stray = await withMountedVolume(job.volume, layer, async layerRoot => {
-    // The step runs on an overlay; its result is written into the layer in one fixed order.
-    const changes = await withStepOverlay(layerRoot, job.scratch, root => runJob(job, root))
-    send({ t: 'log', line: `${job.step}: ${changes.removed.length} entries removed, ${changes.written} written into the layer in name order (overlay released after ${changes.releaseMs.toFixed(1)} ms)` })
+  // The step runs on an overlay; its result is written into the layer in one fixed order.
+  const { changes, result: stray } = await withStepOverlay(job.volume, job.scratch, job.epoch, root => runJob(job, root), async layer => {
     // Deleted files' blocks become holes (zeros): never part of the image's content.
-    await trim(layerRoot)
-    return strayTimes(layerRoot, job.epoch)
+    await trim(layer)
+    return strayTimes(layer, job.epoch)
   })
+  send({ t: 'log', line: `${job.step}: ${changes.removed.length} entries removed, ${changes.written} written into the layer in name order (overlay released after ${changes.releaseMs.toFixed(1)} ms)` })
   send({ t: 'done', value: stray satisfies StrayTimes[] })
 }
 
