@@ -3,11 +3,12 @@
 // journald turns into the entry's level. Callers pass fields, never secrets: keys and fleet
 // secrets are not logged anywhere.
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
+import type { LogLevel } from '../protocol/config.js'
+
+export { LOG_LEVELS, type LogLevel } from '../protocol/config.js'
 const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 }
 const SYSLOG_PRIORITY: Record<LogLevel, number> = { debug: 7, info: 6, warn: 4, error: 3 }
 const TO_JOURNAL = process.env.JOURNAL_STREAM !== undefined
-export const LOG_LEVELS = Object.keys(RANK) as LogLevel[]
 
 export type LogFields = Record<string, string | number | boolean | undefined | null>
 

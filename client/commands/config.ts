@@ -1,7 +1,7 @@
 // osfarmctl config check FILE: validates an osfarmd config file without a daemon.
 
 import type { Command } from 'commander'
-import { readConfigFile } from '../../daemon/config.js'
+import { readConfigFile } from '../../protocol/config.js'
 import { printJson } from '../output.js'
 
 export function register (program: Command): void {

@@ -8,9 +8,10 @@
 import { hash, HASH_BYTES, toHex } from './hash.js'
 import { BAD_PARAMS, VERIFY_FAILED } from '../../protocol/errors.js'
 
-export const DEFAULT_BLOCK_SIZE = 4096
-export const MIN_BLOCK_SIZE = 512
-export const MAX_BLOCK_SIZE = 1 << 20
+import { checkBlockSize } from '../../protocol/config.js'
+
+export { checkBlockSize, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../../protocol/config.js'
+
 const MAGIC = Buffer.from('OSFM')
 const VERSION = 1
 const HEADER_BYTES = 4 + 1 + 4 + 8
@@ -27,12 +28,6 @@ export interface Manifest {
 
 export function blockCount (size: number, blockSize: number): number {
   return Math.ceil(size / blockSize)
-}
-
-export function checkBlockSize (blockSize: number): void {
-  if (!Number.isInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
-    throw BAD_PARAMS(`block size must be a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}, got ${blockSize}`)
-  }
 }
 
 export function blockHash (m: Pick<Manifest, 'hashes'>, i: number): Buffer {

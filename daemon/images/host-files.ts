@@ -12,8 +12,7 @@ import { deviceSize } from '../blocks/block-hasher.js'
 
 // Defaults of the config keys maxSourceBytes (a spec's files[].source) and maxRootfsBytes (a
 // spec's rootfs tarball: a whole root filesystem).
-export const DEFAULT_MAX_SOURCE_BYTES = 64 << 20
-export const DEFAULT_MAX_ROOTFS_BYTES = 4 * 2 ** 30
+export { DEFAULT_MAX_ROOTFS_BYTES, DEFAULT_MAX_SOURCE_BYTES } from '../../protocol/config.js'
 const READ_CHUNK_BYTES = 1 << 20
 
 export interface SourceOptions {
