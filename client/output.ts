@@ -31,12 +31,3 @@ export function shortId (id: string, n = 12): string {
   return id.slice(0, n)
 }
 
-// A rate in bytes per second from "5000000", "20M", "1.5G" (bytes, decimal units) or
-// "100mbit" (bits); for --limit options.
-export function parseRate (text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g)?(b|bit|bps|B|B\/s)?$/i.exec(text.trim())
-  if (!m) throw BAD_PARAMS(`not a rate: ${JSON.stringify(text)} (e.g. 20M for 20 MB/s, 100mbit)`)
-  const scale = { k: 1e3, m: 1e6, g: 1e9 }[(m[2] ?? '').toLowerCase() as 'k' | 'm' | 'g'] ?? 1
-  const bits = /^bit|^bps/i.test(m[3] ?? '')
-  return Math.round(Number(m[1]) * scale / (bits ? 8 : 1))
-}

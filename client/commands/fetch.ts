@@ -3,7 +3,8 @@
 import type { Command } from 'commander'
 import type { FetchResult } from '../../protocol/rpc.js'
 import { withClient, type CliContext } from '../context.js'
-import { humanBytes, parseRate, printJson, shortId } from '../output.js'
+import { humanBytes, printJson, shortId } from '../output.js'
+import { parseRate, RATE_UNITS } from '../units.js'
 import { watchJob } from '../progress.js'
 
 export function register (program: Command, ctx: CliContext): void {
@@ -11,7 +12,7 @@ export function register (program: Command, ctx: CliContext): void {
     .description('fetch an image from the fleet by name or root, reusing every block held locally')
     .option('--from <key>', 'fetch only from this peer (host key)')
     .option('--name <name>', 'local name (default: the advertised name)')
-    .option('--limit <rate>', 'receive at most this rate (e.g. 20M = 20 MB/s, 100mbit)', parseRate)
+    .option('--limit <rate>', `receive at most this rate (${RATE_UNITS})`, parseRate)
     .option('--wait <seconds>', 'how long to wait for a peer that holds it', Number, 30)
     .option('--no-wait-job', 'return the job at once')
     .option('--json', 'print JSON')

@@ -3,7 +3,8 @@
 import type { Command } from 'commander'
 import type { FleetInfo } from '../../protocol/rpc.js'
 import { withClient, type CliContext } from '../context.js'
-import { parseRate, printFields, printJson } from '../output.js'
+import { printFields, printJson } from '../output.js'
+import { parseRate, RATE_UNITS } from '../units.js'
 
 export function register (program: Command, ctx: CliContext): void {
   const fleet = program.command('fleet').description('this host\'s fleet: secret, allow-list, bootstrap nodes')
@@ -15,8 +16,8 @@ export function register (program: Command, ctx: CliContext): void {
     .option('--peer <keys>', 'hosts to allow and connect to directly, key,...')
     .option('--dht-host <address>', 'address this host\'s DHT node binds')
     .option('--dht-port <port>', 'UDP port of this host\'s DHT node', Number)
-    .option('--upload-limit <rate>', 'upload limit to all peers (e.g. 20M = 20 MB/s, 100mbit)', parseRate)
-    .option('--peer-upload-limit <rate>', 'upload limit to each peer (e.g. 5M, 40mbit)', parseRate)
+    .option('--upload-limit <rate>', `upload limit to all peers (${RATE_UNITS})`, parseRate)
+    .option('--peer-upload-limit <rate>', `upload limit to each peer (${RATE_UNITS})`, parseRate)
     .option('--json', 'print JSON')
     .action(opts => withClient(ctx, async c => {
       const info = await c.call('fleet.init', {

@@ -5,7 +5,7 @@ import { Option, type Command } from 'commander'
 import type { ImageInfo, ExportResult, JobInfo, VerifyResult } from '../../protocol/rpc.js'
 import { SOURCE_EMPTY, VERIFY_FAILED } from '../../protocol/errors.js'
 import { download, fileTarget, openLocalSource, stdoutTarget, upload } from '../streams.js'
-import { parseSize } from './seed.js'
+import { parseSize, SIZE_UNITS } from '../units.js'
 import { withClient, type CliContext } from '../context.js'
 import { humanBytes, printFields, printJson, printTable, shortId } from '../output.js'
 import { watchJob } from '../progress.js'
@@ -56,7 +56,7 @@ export function register (program: Command, ctx: CliContext): void {
     .description('import a raw image file or block device (- reads stdin); read with your own rights')
     .requiredOption('-n, --name <name>', 'image name')
     .option('-l, --label <key=value>', 'a label, carried in the image\'s advert (seed policies match them); repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
-    .option('--size <bytes>', 'the image size, for a pipe (e.g. 2G)', parseSize)
+    .option('--size <bytes>', `the image size, for a pipe (${SIZE_UNITS})`, parseSize)
     .option('--no-wait', 'return the job once the bytes are in (indexing goes on)')
     .option('--json', 'print JSON')
     .action((file, opts) => withClient(ctx, async c => {

@@ -5,6 +5,7 @@ import type { SeedPolicy, SeedStatus } from '../../protocol/rpc.js'
 import { BAD_PARAMS } from '../../protocol/errors.js'
 import { withClient, type CliContext } from '../context.js'
 import { humanBytes, printJson, printTable, shortId } from '../output.js'
+import { parseRate, parseSize, RATE_UNITS, SIZE_UNITS } from '../units.js'
 
 export function register (program: Command, ctx: CliContext): void {
   const seed = program.command('seed').description('seed policies: images this host (or the whole fleet) holds before anyone asks')
@@ -13,10 +14,10 @@ export function register (program: Command, ctx: CliContext): void {
     .description('hold the newest images whose advertised name matches MATCH (a glob: * ?)')
     .option('-l, --label <key=glob>', 'and that carry a matching label')
     .option('-k, --keep <n>', 'newest versions to hold', parseCount, 1)
-    .option('--max-size <size>', 'never images larger than this (e.g. 8G)', parseSize)
+    .option('--max-size <size>', `never images larger than this (${SIZE_UNITS})`, parseSize)
     .option('-p, --priority <n>', 'higher goes first among seed fetches', Number, 0)
-    .option('--upload-limit <rate>', 'serve seeding requests for the images it wants at most this fast, bytes/s (e.g. 10M)', parseSize)
-    .option('--download-limit <rate>', 'fetch at most this fast, bytes/s (e.g. 10M)', parseSize)
+    .option('--upload-limit <rate>', `serve seeding requests for the images it wants at most this fast (${RATE_UNITS})`, parseRate)
+    .option('--download-limit <rate>', `fetch at most this fast (${RATE_UNITS})`, parseRate)
     .option('--fleet', 'a fleet-wide default: every host of the fleet applies it')
     .option('--json', 'print JSON')
     .action((match, opts) => withClient(ctx, async c => {
@@ -95,12 +96,4 @@ function parseCount (s: string): number {
   const n = Number(s)
   if (!Number.isInteger(n) || n < 1) throw BAD_PARAMS(`expected a count of 1 or more, got ${JSON.stringify(s)}`)
   return n
-}
-
-// "2G", "500M", "10MiB", "1.5GB", "4096": bytes (K, M, G, T are powers of 1024).
-export function parseSize (s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(s.trim())
-  if (!m) throw BAD_PARAMS(`expected a size such as 512M or 2G, got ${JSON.stringify(s)}`)
-  const unit = 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase())
-  return Math.round(Number(m[1]) * unit)
 }
