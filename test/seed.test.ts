@@ -122,7 +122,7 @@ t.test('a host policy: newest N, max size, and a user\'s job goes first', async 
   await b.ctlJson('seed', 'rm', p.id)
   await lacks(b, s1.root)
   await lacks(b, s2.root)
-  const job = await b.ctlJson('fetch', 'db-3', '--no-wait-job')
+  const job = await b.ctlJson('fetch', 'db-3', '--no-wait')
   await b.ctlJson('seed', 'add', 'db-*', '--keep', '2')
   const user = await until('the user fetch', async () => { const j = await b.ctlJson('job', 'show', job.id); return j.state === 'done' ? j : undefined })
   await holds(b, s2.root)
@@ -184,7 +184,7 @@ t.test('relabelling: the builder changes an image\'s labels; holders, late hosts
   t.pass('the holder agrees with the builder')
 
   // A fetch that began before a relabelling registers the labels as they are when it ends.
-  const slow = await c.ctlJson('fetch', 'svc-1', '--limit', '200k', '--no-wait-job')
+  const slow = await c.ctlJson('fetch', 'svc-1', '--limit', '200k', '--no-wait')
   await until('the slow fetch under way', async () => { const j = await c.ctlJson('job', 'show', slow.id); return j.state === 'running' && j.progress?.unit !== 'steps' })
   await a.ctlJson('image', 'label', 'svc-1', 'tier=5')
   const fetched2 = await until('the slow fetch', async () => { const j = await c.ctlJson('job', 'show', slow.id); return j.state !== 'running' && j.state !== 'queued' ? j : undefined })

@@ -53,7 +53,7 @@ t.test('a peer killed mid-transfer: the fetch completes from the other', async t
   }
   for (const a of [a1, a2]) await waitPeers(a, 2)
   await waitPeers(b, 2)
-  const job = await b.ctlJson('fetch', 'derived', '--no-wait-job')
+  const job = await b.ctlJson('fetch', 'derived', '--no-wait')
   await pollJob(b, job.id, j => j.progress.phase.startsWith('fetch') && j.progress.done > j.progress.total * 0.2)
   await a1.stop('SIGKILL')
   const end = await pollJob(b, job.id, j => j.state !== 'running')
@@ -74,7 +74,7 @@ t.test('osfarmd killed with -9 mid-fetch resumes without refetching verified blo
   await a.ctlJson('image', 'import', pair.derived, '--name', 'derived')
   await a.ctlJson('fleet', 'init', '--upload-limit', String(3_000_000))
   await waitPeers(b, 1)
-  const job = await b.ctlJson('fetch', 'derived', '--no-wait-job')
+  const job = await b.ctlJson('fetch', 'derived', '--no-wait')
   const mid = await pollJob(b, job.id, j => j.progress.phase.startsWith('fetch') && j.progress.done > j.progress.total * 0.4)
   await new Promise(resolve => setTimeout(resolve, 1200)) // past a progress flush
   await b.stop('SIGKILL')
@@ -114,11 +114,11 @@ t.test('a host off the allow-list is refused and learns no image names', async t
   const intruder = (await c.ctlJson('fleet', 'show')).publicKey as string
   await eventually('the fleet refuses the intruder', () => [a, b].some(d => d.output().split('\n').some((l: string) => l.includes('peer refused') && l.includes(intruder))), { timeoutMs: 60_000 })
   t.same(await c.ctlJson('peer', 'ls'), [], 'the intruder has no peers')
-  const r = await c.ctl('fetch', 'secret-image', '--wait', '3')
+  const r = await c.ctl('fetch', 'secret-image', '--peer-timeout', '3')
   t.not(r.exitCode, 0)
   t.match(r.stderr, /IMAGE_NOT_FOUND/, 'and cannot resolve the name')
   const root = (await a.ctlJson('image', 'show', 'secret-image')).root
-  const r2 = await c.ctl('fetch', root, '--wait', '3')
+  const r2 = await c.ctl('fetch', root, '--peer-timeout', '3')
   t.not(r2.exitCode, 0, 'nor fetch it by root')
   t.equal((await a.ctlJson('peer', 'ls')).length, 1, 'the fleet still sees only itself')
   t.equal((await b.ctlJson('peer', 'ls')).length, 1)

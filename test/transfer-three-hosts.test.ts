@@ -15,9 +15,9 @@ t.test('three hosts: a host part-way through a fetch serves a third; then both s
   // osfarmctl call takes seconds on a loaded CI host.
   await a.ctlJson('fleet', 'init', '--upload-limit', String(1_000_000))
   for (const d of [a, b, c]) await waitPeers(d, 2)
-  const jobB = await b.ctlJson('fetch', 'derived', '--no-wait-job')
+  const jobB = await b.ctlJson('fetch', 'derived', '--no-wait')
   await pollJob(b, jobB.id, j => j.progress.phase.startsWith('fetch') && j.progress.done > j.progress.total * 0.1)
-  const jobC = await c.ctlJson('fetch', img.root, '--from', keyB!, '--no-wait-job')
+  const jobC = await c.ctlJson('fetch', img.root, '--from', keyB!, '--no-wait')
   const midB = await b.ctlJson('job', 'show', jobB.id)
   t.equal(midB.state, 'running', 'C started while B was part-way')
   const endC = await pollJob(c, jobC.id, j => j.state !== 'running')

@@ -11,6 +11,7 @@ import { openLocalSource, upload } from '../streams.js'
 import { withClient, type CliContext } from '../context.js'
 import { printJson, printTable, shortId } from '../output.js'
 import { watchJob } from '../progress.js'
+import { waits } from '../flags.js'
 
 export function register (program: Command, ctx: CliContext): void {
   program.command('build <spec>')
@@ -19,6 +20,7 @@ export function register (program: Command, ctx: CliContext): void {
     .option('-l, --label <key=value>', 'a label, carried in the image\'s advert (seed policies match them); replaces the spec\'s labels with its key; repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
     .addOption(new Option('--format <format>', 'spec format (default: from the file name or content)').choices(['xml', 'json']))
     .option('-w, --wait', 'wait for the build, with progress, and print its layers')
+    .option('--no-wait', 'return the job at once (the default)')
     .option('--logs', 'with --wait: print the build log')
     .option('--snapshot <when>', 'pin the repositories: "offline" (the newest state this host saw, no network) or a date/time (ISO 8601) whose states this host saw')
     .option('--check', 'do not build: tell whether the image is behind its repositories and which layers a build would redo (exit 1 when it is)')
@@ -35,7 +37,7 @@ export function register (program: Command, ctx: CliContext): void {
       if (c.rights !== 'admin') params.sources = await uploadSources(c, params)
       if (opts.check) return printCheck(await c.call('image.check', params), Boolean(opts.json))
       const job = await c.call('image.build', params)
-      if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+      if (!waits(opts, false)) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json, logs: Boolean(opts.logs) })
       const r = end.result as BuildResultInfo
       for (const w of r.warnings ?? []) console.error(`warning: ${w}`)

@@ -1,4 +1,4 @@
-// osfarmctl fetch NAME|ROOT [--from KEY] [--name NAME] [--limit RATE]
+// osfarmctl fetch NAME|ROOT [--from KEY] [--name NAME] [--limit RATE] [--peer-timeout S] [--no-wait]
 
 import type { Command } from 'commander'
 import type { FetchResult } from '../../protocol/rpc.js'
@@ -6,19 +6,21 @@ import { withClient, type CliContext } from '../context.js'
 import { humanBytes, printJson, shortId } from '../output.js'
 import { parseRate, RATE_UNITS } from '../units.js'
 import { watchJob } from '../progress.js'
+import { hiddenFlag, waitFlags, waits } from '../flags.js'
 
 export function register (program: Command, ctx: CliContext): void {
-  program.command('fetch <image>')
+  const cmd = program.command('fetch <image>')
     .description('fetch an image from the fleet by name or root, reusing every block held locally')
     .option('--from <key>', 'fetch only from this peer (host key)')
     .option('--name <name>', 'local name (default: the advertised name)')
     .option('--limit <rate>', `receive at most this rate (${RATE_UNITS})`, parseRate)
-    .option('--wait <seconds>', 'how long to wait for a peer that holds it', Number, 30)
-    .option('--no-wait-job', 'return the job at once')
-    .option('--json', 'print JSON')
+    .option('--peer-timeout <seconds>', 'how long to wait for a peer that holds it (its name, its manifest, its blocks)', Number, 30)
+  waitFlags(cmd, true, 'the fetch')
+  hiddenFlag(cmd, '--no-wait-job', 'the old name of --no-wait')
+  cmd.option('--json', 'print JSON')
     .action((ref, opts) => withClient(ctx, async c => {
-      const job = await c.call('image.fetch', { ref, ...(opts.from ? { from: opts.from } : {}), ...(opts.name ? { name: opts.name } : {}), ...(opts.limit ? { limit: opts.limit } : {}), wait: opts.wait * 1000 })
-      if (!opts.waitJob) return opts.json ? printJson(job) : console.log(job.id)
+      const job = await c.call('image.fetch', { ref, ...(opts.from ? { from: opts.from } : {}), ...(opts.name ? { name: opts.name } : {}), ...(opts.limit ? { limit: opts.limit } : {}), wait: opts.peerTimeout * 1000 })
+      if (opts.waitJob === false || !waits(opts, true)) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json })
       const r = end.result as FetchResult
       if (opts.json) return printJson(r)

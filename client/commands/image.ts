@@ -8,6 +8,7 @@ import { download, fileTarget, openLocalSource, stdoutTarget, upload } from '../
 import { parseSize, SIZE_UNITS } from '../units.js'
 import { withClient, type CliContext } from '../context.js'
 import { humanBytes, printFields, printJson, printTable, shortId } from '../output.js'
+import { waits } from '../flags.js'
 import { watchJob } from '../progress.js'
 
 export function register (program: Command, ctx: CliContext): void {
@@ -57,6 +58,7 @@ export function register (program: Command, ctx: CliContext): void {
     .requiredOption('-n, --name <name>', 'image name')
     .option('-l, --label <key=value>', 'a label, carried in the image\'s advert (seed policies match them); repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
     .option('--size <bytes>', `the image size, for a pipe (${SIZE_UNITS})`, parseSize)
+    .option('--wait', 'wait for the job, with progress (the default)')
     .option('--no-wait', 'return the job once the bytes are in (indexing goes on)')
     .option('--json', 'print JSON')
     .action((file, opts) => withClient(ctx, async c => {
@@ -76,7 +78,7 @@ export function register (program: Command, ctx: CliContext): void {
           await src.close()
         }
       }
-      if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+      if (!waits(opts, true)) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json })
       const img = end.result as ImageInfo
       if (opts.json) return printJson(img)
@@ -97,6 +99,7 @@ export function register (program: Command, ctx: CliContext): void {
     .description('write an image to a file (- writes stdout), with your own rights; raw stays sparse')
     .requiredOption('-o, --output <file>', 'target file, or - for stdout')
     .addOption(new Option('--format <format>', 'output format').choices(['raw', 'qcow2']).default('raw'))
+    .option('--wait', 'wait for the job, with progress (the default)')
     .option('--no-wait', 'return the job at once (root, to a file: osfarmd writes it)')
     .option('--json', 'print JSON')
     .action((ref, opts) => withClient(ctx, async c => {
@@ -104,7 +107,7 @@ export function register (program: Command, ctx: CliContext): void {
       if (c.rights === 'admin' && !toStdout) {
         // Root's fast path: osfarmd writes the file itself.
         const job = await c.call('image.export', { id: ref, path: path.resolve(opts.output), format: opts.format })
-        if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+        if (!waits(opts, true)) return opts.json ? printJson(job) : console.log(job.id)
         const end = await watchJob(c, job, { bar: !opts.json })
         const r = end.result as ExportResult
         if (opts.json) return printJson(r)

@@ -6,6 +6,7 @@ import type { Command } from 'commander'
 import type { PrestageInfo } from '../../protocol/rpc.js'
 import { withClient, type CliContext } from '../context.js'
 import { humanBytes, printFields, printJson, printTable, shortId } from '../output.js'
+import { waits } from '../flags.js'
 import { watchJob } from '../progress.js'
 
 export function register (program: Command, ctx: CliContext): void {
@@ -15,13 +16,14 @@ export function register (program: Command, ctx: CliContext): void {
     .description('take a consistent point of DISK (a raw file, an LV, a store volume or an image) and stage it on the host KEY')
     .requiredOption('--to <key>', 'the target host\'s key')
     .option('--base <image>', 'the image the disk was made from (its blocks are indexed from its manifest)')
+    .option('--wait', 'wait for the job, with progress (the default)')
     .option('--no-wait', 'return the job at once')
     .option('--json', 'print JSON')
     .action((disk, opts) => withClient(ctx, async c => {
       // A path as given, a relative path made absolute, "vg/lv" as /dev/vg/lv; else an image or volume.
       const abs = disk.startsWith('/') ? disk : fs.existsSync(disk) ? path.resolve(disk) : fs.existsSync(`/dev/${disk}`) ? `/dev/${disk}` : disk
       const job = await c.call('prestage.start', { disk: abs, to: opts.to, ...(opts.base ? { base: opts.base } : {}) })
-      if (!opts.wait) return opts.json ? printJson(job) : console.log(`prestage ${job.target} (job ${job.id})`)
+      if (!waits(opts, true)) return opts.json ? printJson(job) : console.log(`prestage ${job.target} (job ${job.id})`)
       const end = await watchJob(c, job, { bar: !opts.json })
       const info = end.result as PrestageInfo
       if (opts.json) return printJson(info)
@@ -30,11 +32,12 @@ export function register (program: Command, ctx: CliContext): void {
 
   pre.command('sync <id>')
     .description('take the next point (only what changed since the last is indexed) and have the target fetch the delta')
+    .option('--wait', 'wait for the job, with progress (the default)')
     .option('--no-wait', 'return the job at once')
     .option('--json', 'print JSON')
     .action((id, opts) => withClient(ctx, async c => {
       const job = await c.call('prestage.sync', { id })
-      if (!opts.wait) return opts.json ? printJson(job) : console.log(job.id)
+      if (!waits(opts, true)) return opts.json ? printJson(job) : console.log(job.id)
       const end = await watchJob(c, job, { bar: !opts.json })
       const info = end.result as PrestageInfo
       if (opts.json) return printJson(info)
