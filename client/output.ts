@@ -1,7 +1,5 @@
 // Output helpers for osfarmctl: JSON for scripts, aligned tables and human sizes for people.
 
-import { BAD_PARAMS } from '../protocol/errors.js'
-
 export function printJson (value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n')
 }
@@ -30,4 +28,3 @@ export function humanBytes (n: number): string {
 export function shortId (id: string, n = 12): string {
   return id.slice(0, n)
 }
-

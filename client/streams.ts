@@ -102,6 +102,8 @@ export async function upload (socketPath: string, token: string, src: LocalSourc
     }
     let pos = 0
     let next = src.size > 0 ? read(0) : undefined
+    // `failed` is set by the socket's error handler.
+    // eslint-disable-next-line no-unmodified-loop-condition
     while (next && failed === undefined && !socket.destroyed) {
       const { chunk, got } = await next
       next = pos + got < src.size ? read(pos + got) : undefined
@@ -140,6 +142,8 @@ async function readSome (src: LocalSource, chunk: Buffer, pos: number): Promise<
 }
 
 async function nextResult (frames: AsyncGenerator<Frame>): Promise<unknown> {
+  // The first frame only (leaving the loop closes the generator).
+  // eslint-disable-next-line no-unreachable-loop
   for await (const f of frames) {
     if (f.type === RESULT) return parseResult(f.payload)
     throw PROTOCOL_ERROR('osfarmd sent data on an upload stream')

@@ -28,6 +28,8 @@ async function hostileUpload (size: number, send: (s: net.Socket) => Promise<voi
   await send(socket)
   let streamCode: string | undefined
   try {
+    // The first frame only.
+    // eslint-disable-next-line no-unreachable-loop
     for await (const f of readFrames(socket as AsyncIterable<Buffer>, rest)) {
       try { parseResult(f.payload) } catch (err) { streamCode = (err as { code: string }).code }
       break

@@ -81,7 +81,7 @@ async function httpCall (method: string, params: unknown): Promise<{ code?: stri
 }
 
 function q (s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`
+  return `'${s.replace(/'/g, '\'\\\'\'')}'`
 }
 
 async function snapshot (daemon: TestDaemon): Promise<string> {

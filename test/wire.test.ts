@@ -29,6 +29,7 @@ class Pipe extends EventEmitter implements Stream {
     if (this.backedUp) setImmediate(() => this.emit('drain'))
     return !this.backedUp
   }
+
   destroy (): void {
     if (this.destroyed) return
     this.destroyed = true

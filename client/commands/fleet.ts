@@ -32,7 +32,7 @@ export function register (program: Command, ctx: CliContext): void {
       if (opts.json) return printJson(info)
       show(info)
       console.log(`\nOn each other host: osfarmctl fleet init --secret ${info.secret} --bootstrap ${info.bootstrap.join(',') || (info.dht ? `${info.dht.host}:${info.dht.port}` : 'HOST:PORT')}`)
-      console.log(`and allow it here: osfarmctl fleet allow <its key>`)
+      console.log('and allow it here: osfarmctl fleet allow <its key>')
     }))
 
   fleet.command('show')

@@ -91,7 +91,6 @@ export function hashParts (parts: Iterable<Uint8Array | string>): Buffer {
 }
 
 // The hasher's class, as @napi-rs/blake-hash names it (new Blake3Hasher(), update, digest).
-export type Blake3Hasher = Blake3
 export const Blake3Hasher: new () => Blake3 = Native ? NativeBlake3 : WasmBlake3
 
 export function toHex (h: Uint8Array): string {

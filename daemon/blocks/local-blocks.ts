@@ -42,6 +42,7 @@ export class LocalBlocks {
     const v = this.#volumes.get(Math.floor(packed / VOLUME_SHIFT))!
     return { buf: v.manifest.hashes, offset: (packed % VOLUME_SHIFT) * HASH_BYTES }
   })
+
   #volumes = new Map<number, Volume>()
   #byKey = new Map<string, Volume>()
   #manifests = new Map<string, { manifest: Manifest, encoded?: Buffer }>()

@@ -113,4 +113,3 @@ function withCancel<T> (p: Promise<T>, signal: AbortSignal): Promise<T> {
     p.then(v => { signal.removeEventListener('abort', abort); resolve(v) }, err => { signal.removeEventListener('abort', abort); reject(err) })
   })
 }
-

@@ -5,7 +5,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { BAD_PARAMS, IMAGE_NOT_FOUND, NAME_IN_USE, SOURCE_EMPTY, SOURCE_INVALID, TARGET_UNWRITABLE, VERIFY_FAILED } from '../../protocol/errors.js'
+import { BAD_PARAMS, IMAGE_NOT_FOUND, NAME_IN_USE, VERIFY_FAILED } from '../../protocol/errors.js'
 import type { ExportFormat, ExportResult, ImageInfo, JobInfo, StreamJob, VerifyResult } from '../../protocol/rpc.js'
 import type { FileHandle } from 'node:fs/promises'
 import type { StreamRegistry } from '../rpc/streams.js'
@@ -15,7 +15,6 @@ import type { Catalog } from '../catalog/catalog.js'
 import type { JobContext, JobManager } from '../jobs/jobs.js'
 import type { LayerStore } from '../store/layer-store.js'
 import type { BlockHasher } from '../blocks/block-hasher.js'
-import { deviceSize } from '../blocks/block-hasher.js'
 import { blockCount, zeroBlockCount, type Manifest } from '../blocks/manifest.js'
 import { HASH_BYTES, toHex } from '../blocks/hash.js'
 import { copyNonZero } from './block-copy.js'
@@ -355,17 +354,4 @@ export class ImageService {
     if (!vol) throw IMAGE_NOT_FOUND(`the volume of image ${image.name} is missing from the store`)
     return vol
   }
-}
-
-// Size of an importable source, or a clear error why it is not one.
-async function sourceSize (source: string): Promise<number> {
-  const st = await fs.stat(source).catch(err => {
-    throw SOURCE_INVALID(`cannot read ${source}: ${err.code === 'ENOENT' ? 'no such file' : err.code ?? err.message}`)
-  })
-  if (st.isDirectory()) throw SOURCE_INVALID(`${source} is a directory`)
-  if (!st.isFile() && !st.isBlockDevice()) throw SOURCE_INVALID(`${source} is not a regular file or block device`)
-  await fs.access(source, fs.constants.R_OK).catch(err => { throw SOURCE_INVALID(`cannot read ${source}: ${err.code}`) })
-  const size = await deviceSize(source)
-  if (size === 0) throw SOURCE_EMPTY(`${source} is empty`)
-  return size
 }

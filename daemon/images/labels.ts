@@ -6,7 +6,7 @@ import { MAX_LABELS } from '../../protocol/wire.js'
 
 // Key and value together fit the advert's 255 bytes a label; values hold no commas (the local
 // API joins labels with them).
-const LABEL = /^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}=[^,\n]{0,190}$/
+const LABEL = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}=[^,\n]{0,190}$/
 
 // What is wrong with a label, or undefined.
 export function labelProblem (label: string): string | undefined {

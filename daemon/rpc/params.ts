@@ -24,9 +24,13 @@ export function checkParams (spec: ParamSpec, params: unknown): Record<string, u
       if (!field.type.includes(v as string)) throw BAD_PARAMS(`"${key}" must be one of ${field.type.join(', ')}`)
     } else if (field.type === 'object') {
       if (typeof v !== 'object' || v === null || Array.isArray(v)) throw BAD_PARAMS(`"${key}" must be an object`)
-    } else if (typeof v !== field.type || (field.type === 'string' && v === '') || (field.type === 'number' && !Number.isFinite(v))) {
+    } else if (kindOf(v) !== field.type || (field.type === 'string' && v === '') || (field.type === 'number' && !Number.isFinite(v))) {
       throw BAD_PARAMS(`"${key}" must be a ${field.type === 'string' ? 'non-empty string' : field.type}`)
     }
   }
   return p
+}
+
+function kindOf (v: unknown): string {
+  return typeof v
 }

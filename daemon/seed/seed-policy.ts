@@ -7,7 +7,7 @@ import type { SeedPolicy, SeedPolicyParams } from '../../protocol/rpc.js'
 
 export const MAX_KEEP = 100
 export const MAX_POLICIES = 256
-const PATTERN = /^[A-Za-z0-9._:+@*?\[\]-]{1,128}$/
+const PATTERN = /^[A-Za-z0-9._:+@*?[\]-]{1,128}$/
 
 export function newPolicy (p: SeedPolicyParams, scope: SeedPolicy['scope']): SeedPolicy {
   return checkPolicy({
@@ -29,7 +29,7 @@ export function checkPolicy (p: SeedPolicy): SeedPolicy {
   if (typeof p !== 'object' || p === null) throw BAD_PARAMS('a policy must be an object')
   if (typeof p.id !== 'string' || !/^[0-9a-f]{8}$/.test(p.id)) throw BAD_PARAMS('policy id must be 8 hex digits')
   if (typeof p.match !== 'string' || !PATTERN.test(p.match)) throw BAD_PARAMS(`match must be a name glob (letters, digits, ._:+@-, * and ?), got ${JSON.stringify(p.match)}`)
-  if (p.label !== null && (typeof p.label !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}=[^,\n]{0,190}$/.test(p.label))) throw BAD_PARAMS(`label must be key=glob, got ${JSON.stringify(p.label)}`)
+  if (p.label !== null && (typeof p.label !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}=[^,\n]{0,190}$/.test(p.label))) throw BAD_PARAMS(`label must be key=glob, got ${JSON.stringify(p.label)}`)
   if (!Number.isInteger(p.keep) || p.keep < 1 || p.keep > MAX_KEEP) throw BAD_PARAMS(`keep must be 1..${MAX_KEEP}`)
   if (p.maxSize !== null && (!Number.isSafeInteger(p.maxSize) || p.maxSize <= 0)) throw BAD_PARAMS('maxSize must be a positive number of bytes')
   if (!Number.isInteger(p.priority) || Math.abs(p.priority) > 1000) throw BAD_PARAMS('priority must be an integer from -1000 to 1000')

@@ -148,7 +148,7 @@ async function main (): Promise<void> {
       for (const r of receivers) for (const i of await r.client.call('image.list', {})) if (i.root === img.root) await r.client.call('image.remove', { id: i.id })
     }
 
-    console.log(`\n| scenario | wall s | × single | source upload MB | notes |`)
+    console.log('\n| scenario | wall s | × single | source upload MB | notes |')
     console.log('|---|---:|---:|---:|---|')
     console.log(`| one receiver alone | ${single.seconds.toFixed(2)} | 1.00 | ${(singleUp / 1e6).toFixed(1)} | ${(data / 1e6 / single.seconds).toFixed(1)} MB/s of image data; daemons used ${singleCpu.toFixed(1)} CPU s |`)
     console.log(`| all ${RECEIVERS} through a seed policy (swarm) | ${swarm.seconds.toFixed(2)} | ${(swarm.seconds / single.seconds).toFixed(2)} | ${(swarmUp / 1e6).toFixed(1)} | first ${swarm.arrivals[0]!.seconds.toFixed(1)} s; ${perHost.join('; ')}; daemons used ${swarmCpu.toFixed(1)} CPU s (${(swarmCpu / swarm.seconds).toFixed(2)} of ${os.cpus().length} cores) |`)

@@ -82,7 +82,7 @@ export async function runInGuest (options: RunInGuestOptions): Promise<GuestResu
       '-nodefaults', '-no-user-config', '-nographic', '-no-reboot', '-serial', `file:${consoleLog}`,
       '-kernel', assets.vmlinux, '-initrd', assets.initrd,
       '-append', `console=ttyS0 quiet panic=-1 rdinit=/init tsc_early_khz=${await hostTscKhz()} no_timer_check`,
-      '-fsdev', `local,id=r,path=/,security_model=none,readonly=on,multidevs=remap`,
+      '-fsdev', 'local,id=r,path=/,security_model=none,readonly=on,multidevs=remap',
       '-device', `virtio-9p-device,fsdev=r,mount_tag=${HOST_TAG}`,
       '-fsdev', `local,id=o,path=${qemuOpt(out)},security_model=none`,
       '-device', `virtio-9p-device,fsdev=o,mount_tag=${OUT_TAG}`
@@ -139,9 +139,11 @@ function jobScript (options: RunInGuestOptions, diskCount: number): string {
     'OSFARM_VM_DISKS=""',
     `for i in $(seq 0 ${diskCount - 1}); do`,
     '  for s in /sys/block/vd*/serial; do',
+    // eslint-disable-next-line no-template-curly-in-string -- shell parameter expansion
     '    [ "$(cat "$s")" = "osfarm-d$i" ] && d=${s%/serial} && OSFARM_VM_DISKS="$OSFARM_VM_DISKS /dev/${d##*/}"',
     '  done',
     'done',
+    // eslint-disable-next-line no-template-curly-in-string -- shell parameter expansion
     'export OSFARM_VM_DISKS="${OSFARM_VM_DISKS# }"',
     'export OSFARM_IN_GUEST=1'
   ]
@@ -179,7 +181,7 @@ function qemuOpt (value: string): string {
 }
 
 function shellQuote (s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`
+  return `'${s.replace(/'/g, '\'\\\'\'')}'`
 }
 
 // The guest's TSC runs at the host's rate under TCG; telling the kernel saves it calibrating

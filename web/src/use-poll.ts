@@ -40,7 +40,6 @@ export function usePoll<T> (load: () => Promise<T>, intervalMs: number, deps: un
     }
     run()
     return () => { live = false; clearTimeout(timer) }
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [intervalMs, tick, ...deps])
 
   const reload = useCallback(() => setTick(t => t + 1), [])
