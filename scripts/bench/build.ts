@@ -7,7 +7,7 @@
 //   including the repositories' freshness check (target ≤ 50 ms inside the daemon) and the
 //   rebuild after one package changed (seconds, layers rebuilt, blocks that differ from the
 //   previous version, what a host holding that version must fetch).
-// Usage: node dist/scripts/bench/build.js [--json] [--keep]
+// Usage: node dist/scripts/bench/build.js [--json] [--keep] [--daemon-only]
 
 import fs from 'node:fs/promises'
 import os from 'node:os'
@@ -25,12 +25,13 @@ import type { Manifest } from '../../daemon/blocks/manifest.js'
 import type { LayerStore } from '../../daemon/store/layer-store.js'
 import { RepoStates } from '../../daemon/build/repo-state.js'
 import { OsfarmClient } from '../../client/client.js'
-import type { BuildResultInfo, ImageInfo } from '../../protocol/rpc.js'
+import { adminSocketPath, type BuildResultInfo, type ImageInfo } from '../../protocol/rpc.js'
 import { startDaemon, type TestDaemon } from '../../testing/daemon.js'
 import { createAptRepo, type AptRepo } from '../../testing/apt-repo.js'
 
 const json = process.argv.includes('--json')
 const keep = process.argv.includes('--keep')
+const daemonOnly = process.argv.includes('--daemon-only')
 const REPEATS = 20
 
 const minbase = parseSpec(JSON.stringify({ name: 'bench-minbase', release: 'bookworm', variant: 'minbase', size: '2G' }), 'json')
@@ -57,69 +58,72 @@ try {
   if (!mirror) throw new Error('this host\'s apt has no source for bookworm')
   say(`osfarm bench:build — ${os.availableParallelism()} CPUs, load ${os.loadavg().map(l => l.toFixed(1)).join(' ')}, mirror from the host's apt sources`)
 
-  // 1. mmdebstrap alone, the same way the debian flavour calls it.
-  const tree = path.join(dir, 'mmdebstrap', 'root')
-  await fs.mkdir(tree, { recursive: true })
-  const [, mmMs] = await timed(() => bootstrap('mmdebstrap', { release: 'bookworm', dir: tree, mirror, variant: 'minbase', arch: 'amd64', components: ['main'], epoch: BUILD_EPOCH, onLine: () => {} }))
-  results.mmdebstrapSeconds = mmMs / 1000
-  say(`mmdebstrap minbase alone                 ${seconds(mmMs)}`)
+  // --daemon-only: section 6 alone.
+  if (!daemonOnly) {
+    // 1. mmdebstrap alone, the same way the debian flavour calls it.
+    const tree = path.join(dir, 'mmdebstrap', 'root')
+    await fs.mkdir(tree, { recursive: true })
+    const [, mmMs] = await timed(() => bootstrap('mmdebstrap', { release: 'bookworm', dir: tree, mirror, variant: 'minbase', arch: 'amd64', components: ['main'], epoch: BUILD_EPOCH, onLine: () => {} }))
+    results.mmdebstrapSeconds = mmMs / 1000
+    say(`mmdebstrap minbase alone                 ${seconds(mmMs)}`)
 
-  // 2. osfarm cold, 3. the same request again.
-  const a = await store('a')
-  const [coldBase, coldMs] = await timed(() => a.builder.build(minbase))
-  results.coldSeconds = coldMs / 1000
-  say(`osfarm cold build, same spec             ${seconds(coldMs)}  (mmdebstrap + ${seconds(coldMs - mmMs)}; target ≤ + 3 s)`)
-  const repeats: number[] = []
-  for (let i = 0; i < REPEATS; i++) repeats.push((await timed(() => a.builder.build(minbase)))[1])
-  repeats.sort((x, y) => x - y)
-  results.repeatMedianMs = repeats[REPEATS >> 1]!
-  results.repeatMaxMs = repeats.at(-1)!
-  say(`repeated request (median of ${REPEATS})        ${repeats[REPEATS >> 1]!.toFixed(1)} ms (max ${repeats.at(-1)!.toFixed(1)} ms; target ≤ 50 ms)`)
+    // 2. osfarm cold, 3. the same request again.
+    const a = await store('a')
+    const [coldBase, coldMs] = await timed(() => a.builder.build(minbase))
+    results.coldSeconds = coldMs / 1000
+    say(`osfarm cold build, same spec             ${seconds(coldMs)}  (mmdebstrap + ${seconds(coldMs - mmMs)}; target ≤ + 3 s)`)
+    const repeats: number[] = []
+    for (let i = 0; i < REPEATS; i++) repeats.push((await timed(() => a.builder.build(minbase)))[1])
+    repeats.sort((x, y) => x - y)
+    results.repeatMedianMs = repeats[REPEATS >> 1]!
+    results.repeatMaxMs = repeats.at(-1)!
+    say(`repeated request (median of ${REPEATS})        ${repeats[REPEATS >> 1]!.toFixed(1)} ms (max ${repeats.at(-1)!.toFixed(1)} ms; target ≤ 50 ms)`)
 
-  // 4. +openssh-server with the base cached, and cold in a second, empty store.
-  const [sshCached, sshCachedMs] = await timed(() => a.builder.build(ssh))
-  results.sshBaseCachedSeconds = sshCachedMs / 1000
-  say(`+openssh-server, base cached             ${seconds(sshCachedMs)}  (layers: ${sshCached.layers.map(l => `${l.step}${l.cached ? ' cached' : ` ${l.seconds.toFixed(1)} s`}`).join(', ')})`)
-  const b = await store('b')
-  const [sshCold, sshColdMs] = await timed(() => b.builder.build(ssh))
-  results.sshColdSeconds = sshColdMs / 1000
-  say(`+openssh-server, cold                    ${seconds(sshColdMs)}  (layers: ${sshCold.layers.map(l => `${l.step} ${l.seconds.toFixed(1)} s`).join(', ')})`)
+    // 4. +openssh-server with the base cached, and cold in a second, empty store.
+    const [sshCached, sshCachedMs] = await timed(() => a.builder.build(ssh))
+    results.sshBaseCachedSeconds = sshCachedMs / 1000
+    say(`+openssh-server, base cached             ${seconds(sshCachedMs)}  (layers: ${sshCached.layers.map(l => `${l.step}${l.cached ? ' cached' : ` ${l.seconds.toFixed(1)} s`}`).join(', ')})`)
+    const b = await store('b')
+    const [sshCold, sshColdMs] = await timed(() => b.builder.build(ssh))
+    results.sshColdSeconds = sshColdMs / 1000
+    say(`+openssh-server, cold                    ${seconds(sshColdMs)}  (layers: ${sshCold.layers.map(l => `${l.step} ${l.seconds.toFixed(1)} s`).join(', ')})`)
 
-  // Two independent builds of one spec (stores a and b, each from the mirror).
-  const hasher = new BlockHasher()
-  try {
-    for (const [label, key] of [['minbase (base layer)', coldBase.key], ['minbase+openssh-server', sshCold.key]] as const) {
-      const m1 = await hasher.indexFile((await a.store.stat(key))!.path)
-      const m2 = await hasher.indexFile((await b.store.stat(key))!.path)
-      const s = share(m1, m2)
-      results[`share ${label}`] = `${s.sameOffset}/${s.nonZero}`
-      say(`independent builds, ${label.padEnd(22)} ${pct(s.sameOffset, s.nonZero)} of ${s.nonZero} non-zero 4 KiB blocks identical at the same offset, ${pct(s.anyOffset, s.nonZero)} present anywhere${s.identical ? ' (byte-identical images)' : ''}`)
+    // Two independent builds of one spec (stores a and b, each from the mirror).
+    const hasher = new BlockHasher()
+    try {
+      for (const [label, key] of [['minbase (base layer)', coldBase.key], ['minbase+openssh-server', sshCold.key]] as const) {
+        const m1 = await hasher.indexFile((await a.store.stat(key))!.path)
+        const m2 = await hasher.indexFile((await b.store.stat(key))!.path)
+        const s = share(m1, m2)
+        results[`share ${label}`] = `${s.sameOffset}/${s.nonZero}`
+        say(`independent builds, ${label.padEnd(22)} ${pct(s.sameOffset, s.nonZero)} of ${s.nonZero} non-zero 4 KiB blocks identical at the same offset, ${pct(s.anyOffset, s.nonZero)} present anywhere${s.identical ? ' (byte-identical images)' : ''}`)
+      }
+    } finally {
+      await hasher.close()
     }
-  } finally {
-    await hasher.close()
-  }
 
-  // 5. One layer snapshot: the same tree on a 2 GiB and a 16 GiB volume.
-  const c = await createFileStore({ dir: path.join(dir, 'c') })
-  for (const [label, size] of [['2 GiB', 2 ** 31], ['16 GiB', 2 ** 34]] as const) {
-    const key = `bench-${size}`
-    const vol = await c.prepare(key, { size })
-    await makeFs(vol.path, { from: tree, uuid: '6d1f2a3b-0000-4000-8000-000000000001', hashSeed: '6d1f2a3b-0000-4000-8000-000000000002', time: BUILD_EPOCH, confDir: path.join(dir, 'c-conf') })
-    await c.commit(key)
-    const times: number[] = []
-    for (let i = 0; i < 3; i++) {
-      const [, ms] = await timed(() => c.prepare(`${key}-child`, { parent: key }))
-      times.push(ms)
-      await c.remove(`${key}-child`)
+    // 5. One layer snapshot: the same tree on a 2 GiB and a 16 GiB volume.
+    const c = await createFileStore({ dir: path.join(dir, 'c') })
+    for (const [label, size] of [['2 GiB', 2 ** 31], ['16 GiB', 2 ** 34]] as const) {
+      const key = `bench-${size}`
+      const vol = await c.prepare(key, { size })
+      await makeFs(vol.path, { from: tree, uuid: '6d1f2a3b-0000-4000-8000-000000000001', hashSeed: '6d1f2a3b-0000-4000-8000-000000000002', time: BUILD_EPOCH, confDir: path.join(dir, 'c-conf') })
+      await c.commit(key)
+      const times: number[] = []
+      for (let i = 0; i < 3; i++) {
+        const [, ms] = await timed(() => c.prepare(`${key}-child`, { parent: key }))
+        times.push(ms)
+        await c.remove(`${key}-child`)
+      }
+      times.sort((x, y) => x - y)
+      results[`snapshot ${label} ms`] = times[1]!
+      say(`layer snapshot, ${label.padEnd(6)} volume (file store)  ${times[1]!.toFixed(0)} ms (median of 3; ${c.backend} backend: ${await reflinkNote(dir)})`)
     }
-    times.sort((x, y) => x - y)
-    results[`snapshot ${label} ms`] = times[1]!
-    say(`layer snapshot, ${label.padEnd(6)} volume (file store)  ${times[1]!.toFixed(0)} ms (median of 3; ${c.backend} backend: ${await reflinkNote(dir)})`)
   }
 
   // 6. In a real osfarmd: cache hits with the freshness check, then a rebuild after one
   // package changed in a signed repository on 127.0.0.1.
-  await inDaemon(mirror, mmMs)
+  await inDaemon(mirror, typeof results.mmdebstrapSeconds === 'number' ? results.mmdebstrapSeconds * 1000 : undefined)
 } finally {
   if (json) console.log(JSON.stringify(results, null, 2))
   if (keep) console.error(`kept ${dir}`)
@@ -159,7 +163,7 @@ async function reflinkNote (at: string): Promise<string> {
 // until done, over one open socket: the figure is the daemon's time plus two local round
 // trips), with each request checking both suites (mirrorCheckSeconds 1, 1.1 s apart) and
 // with the check answered from its cache; then the rebuild after a package changed.
-async function inDaemon (mirrorUri: string, mmMs: number): Promise<void> {
+async function inDaemon (mirrorUri: string, mmMs: number | undefined): Promise<void> {
   let daemon: TestDaemon | undefined
   let repo: AptRepo | undefined
   let client: OsfarmClient | undefined
@@ -169,7 +173,8 @@ async function inDaemon (mirrorUri: string, mmMs: number): Promise<void> {
     await repo.publish({ 'osfarm-hello': '1' })
     await fs.writeFile(path.join(dir, 'osfarmd.json'), JSON.stringify({ mirrorCheckSeconds: 1 }))
     daemon = await startDaemon({ dir: path.join(dir, 'daemon'), args: ['--config', path.join(dir, 'osfarmd.json')] })
-    client = await OsfarmClient.connect(daemon.socket)
+    // Root's admin socket: a loopback repository is root's to name.
+    client = await OsfarmClient.connect(adminSocketPath(daemon.socket))
     const specFile = path.join(dir, 'fresh.json')
     await fs.writeFile(specFile, JSON.stringify({
       name: 'bench-fresh', release: 'bookworm', variant: 'minbase', size: '2G',
@@ -232,7 +237,7 @@ async function inDaemon (mirrorUri: string, mmMs: number): Promise<void> {
     results.rebuildFetchBlocks = d.missing
     results.rebuildFetchBytes = d.missing * 4096
     results.wholeImageBytes = d.nonZero * 4096
-    say(`rebuild after one package changed     ${seconds(v2Ms)} (layers rebuilt: ${rebuilt.join(', ')}; base cached) vs mmdebstrap minbase alone ${seconds(mmMs)}`)
+    say(`rebuild after one package changed     ${seconds(v2Ms)} (layers rebuilt: ${rebuilt.join(', ')}; base cached)${mmMs === undefined ? '' : ` vs mmdebstrap minbase alone ${seconds(mmMs)}`}`)
     say(`  version 1 → 2: ${d.differ} blocks differ at the same offset; a host holding version 1 fetches ${d.missing} blocks (${(d.missing * 4096 / 1e6).toFixed(2)} MB before compression, plus the manifest delta) vs ${(d.nonZero * 4096 / 1e6).toFixed(1)} MB for the whole image`)
   } finally {
     await hasher.close()
