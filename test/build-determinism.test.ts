@@ -72,6 +72,9 @@ t.test('three daemons build one spec at once: one content root', async t => {
     t.comment(`${l.step}: ${compare(layers[0]![n]!, layers[0]![n]!).nonZero} non-zero blocks; differing from daemon 0: ${diffs.join(', ')}` +
       (kept ? `; the parent's ${kept.nonZero} non-zero blocks kept in place: ${kept.same} (${(kept.same / kept.nonZero * 100).toFixed(2)}%)` : ''))
     for (const [i, d] of diffs.entries()) t.equal(d, 0, `${l.step} layer: daemon ${i + 1} wrote the same blocks as daemon 0`)
+    // A layer is written into its parent's snapshot: what the step left alone stays in place
+    // (a layout made afresh moves nearly everything after the first new file).
+    if (kept) t.ok(kept.same / kept.nonZero > 0.9, `${l.step} layer keeps over 90% of its parent's blocks in place`)
   }
   const roots = results.map(r => r.image.root)
   t.comment(`content roots: ${roots.join(' ')}`)
