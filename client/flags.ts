@@ -25,3 +25,8 @@ export function jsonFlag (cmd: Command, what = 'print JSON'): Command {
 export function hiddenFlag (cmd: Command, flags: string, description: string): Command {
   return cmd.addOption(new Option(flags, description).hideHelp())
 }
+
+// Labels given as flags or arguments, each of which may hold several: "a=1,b=2" is two.
+export function labelList (values: string[]): string[] {
+  return values.flatMap(v => v.split(',')).map(l => l.trim()).filter(Boolean)
+}

@@ -1,6 +1,7 @@
 // Pre-staging's API types: a disk's points, staged on a target host, and their reports.
 
 import type { TransferStats } from './rpc.js'
+import type { Params } from './api.js'
 
 export type PrestageState = 'indexing' | 'staging' | 'staged' | 'syncing' | 'failed' | 'cancelled'
 
@@ -49,10 +50,4 @@ export interface PrestageInfo {
   error?: string
 }
 
-export interface PrestageStartParams {
-  disk: string
-  to: string
-  // The image the disk was made from (by name, id or root): blocks it shares are indexed from
-  // its manifest and the target builds from its copy.
-  base?: string
-}
+export type PrestageStartParams = Params<'prestage.start'>

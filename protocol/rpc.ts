@@ -1,6 +1,8 @@
 // The local API: JSON-RPC 2.0 method names, their params and results, and the notifications the
 // daemon pushes. Shared by osfarmd and osfarmctl; fields are only ever appended.
 
+import type { Params } from './api.js'
+
 export const API_VERSION = 1
 
 // What a caller may do (README, "Who may do what"): `admin` (root, through the admin socket or
@@ -171,23 +173,7 @@ export interface TransferStats {
 
 // image.build: a spec's text (with its format, else guessed) or the path of a spec file on the
 // daemon's host. The job's result is a BuildResultInfo.
-export interface BuildParams {
-  spec?: string
-  path?: string
-  format?: 'xml' | 'json'
-  // Where a spec text's relative file sources are found (absolute); a path's own directory by default.
-  baseDir?: string
-  // The image's name; the spec's name by default.
-  name?: string
-  // "key=value,key=value": each replaces the spec's labels with its key.
-  labels?: string
-  // Uploaded sources (source.upload) by the absolute path the spec names: path → blake3. Callers
-  // other than root must upload every source their spec names.
-  sources?: Record<string, string>
-  // Overrides the spec's `snapshot`: "offline", or a point in time (ISO 8601) whose repository
-  // states this host saw.
-  snapshot?: string
-}
+export type BuildParams = Params<'image.build'>
 
 // image.check (build SPEC --check): whether the spec's image is behind its repositories, and
 // which layers a build would make, without building.
@@ -225,16 +211,7 @@ export interface OutdatedInfo {
 
 // Rebuild policies: osfarmd builds a spec again in the background, every `everySeconds` and/or
 // when a repository it reads changes (checked every `checkSeconds`).
-export interface RebuildPolicyParams {
-  spec: string
-  format?: 'xml' | 'json'
-  baseDir?: string
-  name?: string
-  labels?: string
-  sources?: Record<string, string>
-  everySeconds?: number
-  onChange?: boolean
-}
+export type RebuildPolicyParams = Params<'rebuild.add'>
 
 export interface RebuildPolicy {
   id: string
@@ -356,79 +333,9 @@ export interface FleetImage {
 
 export * from './seed.js'
 export * from './prestage.js'
-import type { SeedPolicy, SeedPolicyParams, SeedStatus } from './seed.js'
-import type { PrestageInfo, PrestageStartParams } from './prestage.js'
 
-// One entry per method: params and result types. The daemon's table and the typed client are
-// both checked against this map.
-export interface Methods {
-  'daemon.status': { params: Record<string, never>, result: DaemonStatus }
-  // `rights`: what this connection may do.
-  'daemon.version': { params: Record<string, never>, result: { version: string, apiVersion: number, rights: Rights } }
-  'daemon.stats': { params: Record<string, never>, result: MetricFamily[] }
-  'image.list': { params: Record<string, never>, result: ImageInfo[] }
-  'image.get': { params: { id: string }, result: ImageInfo }
-  // labels: "key=value,key=value" (values without commas).
-  // Copies a host file in (root only: osfarmd opens `path`).
-  'image.import': { params: { path: string, name: string, labels?: string }, result: JobInfo }
-  // The same, with the bytes streamed by the caller (protocol/stream.ts) on the returned stream.
-  'image.upload': { params: { name: string, size: number, labels?: string }, result: StreamJob }
-  // Streams an image to the caller: raw (holes never sent) or converted; the job's result is an ExportResult.
-  'image.download': { params: { id: string, format?: ExportFormat }, result: StreamJob }
-  // A spec's source file (files[].source, rootfs), streamed; its RESULT is a SourceInfo, named in image.build's `sources`.
-  'source.upload': { params: { size: number }, result: { stream: string } }
-  // The host files a spec names (files[].source, rootfs), each with its field, for a caller to upload.
-  'spec.sources': { params: { spec: string, format?: 'xml' | 'json', baseDir?: string }, result: SpecSource[] }
-  // Builds an image from a spec (layers cached by key); the job's result is a BuildResultInfo.
-  'image.build': { params: BuildParams, result: JobInfo }
-  // Writes an image to a host file (root only: osfarmd opens `path`).
-  'image.export': { params: { id: string, path: string, format?: ExportFormat }, result: JobInfo }
-  'image.remove': { params: { id: string }, result: { id: string, removed: boolean } }
-  // Sets labels (`set`: "key=value,..."; a key replaces that key's labels) and removes others
-  // (`remove`: "key,key=value,..."), on the builder host only; the new advert reaches the fleet.
-  'image.label': { params: { id: string, set?: string, remove?: string }, result: ImageInfo }
-  'image.verify': { params: { id: string }, result: JobInfo }
-  'job.get': { params: { id: string }, result: JobInfo }
-  'job.list': { params: Record<string, never>, result: JobInfo[] }
-  'job.cancel': { params: { id: string }, result: JobInfo }
-  // Resolves when the job ends; meanwhile the daemon sends `job.progress` notifications.
-  'job.watch': { params: { id: string }, result: JobInfo }
-  // Fetches an image (by root, or by a name peers advertise) from the fleet; the job's result is a FetchResult.
-  // `limit`: bytes per second this fetch receives at most.
-  'image.fetch': { params: { ref: string, from?: string, name?: string, wait?: number, limit?: number }, result: JobInfo }
-  'fleet.init': { params: { secret?: string, bootstrap?: string, peers?: string, dhtHost?: string, dhtPort?: number, uploadLimit?: number, peerUploadLimit?: number }, result: FleetInfo }
-  'fleet.show': { params: Record<string, never>, result: FleetInfo }
-  'fleet.allow': { params: { key: string }, result: FleetInfo }
-  'fleet.deny': { params: { key: string }, result: FleetInfo }
-  'peer.list': { params: Record<string, never>, result: PeerInfo[] }
-  'package.search': { params: { query: string, suite: string, uri?: string, component?: string, arch?: string, limit?: number }, result: PackageSearchResult }
-  'spec.check': { params: { spec: string, format?: 'xml' | 'json', baseDir?: string, sources?: Record<string, string> }, result: SpecCheckResult }
-  'fleet.images': { params: Record<string, never>, result: FleetImage[] }
-  // Which layers of a spec's image are behind its repositories (no build).
-  'image.check': { params: BuildParams, result: BuildCheckResult }
-  'image.outdated': { params: Record<string, never>, result: OutdatedInfo[] }
-  'rebuild.add': { params: RebuildPolicyParams, result: RebuildPolicy }
-  'rebuild.list': { params: Record<string, never>, result: RebuildPolicy[] }
-  'rebuild.remove': { params: { id: string }, result: { id: string, removed: boolean } }
-  'seed.add': { params: SeedPolicyParams, result: SeedPolicy }
-  'seed.list': { params: Record<string, never>, result: SeedPolicy[] }
-  // Removes a policy; images only it wanted are released.
-  'seed.remove': { params: { id: string }, result: { id: string, removed: boolean } }
-  'seed.status': { params: Record<string, never>, result: SeedStatus }
-  // Caps the bytes seeding may hold here (0: no cap).
-  'seed.cap': { params: { bytes: number }, result: { cap: number | null } }
-  // Pre-staging: start and sync return jobs whose results are PrestageInfo (they end once the
-  // target holds the point).
-  'prestage.start': { params: PrestageStartParams, result: JobInfo }
-  'prestage.sync': { params: { id: string }, result: JobInfo }
-  'prestage.list': { params: Record<string, never>, result: PrestageInfo[] }
-  'prestage.get': { params: { id: string }, result: PrestageInfo }
-  'prestage.cancel': { params: { id: string }, result: PrestageInfo }
-}
-
-export type MethodName = keyof Methods
-export type Params<M extends MethodName> = Methods[M]['params']
-export type Result<M extends MethodName> = Methods[M]['result']
+// Methods, their params and results: declared once in api.ts (which the daemon's checks use too).
+export type { MethodName, Methods, Params, ParamsOf, Result } from './api.js'
 
 export interface Notifications {
   'job.progress': JobInfo

@@ -1,22 +1,11 @@
 // Seeding's API types: policies (which images a host holds ahead of need) and their status.
 
+import type { Params } from './api.js'
+
 // Which images a host holds ahead of need. An advert matches when its name matches `match` (a
 // glob: * and ?) and, with `label` ("key=glob"), one of its labels does; of the matches, the
 // `keep` newest (by the builder's time) are held, those over `maxSize` bytes never.
-export interface SeedPolicyParams {
-  match: string
-  label?: string
-  keep?: number
-  maxSize?: number
-  // Higher goes first among seed fetches (users' own jobs always go before any).
-  priority?: number
-  // Bytes per second: how fast this policy's fetches download, and how fast this host serves
-  // seeding requests for the images it wants (all of them together). 0 or absent: no limit.
-  uploadLimit?: number
-  downloadLimit?: number
-  // Publish as a fleet-wide default: every host of the fleet applies it.
-  fleet?: boolean
-}
+export type SeedPolicyParams = Params<'seed.add'>
 
 export interface SeedPolicy {
   id: string

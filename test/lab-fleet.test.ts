@@ -29,8 +29,8 @@ t.test('fleet across namespaces: fresh hosts connect within seconds, then a fetc
   let secret = ''
   const start = Date.now()
   for (const h of hosts) {
-    const peers = hosts.filter(o => o !== h).map(o => o.key).join(',')
-    const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: '10.201.1.1:49737,10.201.1.1:49738,10.201.1.1:49739', dhtHost: h.addr, peers })
+    const peers = hosts.filter(o => o !== h).map(o => o.key)
+    const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: ['10.201.1.1:49737', '10.201.1.1:49738', '10.201.1.1:49739'], dhtHost: h.addr, peers })
     secret ||= info.secret!
   }
   let counts: number[] = []

@@ -176,7 +176,7 @@ t.test('relabelling: the builder changes an image\'s labels; holders, late hosts
   // Relabellings at once (one connection, no CLI start-up between them): the builder signs
   // them one after the other, and B ends as A does.
   const client = await OsfarmClient.connect(a.socket)
-  await Promise.all([1, 2, 3, 4].map(n => client.call('image.label', { id: 'svc-1', set: `tier=${n}` })))
+  await Promise.all([1, 2, 3, 4].map(n => client.call('image.label', { id: 'svc-1', set: [`tier=${n}`] })))
   client.close()
   const tiers = await labelsOn(a)
   t.equal(tiers.length, 2, `one tier label wins on the builder: ${tiers.join(',')}`)

@@ -22,8 +22,8 @@ export function register (program: Command, ctx: CliContext): void {
     .action(opts => withClient(ctx, async c => {
       const info = await c.call('fleet.init', {
         ...(opts.secret ? { secret: opts.secret } : {}),
-        ...(opts.bootstrap ? { bootstrap: opts.bootstrap } : {}),
-        ...(opts.peer ? { peers: opts.peer } : {}),
+        ...(opts.bootstrap ? { bootstrap: commaList(opts.bootstrap) } : {}),
+        ...(opts.peer ? { peers: commaList(opts.peer) } : {}),
         ...(opts.dhtHost ? { dhtHost: opts.dhtHost } : {}),
         ...(opts.dhtPort ? { dhtPort: opts.dhtPort } : {}),
         ...(opts.uploadLimit ? { uploadLimit: opts.uploadLimit } : {}),
@@ -75,4 +75,9 @@ function show (info: FleetInfo): void {
     ['upload limit', info.uploadLimit ? `${info.uploadLimit} B/s` : 'none'],
     ['per peer', info.peerUploadLimit ? `${info.peerUploadLimit} B/s` : 'none']
   ])
+}
+
+// host:port,host:port (or key,key) as a list.
+function commaList (s: string): string[] {
+  return s.split(',').map(x => x.trim()).filter(Boolean)
 }

@@ -8,7 +8,7 @@ import { download, fileTarget, openLocalSource, stdoutTarget, upload } from '../
 import { parseSize, SIZE_UNITS } from '../units.js'
 import { withClient, type CliContext } from '../context.js'
 import { humanBytes, printFields, printJson, printTable, shortId } from '../output.js'
-import { waits } from '../flags.js'
+import { labelList, waits } from '../flags.js'
 import { watchJob } from '../progress.js'
 
 export function register (program: Command, ctx: CliContext): void {
@@ -62,7 +62,7 @@ export function register (program: Command, ctx: CliContext): void {
     .option('--no-wait', 'return the job once the bytes are in (indexing goes on)')
     .option('--json', 'print JSON')
     .action((file, opts) => withClient(ctx, async c => {
-      const labels = opts.label.length ? { labels: opts.label.join(',') } : {}
+      const labels = opts.label.length ? { labels: labelList(opts.label) } : {}
       let job: JobInfo
       if (c.rights === 'admin' && file !== '-') {
         // Root's fast path: osfarmd opens the file itself.
@@ -90,7 +90,7 @@ export function register (program: Command, ctx: CliContext): void {
     .option('--rm <key>', 'remove the labels of a key (or one key=value); repeatable', (v: string, all: string[]) => [...all, v], [] as string[])
     .option('--json', 'print JSON')
     .action((ref, labels: string[], opts) => withClient(ctx, async c => {
-      const i = await c.call('image.label', { id: ref, ...(labels.length ? { set: labels.join(',') } : {}), ...(opts.rm.length ? { remove: opts.rm.join(',') } : {}) })
+      const i = await c.call('image.label', { id: ref, ...(labels.length ? { set: labelList(labels) } : {}), ...(opts.rm.length ? { remove: labelList(opts.rm) } : {}) })
       if (opts.json) return printJson(i)
       console.log(`${i.name}: ${i.labels?.join(', ') || '(no labels)'}`)
     }))

@@ -1,11 +1,11 @@
-// A small checker for RPC params: each method declares its fields, and anything else, a missing
-// field or a wrong type is BAD_PARAMS naming the field, before a handler runs.
+// A small checker for RPC params: each method declares its fields once (protocol/api.ts), and
+// anything else, a missing field or a wrong type (a list's items too) is BAD_PARAMS naming the
+// field, before a handler runs.
 
 import { BAD_PARAMS } from '../../protocol/errors.js'
+import type { FieldSpec, ParamSpec } from '../../protocol/api.js'
 
-export type FieldType = 'string' | 'number' | 'boolean' | 'object' | readonly string[]
-export interface FieldSpec { type: FieldType, optional?: boolean }
-export type ParamSpec = Record<string, FieldSpec>
+export type { FieldSpec, FieldType, ParamSpec } from '../../protocol/api.js'
 
 export function checkParams (spec: ParamSpec, params: unknown): Record<string, unknown> {
   if (params === undefined || params === null) params = {}
@@ -20,15 +20,24 @@ export function checkParams (spec: ParamSpec, params: unknown): Record<string, u
       if (!field.optional) throw BAD_PARAMS(`missing parameter "${key}"`)
       continue
     }
-    if (Array.isArray(field.type)) {
-      if (!field.type.includes(v as string)) throw BAD_PARAMS(`"${key}" must be one of ${field.type.join(', ')}`)
-    } else if (field.type === 'object') {
-      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw BAD_PARAMS(`"${key}" must be an object`)
-    } else if (kindOf(v) !== field.type || (field.type === 'string' && v === '') || (field.type === 'number' && !Number.isFinite(v))) {
-      throw BAD_PARAMS(`"${key}" must be a ${field.type === 'string' ? 'non-empty string' : field.type}`)
+    if (field.array) {
+      if (!Array.isArray(v)) throw BAD_PARAMS(`"${key}" must be a list`)
+      v.forEach((x, i) => checkValue(`${key}[${i}]`, field, x))
+    } else {
+      checkValue(key, field, v)
     }
   }
   return p
+}
+
+function checkValue (key: string, field: FieldSpec, v: unknown): void {
+  if (Array.isArray(field.type)) {
+    if (!field.type.includes(v as string)) throw BAD_PARAMS(`"${key}" must be one of ${field.type.join(', ')}`)
+  } else if (field.type === 'object') {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw BAD_PARAMS(`"${key}" must be an object`)
+  } else if (kindOf(v) !== field.type || (field.type === 'string' && v === '') || (field.type === 'number' && !Number.isFinite(v))) {
+    throw BAD_PARAMS(`"${key}" must be a ${field.type === 'string' ? 'non-empty string' : field.type}`)
+  }
 }
 
 function kindOf (v: unknown): string {

@@ -81,8 +81,8 @@ export class Lab {
     for (const h of hosts) h.key = (await h.client.call('fleet.show', {})).publicKey
     let secret = ''
     for (const h of hosts) {
-      const peers = hosts.filter(o => o !== h).map(o => o.key).join(',')
-      const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: this.#dhtNodes.join(','), dhtHost: h.addr, peers })
+      const peers = hosts.filter(o => o !== h).map(o => o.key)
+      const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: this.#dhtNodes, dhtHost: h.addr, peers })
       secret ||= info.secret!
     }
     // Every host must have a session with every other (well under a second since the swarm

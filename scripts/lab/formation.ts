@@ -48,8 +48,8 @@ async function form (lab: Lab, n: number, run: number): Promise<{ ms: number, fo
   const start = Date.now()
   let secret = ''
   for (const h of hosts) {
-    const peers = hosts.filter(o => o !== h).map(o => o.key).join(',')
-    const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: '10.201.1.1:49737,10.201.1.1:49738,10.201.1.1:49739', dhtHost: h.addr, peers })
+    const peers = hosts.filter(o => o !== h).map(o => o.key)
+    const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: ['10.201.1.1:49737', '10.201.1.1:49738', '10.201.1.1:49739'], dhtHost: h.addr, peers })
     secret ||= info.secret!
   }
   let formed = false

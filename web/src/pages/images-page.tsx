@@ -159,7 +159,7 @@ export function ImagesPage () {
               const { image, labels } = relabel!
               setRelabel(undefined)
               const gone = (image.labels ?? []).filter(l => !labels.includes(l))
-              act(() => call('image.label', { id: image.id, ...(labels.length ? { set: labels.join(',') } : {}), ...(gone.length ? { remove: gone.join(',') } : {}) }))
+              act(() => call('image.label', { id: image.id, ...(labels.length ? { set: labels } : {}), ...(gone.length ? { remove: gone } : {}) }))
             }}>Save</Button>
           </Group>
         </Stack>
