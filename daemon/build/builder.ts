@@ -24,7 +24,8 @@
 
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { BUILD_FAILED, JOB_CANCELLED, OsfarmError, SIZE_TOO_SMALL, STORE_FULL, VOLUME_EXISTS } from '../../protocol/errors.js'
+import { BUILD_FAILED, JOB_CANCELLED, OsfarmError, SIZE_TOO_SMALL, VOLUME_EXISTS } from '../../protocol/errors.js'
+import { hostFull, hostFullError } from './host-space.js'
 import { hashParts } from '../blocks/hash.js'
 import type { LayerStore, VolumeInfo } from '../store/layer-store.js'
 import { readHostSources } from './host-mirror.js'
@@ -380,10 +381,11 @@ export class Builder {
       return committed
     } catch (err) {
       // Asked before the layer is removed, which frees what it took.
-      const full = outOfSpace(err) ? await hostFull([path.dirname(vol.path), this.workDir]) : undefined
+      // Any failure: a full host shows inside a step as ENOSPC, EIO or a corrupt scratch filesystem.
+      const full = signal.aborted ? undefined : await hostFull([path.dirname(vol.path), this.workDir])
       await this.store.remove(layer.key).catch(() => {})
       if (signal.aborted) throw JOB_CANCELLED()
-      if (full) throw STORE_FULL(`the ${layer.kind} step ran out of space because the host filesystem of ${full.path} is full (${Math.floor(full.free / 2 ** 20)} MiB free), not the image: free space there`, { path: full.path })
+      if (full) throw hostFullError(`the ${layer.kind} step`, full)
       throw err instanceof OsfarmError ? err : BUILD_FAILED(`${layer.kind} step: ${(err as Error).message}`)
     }
   }
@@ -460,22 +462,4 @@ export function derivedUuid (key: string, purpose: string): string {
   b[8] = (b[8]! & 0x3f) | 0x80
   const h = b.toString('hex')
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
-}
-
-// A step that ran out of room blames the image's size (SIZE_TOO_SMALL) only when the host had
-// room: a write the host filesystem refuses shows inside the image as ENOSPC or an I/O error.
-function outOfSpace (err: unknown): boolean {
-  if (err instanceof OsfarmError && err.code === 'SIZE_TOO_SMALL') return true
-  return /No space left|ENOSPC|Input\/output error|EIO\b/i.test((err as Error)?.message ?? '')
-}
-
-// The first of `dirs` whose filesystem is (nearly) full, as root sees it (reserved blocks included).
-async function hostFull (dirs: string[]): Promise<{ path: string, free: number } | undefined> {
-  for (const dir of dirs) {
-    const st = await fs.statfs(dir).catch(() => undefined)
-    if (!st) continue
-    const free = st.bfree * st.bsize
-    if (free < Math.min(16 << 20, st.blocks * st.bsize / 20)) return { path: dir, free }
-  }
-  return undefined
 }

@@ -21,6 +21,7 @@ import { makeScratchFs, normalizeTimes } from './tools/mke2fs.js'
 import { mount, umount } from './tools/mount.js'
 import { MOUNT_OPTIONS, mountSource, withMountedVolume } from './mounted-root.js'
 import { scanInodes } from './ext4-inodes.js'
+import { hostFull, hostFullError } from './host-space.js'
 
 // The upper filesystem is never smaller than this (metadata, apt's small writes).
 const MIN_UPPER_BYTES = 64 << 20
@@ -95,9 +96,13 @@ export async function withStepOverlay<T> (volume: string, scratch: string, epoch
     upperMounted = true
     await dropWhiteouts(upper)
     return await withMountedVolume(volume, layerDir, async layer => {
-      const written = await copyTree(upper, layer, path.join(upperFs, 'changes.tar'))
+      const written = await copyTree(upper, layer)
       return { changes: { removed: removed.map(r => '/' + r), written, releaseMs }, result: await finish(layer) }
     })
+  } catch (err) {
+    // Asked while the upper filesystem still holds what it took.
+    const full = await hostFull([scratch, path.dirname(volume)])
+    throw full ? hostFullError('the step', full) : err
   } finally {
     if (upperMounted) await umount(upperFs)
   }
@@ -162,16 +167,20 @@ async function dropWhiteouts (upper: string): Promise<void> {
   await visit(upper)
 }
 
-// One archive in name order, unpacked by one tar. The unpacking tar runs with the host
-// read-only except the layer, so whatever the step's links point to, it writes nowhere else.
-async function copyTree (from: string, to: string, archive: string): Promise<number> {
+// One archive in name order, piped to one tar that unpacks it (no copy of the changes is
+// kept anywhere: the upper filesystem is only as large as the layer's free space). The
+// unpacking tar runs with the host read-only except the layer, so whatever the step's links
+// point to, it writes nowhere else.
+async function copyTree (from: string, to: string): Promise<number> {
   const xattrs = ['--xattrs', '--xattrs-include=*', '--xattrs-exclude=trusted.overlay.*', '--acls']
-  const c = await run('tar', ['-C', from, '--sort=name', '--numeric-owner', ...xattrs, '-cf', archive, '.'], { pkg: 'tar' })
-  if (c.exitCode !== 0) throw IO_ERROR(`archiving the step's changes failed: ${lastLines(c.tail)}`)
+  const pack = ['tar', '-C', from, '--sort=name', '--numeric-owner', ...xattrs, '-cf', '-', '.']
   // -P: links are made as they come, not as placeholders replaced at the end (the archive is
   // ours, made from a real tree: no member lies under a link or climbs with ..).
-  const argv = readOnlyHostArgv([to], ['tar', '-C', to, '-x', '-p', '-P', '--numeric-owner', ...xattrs, '-v', '-f', archive])
-  const x = await run('unshare', ['--mount', '--propagation', 'private', '--', ...argv], { pkg: 'util-linux' })
+  const unpack = ['unshare', '--mount', '--propagation', 'private', '--', ...readOnlyHostArgv([to], ['tar', '-C', to, '-x', '-p', '-P', '--numeric-owner', ...xattrs, '-v', '-f', '-'])]
+  // bash, for pipefail: either tar failing fails the copy. $1 counts the packing tar's words.
+  // eslint-disable-next-line no-template-curly-in-string -- a shell's expansion, not a template
+  const pipe = 'set -o pipefail; n=$1; shift; "${@:1:n}" | "${@:n+1}"'
+  const x = await run('bash', ['-c', pipe, 'bash', String(pack.length), ...pack, ...unpack], { pkg: 'bash' })
   if (x.exitCode !== 0) {
     if (x.tail.some(l => /No space left on device/.test(l))) throw SIZE_TOO_SMALL(`the layer has no room for the step's changes: ${lastLines(x.tail, 2)}`)
     throw IO_ERROR(`writing the step's changes into the layer failed: ${lastLines(x.tail)}`)
