@@ -12,6 +12,8 @@ import { constants as FS } from 'node:fs'
 import path from 'node:path'
 import { mount, umount } from './tools/mount.js'
 import { resolveInRoot } from './sandbox/in-root.js'
+import { IO_ERROR } from '../../protocol/errors.js'
+import { lastLines, run } from '../tools/run.js'
 
 export const MOUNT_OPTIONS = ['noatime', 'nodelalloc', 'noinit_itable']
 
@@ -29,10 +31,20 @@ export async function withMountedVolume<T> (volumePath: string, root: string, wo
     await mount(volumePath, root, { type: 'ext4', options: opts })
     mounted = true
     if (!options.readOnly) await streamAllocation(await mountSource(root))
-    return work(root)
+    const result = await work(root)
+    // Writes the kernel could not put down (a full host under a loop device) surface only here:
+    // an unmount would drop them silently and commit a broken layer.
+    if (!options.readOnly) await syncFs(root)
+    return result
   }, async attempt => {
     if (mounted) await attempt(() => umount(root))
   })
+}
+
+// syncfs(2) of a mounted filesystem, through coreutils: fails if any writeback failed.
+async function syncFs (point: string): Promise<void> {
+  const r = await run('sync', ['-f', point], { pkg: 'coreutils' })
+  if (r.exitCode !== 0) throw IO_ERROR(`writing ${point} to its volume failed: ${lastLines(r.tail)}`)
 }
 
 // The device mounted at a point (the loop device mount -o loop chose).
