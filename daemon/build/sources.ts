@@ -8,7 +8,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import net from 'node:net'
 import { randomBytes } from 'node:crypto'
-import { Blake3Hasher } from '@napi-rs/blake-hash'
+import { Blake3Hasher, type Blake3 } from '../blocks/hash.js'
 import { BAD_PARAMS, OsfarmError, PERMISSION_DENIED, PROTOCOL_ERROR, SOURCE_CHANGED, SPEC_INVALID, STORE_FULL } from '../../protocol/errors.js'
 import type { Rights, SourceInfo, SpecSource } from '../../protocol/rpc.js'
 import { DATA, END, sendResult } from '../../protocol/stream.js'
@@ -304,7 +304,7 @@ export function specUrlReason (spec: ImageSpec): string | undefined {
 }
 
 const ZEROS = Buffer.alloc(COPY_CHUNK)
-function hashZeros (h: Blake3Hasher, n: number): void {
+function hashZeros (h: Blake3, n: number): void {
   for (; n > 0; n -= Math.min(n, ZEROS.length)) h.update(ZEROS.subarray(0, Math.min(n, ZEROS.length)))
 }
 

@@ -2,7 +2,7 @@
 // minirootfs, ...). The base key holds the tarball's hash, not its path.
 
 import fs from 'node:fs'
-import { Blake3Hasher } from '@napi-rs/blake-hash'
+import { Blake3Hasher } from '../../blocks/hash.js'
 import { SPEC_INVALID } from '../../../protocol/errors.js'
 import { extract } from '../tools/tar.js'
 import type { Flavour } from './flavour.js'
@@ -35,5 +35,5 @@ export const rootfs: Flavour = {
 export async function hashFile (file: string): Promise<string> {
   const h = new Blake3Hasher()
   for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer)
-  return h.digestBuffer().toString('hex')
+  return h.digest('hex')
 }
