@@ -142,8 +142,11 @@ t.test('bash completion is generated from the command tree', async t => {
 })
 
 t.test('scripts/install and scripts/uninstall, as a new user would run them', { skip: process.env.OSFARM_TEST_INSTALL === '1' ? false : 'installs into /opt, /usr/local and /etc: set OSFARM_TEST_INSTALL=1 (CI does)' }, async t => {
-  const install = await untracked(path.join(REPO, 'scripts/install'))
-  t.teardown(() => untracked(path.join(REPO, 'scripts/uninstall'), ['--purge']))
+  // From a copy of the checkout: install rebuilds dist/, which the other test files load from
+  // while they run.
+  const checkout = await copyCheckout(t)
+  const install = await untracked(path.join(checkout, 'scripts/install'))
+  t.teardown(() => untracked(path.join(checkout, 'scripts/uninstall'), ['--purge']))
   t.equal(install.exitCode, 0, install.all)
   t.match(install.all, /osfarmd: \S+ \(pid \d+/, 'the installed daemon answers osfarmctl status')
   const status = await untracked('/usr/local/bin/osfarmctl', ['status', '--json'])
@@ -152,11 +155,21 @@ t.test('scripts/install and scripts/uninstall, as a new user would run them', { 
   t.equal(verify.exitCode, 0, `systemd-analyze verify: ${verify.all}`)
   t.equal((await fs.stat('/run/osfarm/osfarmd.sock')).gid, Number((await execa('getent', ['group', 'osfarm'])).stdout.split(':')[2]), 'socket owned by group osfarm')
   await runAsUnitDoes(t, ['/usr/local/bin/osfarmd'])
-  const un = await untracked(path.join(REPO, 'scripts/uninstall'))
+  const un = await untracked(path.join(checkout, 'scripts/uninstall'))
   t.equal(un.exitCode, 0, un.all)
   await t.rejects(fs.stat('/usr/local/bin/osfarmd'), { code: 'ENOENT' })
   t.ok(await fs.stat('/etc/osfarm/osfarmd.json'), 'the config is kept without --purge')
 })
+
+// The checkout's files as git sees them (tracked and new, not ignored), and its node_modules.
+async function copyCheckout (t: Test): Promise<string> {
+  const dir = await tempDir('osfarm-checkout-')
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const files = await execa('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: REPO })
+  await execa('cpio', ['-p0dm', '--quiet', dir], { cwd: REPO, input: files.stdout })
+  await execa('cp', ['-a', '--reflink=auto', path.join(REPO, 'node_modules'), dir])
+  return dir
+}
 
 async function writeConfig (dir: string, settings: Record<string, unknown>): Promise<string> {
   const file = path.join(dir, 'config.json')
