@@ -8,6 +8,7 @@ import { blockLength, type Manifest } from '../blocks/manifest.js'
 import { BAD_BLOCK, NO_PEERS, type OsfarmError } from '../../protocol/errors.js'
 import type { TransferStats } from '../../protocol/rpc.js'
 import type { BlockBatch, PeerSession } from '../fleet/peer-session.js'
+import type { FleetEvents } from '../fleet/fleet-swarm.js'
 import type { RateLimiter } from '../fleet/rate-limiter.js'
 import type { FetchPlan } from './fetch-planner.js'
 import { Scheduler, type PeerState, type Req } from './scheduler.js'
@@ -16,7 +17,7 @@ const PEER_WAIT_MS = 60_000
 
 // The peers a fetch may ask: events 'holder' (rootHex, session, start?, count?), 'withdrawn'
 // (rootHex, session) and 'peer-closed' (session).
-export interface PeerPool extends EventEmitter {
+export interface PeerPool extends EventEmitter<FleetEvents> {
   holders (rootHex: string): PeerSession[]
 }
 

@@ -39,6 +39,26 @@ export interface BlockSource {
   readManifestDelta? (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined>
 }
 
+// What the swarm tells the services, each with its arguments.
+export interface FleetEvents {
+  // A key off the allow-list tried to connect (every attempt; logged once per key).
+  refused: [key: Buffer]
+  // A session opened with an allowed peer, or closed.
+  peer: [session: PeerSession]
+  'peer-closed': [session: PeerSession]
+  // `session` holds (an advert) or now holds part of (a Have: blocks from `start`, `count` of
+  // them) the image with root `rootHex`.
+  holder: [rootHex: string, session: PeerSession, start?: number, count?: number]
+  // `session` no longer offers the image.
+  withdrawn: [rootHex: string, session: PeerSession]
+  // A newer relabelling of an advert.
+  revised: [advert: Advert]
+  // Service messages, for whichever service listens.
+  Stage: [session: PeerSession, body: MessageMap['Stage']]
+  StageStatus: [session: PeerSession, body: MessageMap['StageStatus']]
+  SeedDefaults: [session: PeerSession, body: MessageMap['SeedDefaults']]
+}
+
 export interface FleetSwarmOptions {
   keyPair: KeyPair
   config: FleetConfig
@@ -50,7 +70,7 @@ export interface FleetSwarmOptions {
   backgroundLimits?: (rootHex?: string) => RateLimiter | undefined
 }
 
-export class FleetSwarm extends EventEmitter implements SessionHost {
+export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost {
   readonly keyPair: KeyPair
   readonly hostName: string
   readonly codecs: CodecId[]
@@ -328,7 +348,11 @@ export class FleetSwarm extends EventEmitter implements SessionHost {
 
   // Stage, StageStatus and SeedDefaults go to whichever service listens.
   onService (session: PeerSession, msg: ServiceMessage): void {
-    this.emit(msg.type, session, msg.body)
+    switch (msg.type) {
+      case 'Stage': this.emit('Stage', session, msg.body); break
+      case 'StageStatus': this.emit('StageStatus', session, msg.body); break
+      case 'SeedDefaults': this.emit('SeedDefaults', session, msg.body); break
+    }
   }
 
   // Sends a service message to one connected peer; false when it is not connected or too old.
