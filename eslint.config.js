@@ -23,7 +23,7 @@ export default [
   },
   {
     // mke2fs.conf text, whose format indents with tabs.
-    files: ['daemon/build/tools/mke2fs.ts'],
+    files: ['daemon/builder/tools/mke2fs.ts'],
     rules: { '@stylistic/no-tabs': 'off' }
   }
 ]

@@ -3,8 +3,8 @@
 
 import type { DaemonStatus } from '../protocol/rpc.js'
 import type { AdvertBook } from './adverts/advert-book.js'
-import type { BuildService } from './build/build-service.js'
-import type { RebuildService } from './build/rebuild-service.js'
+import type { BuildService } from './builder/build-service.js'
+import type { RebuildService } from './builder/rebuild-service.js'
 import type { PackageIndex } from './console/package-index.js'
 import type { FetchService } from './fetch/fetch-service.js'
 import type { FleetService } from './fleet/fleet-service.js'

@@ -54,8 +54,8 @@ const buildParams = {
   baseDir: opt(str),
   // The image's name; the spec's name by default.
   name: opt(str),
-  // "key=value,key=value": each replaces the spec's labels with its key.
-  labels: opt(str),
+  // key=value each: each replaces the spec's labels with its key.
+  labels: opt(list(str)),
   // Uploaded sources (source.upload) by the absolute path the spec names: path → blake3. Callers
   // other than root must upload every source their spec names.
   sources: opt(obj<Record<string, string>>()),
@@ -117,7 +117,7 @@ export const API = {
   'image.check': { params: buildParams, write: true, result: result<BuildCheckResult>() },
   'image.outdated': { params: none, write: false, result: result<OutdatedInfo[]>() },
   'rebuild.add': {
-    params: { spec: str, format: specFormat, baseDir: opt(str), name: opt(str), labels: opt(str), sources: opt(obj<Record<string, string>>()), everySeconds: opt(num), onChange: opt(bool) },
+    params: { spec: str, format: specFormat, baseDir: opt(str), name: opt(str), labels: opt(list(str)), sources: opt(obj<Record<string, string>>()), everySeconds: opt(num), onChange: opt(bool) },
     write: true,
     result: result<RebuildPolicy>()
   },

@@ -9,7 +9,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
 import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
-import { cgroupPrefix } from '../daemon/build/sandbox/cgroup.js'
+import { cgroupPrefix } from '../daemon/builder/sandbox/cgroup.js'
 import type { BuildResultInfo, JobInfo } from '../protocol/rpc.js'
 import { busyboxRootfs } from './helpers/rootfs.js'
 

@@ -11,7 +11,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 import { createAptRepo } from '../testing/apt-repo.js'
-import { RepoStates } from '../daemon/build/repo-state.js'
+import { RepoStates } from '../daemon/builder/repo-state.js'
 import type { BuildCheckResult, BuildResultInfo, ImageInfo, OutdatedInfo } from '../protocol/rpc.js'
 
 const dir = await tempDir('osfarm-fresh-')

@@ -19,7 +19,7 @@ import { execa } from 'execa'
 import { chromium, type BrowserContext, type Locator, type Page } from 'playwright-core'
 import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 import { joinFleet, makeImagePair, startTestnet, waitPeers } from '../testing/fleet.js'
-import { readFile as debugfsRead } from '../daemon/build/tools/mke2fs.js'
+import { readFile as debugfsRead } from '../daemon/builder/tools/mke2fs.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const ARTIFACTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../test-artifacts/web')

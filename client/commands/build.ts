@@ -11,7 +11,7 @@ import { openLocalSource, upload } from '../streams.js'
 import { withClient, type CliContext } from '../context.js'
 import { printJson, printTable, shortId } from '../output.js'
 import { watchJob } from '../progress.js'
-import { waits } from '../flags.js'
+import { labelList, waits } from '../flags.js'
 
 export function register (program: Command, ctx: CliContext): void {
   program.command('build <spec>')
@@ -32,7 +32,7 @@ export function register (program: Command, ctx: CliContext): void {
       const format = opts.format ?? (spec.endsWith('.xml') ? 'xml' : spec.endsWith('.json') ? 'json' : undefined)
       if (format) params.format = format
       if (opts.name) params.name = opts.name
-      if (opts.label.length) params.labels = opts.label.join(',')
+      if (opts.label.length) params.labels = labelList(opts.label)
       if (opts.snapshot) params.snapshot = opts.snapshot
       if (c.rights !== 'admin') params.sources = await uploadSources(c, params)
       if (opts.check) return printCheck(await c.call('image.check', params), Boolean(opts.json))

@@ -9,6 +9,7 @@ import { BAD_PARAMS } from '../../protocol/errors.js'
 import { withClient, type CliContext } from '../context.js'
 import { printJson, printTable } from '../output.js'
 import { uploadSources } from './build.js'
+import { labelList } from '../flags.js'
 
 export function register (program: Command, ctx: CliContext): void {
   const rebuild = program.command('rebuild').description('rebuild policies: images osfarmd keeps up to date with their repositories')
@@ -25,7 +26,7 @@ export function register (program: Command, ctx: CliContext): void {
       if (spec.endsWith('.xml')) params.format = 'xml'
       else if (spec.endsWith('.json')) params.format = 'json'
       if (opts.name) params.name = opts.name
-      if (opts.label.length) params.labels = opts.label.join(',')
+      if (opts.label.length) params.labels = labelList(opts.label)
       if (opts.every !== undefined) params.everySeconds = opts.every
       if (opts.onChange) params.onChange = true
       // The spec's files are uploaded once and kept by osfarmd for the policy's life.

@@ -9,7 +9,7 @@ import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import { BAD_PARAMS, MIRROR_UNREACHABLE, NOT_FOUND } from '../../protocol/errors.js'
 import type { PackageSearchResult, PackageSummary } from '../../protocol/rpc.js'
-import { pickMirror, readHostSources } from '../build/host-mirror.js'
+import { pickMirror, readHostSources } from '../builder/host-mirror.js'
 
 const INDEX_TTL_MS = 30 * 60_000
 const MAX_INDEXES = 8

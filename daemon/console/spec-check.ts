@@ -2,8 +2,8 @@
 // naming its field) and which layers the store already holds.
 
 import type { Rights, SpecCheckResult } from '../../protocol/rpc.js'
-import type { BuildService } from '../build/build-service.js'
-import type { SpecFormat } from '../build/spec.js'
+import type { BuildService } from '../builder/build-service.js'
+import type { SpecFormat } from '../builder/spec.js'
 import type { LayerStore } from '../store/layer-store.js'
 
 export async function checkSpec (builds: BuildService, store: LayerStore, p: { spec: string, format?: SpecFormat, baseDir?: string, sources?: Record<string, string> }, rights: Rights): Promise<SpecCheckResult> {

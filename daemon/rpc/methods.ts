@@ -10,7 +10,7 @@ import type { Services } from '../services.js'
 import type { JobEvent } from '../jobs/jobs.js'
 import { checkSpec } from '../console/spec-check.js'
 import { fleetImages } from '../console/fleet-images.js'
-import { hostUrlReason } from '../build/sources.js'
+import { hostUrlReason } from '../builder/sources.js'
 
 export interface CallContext {
   // Sends a JSON-RPC notification to the calling connection.

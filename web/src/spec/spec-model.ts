@@ -1,6 +1,6 @@
 // The editor's form and the spec it submits. Lists keep the form's order and never drop an
 // entry, so a field the daemon names (`files[1].path`) is the second file's path input here.
-// The XML follows daemon/build/xml-spec.ts: attributes and child elements are both fields, a
+// The XML follows daemon/builder/xml-spec.ts: attributes and child elements are both fields, a
 // list holds its singular items, an element's text beside attributes is its `content`.
 
 export type Flavour = 'debian' | 'ubuntu' | 'rootfs'

@@ -37,7 +37,7 @@ export interface FileSpec {
   content?: string
   encoding: 'utf8' | 'base64'
   source?: string
-  // Set once the source (or content) is a daemon-owned copy at `source` (build/sources.ts).
+  // Set once the source (or content) is a daemon-owned copy at `source` (builder/sources.ts).
   blob?: { blake3: string, size: number }
 }
 

@@ -21,7 +21,7 @@ import type { Plan } from './plan.js'
 import { RepoStates, type HistoryDb } from './repo-state.js'
 import { toHex } from '../blocks/hash.js'
 import type { Resolved } from './sources.js'
-import { checkLabels, mergeLabels, sameLabels, splitLabels } from '../images/labels.js'
+import { checkLabels, mergeLabels, sameLabels } from '../images/labels.js'
 import type { LayerStore } from '../store/layer-store.js'
 import type { StreamRegistry } from '../rpc/streams.js'
 import { SourceStore, specUrlReason, type SourceLimits } from './sources.js'
@@ -110,7 +110,7 @@ export class BuildService {
   async build (params: BuildParams, rights: Rights, opts: { priority?: 'background' } = {}): Promise<JobInfo> {
     const parsed = await this.#readSpec(params)
     const name = params.name ?? parsed.name
-    const labels = checkLabels(mergeLabels(parsed.labels, params.labels === undefined ? [] : splitLabels(params.labels)))
+    const labels = checkLabels(mergeLabels(parsed.labels, params.labels ?? []))
     const { spec, release } = await this.resolve(parsed, rights, params.sources)
     try {
       return await this.#start(spec, name, labels, release, opts.priority)

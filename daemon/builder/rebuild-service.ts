@@ -15,6 +15,7 @@ import type { Catalog } from '../catalog/catalog.js'
 import type { JobManager } from '../jobs/jobs.js'
 import type { Logger } from '../log.js'
 import type { BuildService } from './build-service.js'
+import { splitLabels } from '../images/labels.js'
 
 export const MAX_REBUILD_POLICIES = 64
 const MIN_EVERY_SECONDS = 60
@@ -22,6 +23,12 @@ const TICK_MS = 5_000
 
 interface Stored extends RebuildPolicy {
   params: BuildParams
+}
+
+// Policies saved before build labels were a list kept them comma-joined.
+function upgrade (p: Stored): Stored {
+  const labels: unknown = p.params.labels
+  return typeof labels === 'string' ? { ...p, params: { ...p.params, labels: splitLabels(labels) } } : p
 }
 
 export class RebuildService {
@@ -44,7 +51,7 @@ export class RebuildService {
   }
 
   async start (): Promise<void> {
-    for await (const [id, p] of this.#db.iterator()) this.#policies.set(id, { ...p, running: null })
+    for await (const [id, p] of this.#db.iterator()) this.#policies.set(id, { ...upgrade(p), running: null })
     this.#timer = setInterval(() => { void this.#tick() }, TICK_MS)
     this.#timer.unref()
   }
