@@ -11,7 +11,7 @@ import { Builder } from '../daemon/builder/builder.js'
 import { parseSpec } from '../daemon/builder/spec.js'
 import { exportBoot, qemuBootArgs, readBootInfo } from '../daemon/builder/boot-export.js'
 import { createFileStore } from '../daemon/store/file/file-store.js'
-import { specResolver } from './helpers/sources.js'
+import { specResolver } from '../testing/sources.js'
 
 const MARKER = 'OSFARM-BOOT-OK'
 const BOOT_TIMEOUT_MS = 5 * 60_000

@@ -8,8 +8,8 @@ import path from 'node:path'
 import { Builder } from '../daemon/builder/builder.js'
 import { parseSpec } from '../daemon/builder/spec.js'
 import { createFileStore } from '../daemon/store/file/file-store.js'
-import { specResolver } from './helpers/sources.js'
-import { busyboxRootfs } from './helpers/rootfs.js'
+import { specResolver } from '../testing/sources.js'
+import { busyboxRootfs } from '../testing/rootfs.js'
 
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-build-cache-'))
 t.teardown(() => fs.rm(dir, { recursive: true, force: true }))

@@ -11,7 +11,7 @@ import { execa } from 'execa'
 import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
 import { cgroupPrefix } from '../daemon/builder/sandbox/cgroup.js'
 import type { BuildResultInfo, JobInfo } from '../protocol/rpc.js'
-import { busyboxRootfs } from './helpers/rootfs.js'
+import { busyboxRootfs } from '../testing/rootfs.js'
 
 const dir = await tempDir('osfarm-build-crash-')
 const dataDir = path.join(dir, 'data')

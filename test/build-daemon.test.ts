@@ -6,7 +6,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { startDaemon, tempDir } from '../testing/daemon.js'
 import type { BuildResultInfo, ImageInfo, JobInfo } from '../protocol/rpc.js'
-import { busyboxRootfs } from './helpers/rootfs.js'
+import { busyboxRootfs } from '../testing/rootfs.js'
 
 const dir = await tempDir('osfarm-build-daemon-')
 const d = await startDaemon({ dir })

@@ -14,8 +14,8 @@ import { createFileStore } from '../daemon/store/file/file-store.js'
 import type { LayerStore, PrepareOptions } from '../daemon/store/layer-store.js'
 import { readFile as debugfsRead } from '../daemon/builder/tools/mke2fs.js'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
-import { specResolver } from './helpers/sources.js'
-import { busyboxRootfs } from './helpers/rootfs.js'
+import { specResolver } from '../testing/sources.js'
+import { busyboxRootfs } from '../testing/rootfs.js'
 
 const EXAMPLES = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../examples')
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-build-'))

@@ -16,8 +16,8 @@ import { parseSpec, type ImageSpec } from '../daemon/builder/spec.js'
 import { createFileStore } from '../daemon/store/file/file-store.js'
 import { readFile as debugfsRead } from '../daemon/builder/tools/mke2fs.js'
 import { cgroupPrefix } from '../daemon/builder/sandbox/cgroup.js'
-import { specResolver } from './helpers/sources.js'
-import { busyboxRootfs } from './helpers/rootfs.js'
+import { specResolver } from '../testing/sources.js'
+import { busyboxRootfs } from '../testing/rootfs.js'
 
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'osfarm-sandbox-'))
 const host = path.join(dir, 'host')

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
 import { startDaemon, tempDir } from '../testing/daemon.js'
-import { busyboxRootfs } from './helpers/rootfs.js'
+import { busyboxRootfs } from '../testing/rootfs.js'
 
 const dir = await tempDir('osfarm-build-space-')
 const host = path.join(dir, 'host')

@@ -4,7 +4,7 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { startDaemon } from '../testing/daemon.js'
-import { makeImage } from './helpers/images.js'
+import { makeImage } from '../testing/images.js'
 
 t.test('kill -9 during an import leaves no half-image', async t => {
   const d = await startDaemon()

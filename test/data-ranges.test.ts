@@ -8,7 +8,7 @@ import path from 'node:path'
 import { DataRanges } from '../daemon/blocks/data-ranges.js'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
 import { copyNonZero } from '../daemon/images/block-copy.js'
-import { makeImage } from './helpers/images.js'
+import { makeImage } from '../testing/images.js'
 
 t.test('ranges merge small gaps, keep large ones, widen to blocks and refuse to go back', async t => {
   const r = new DataRanges()

@@ -5,7 +5,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
 import { startDaemon } from '../testing/daemon.js'
-import { allocatedBytes, makeImage } from './helpers/images.js'
+import { allocatedBytes, makeImage } from '../testing/images.js'
 
 t.test('import → list → verify → export raw and qcow2', async t => {
   const d = await startDaemon()

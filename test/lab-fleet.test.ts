@@ -8,7 +8,7 @@ import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { Lab, waitJob, type Host } from '../scripts/bench/lab-hosts.js'
-import { makeImage } from './helpers/images.js'
+import { makeImage } from '../testing/images.js'
 import { sha256 } from '../testing/fleet.js'
 
 const HOSTS = 4

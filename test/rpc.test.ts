@@ -7,7 +7,7 @@ import net from 'node:net'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { startDaemon } from '../testing/daemon.js'
-import { makeImage } from './helpers/images.js'
+import { makeImage } from '../testing/images.js'
 import { MAX_FRAME_BYTES, adminSocketPath } from '../protocol/rpc.js'
 
 // Sends raw bytes and collects the newline-delimited replies until `count` arrive.

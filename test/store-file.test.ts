@@ -9,7 +9,7 @@ import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { execa } from 'execa'
 import { createFileStore } from '../daemon/store/file/file-store.js'
-import { layerStoreSuite, writeAt } from './helpers/store-suite.js'
+import { layerStoreSuite, writeAt } from '../daemon/store/layer-store-suite.js'
 
 const SIZE = 64 << 20
 const isRoot = process.getuid?.() === 0

@@ -17,7 +17,7 @@ import { NO_UDEV_CONFIG } from '../daemon/store/lvm/lvm.js'
 import { createFileStore } from '../daemon/store/file/file-store.js'
 import { BlockHasher } from '../daemon/blocks/block-hasher.js'
 import { toHex } from '../daemon/blocks/hash.js'
-import { layerStoreSuite, readAt, rejectsCode, writeAt } from './helpers/store-suite.js'
+import { layerStoreSuite, readAt, rejectsCode, writeAt } from '../daemon/store/layer-store-suite.js'
 import { qemuAvailable, runInGuest } from '../scripts/vm/guest-runner.js'
 
 const MiB = 1 << 20

@@ -8,7 +8,7 @@ import { advertSigningBytes, type Advert } from '../protocol/wire.js'
 import { sign } from '../daemon/fleet/identity.js'
 import { hash } from '../daemon/blocks/hash.js'
 import type { PeerSession } from '../daemon/fleet/peer-session.js'
-import { signedAdvert } from './helpers/adverts.js'
+import { signedAdvert } from '../testing/adverts.js'
 
 const source: BlockSource = {
   readManifest: async () => undefined,

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url'
 import { makeImagePair, pollJob, sha256, startFleet, startTestnet, tempDir, waitPeers } from '../testing/fleet.js'
 import { startDaemon } from '../testing/daemon.js'
 
-const BAD_PEER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers/bad-peer.js')
+const BAD_PEER = path.join(path.dirname(fileURLToPath(import.meta.url)), '../testing/bad-peer.js')
 
 async function images (dir: string) {
   // A larger image fetched whole: long enough to interrupt.

@@ -12,8 +12,8 @@ import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
 import { startDaemon, tempDir, type TestDaemon } from '../testing/daemon.js'
-import { allocatedBytes, makeImage } from './helpers/images.js'
-import { busyboxRootfs } from './helpers/rootfs.js'
+import { allocatedBytes, makeImage } from '../testing/images.js'
+import { busyboxRootfs } from '../testing/rootfs.js'
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const tag = randomBytes(3).toString('hex')

@@ -12,7 +12,7 @@ import { createManifest } from '../daemon/blocks/manifest.js'
 import { applyManifestDelta, encodeManifestDelta } from '../daemon/blocks/manifest-delta.js'
 import { sign, verify } from '../daemon/fleet/identity.js'
 import DHT from 'hyperdht'
-import { signedAdvert } from './helpers/adverts.js'
+import { signedAdvert } from '../testing/adverts.js'
 
 // An in-memory stream pair: what one side writes, the other reads.
 class Pipe extends EventEmitter implements Stream {

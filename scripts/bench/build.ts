@@ -3,7 +3,7 @@
 //   the same request again (target: ≤ 50 ms); +openssh-server with the base cached vs. cold;
 //   one layer snapshot of a 2 GiB and a 16 GiB volume (target: the same, well under 1 s); and
 //   the share of blocks two independent builds of one spec have in common; and, in a real
-//   osfarmd with a signed apt repository on 127.0.0.1 (test/helpers/apt-repo.ts), a cache hit
+//   osfarmd with a signed apt repository on 127.0.0.1 (testing/apt-repo.ts), a cache hit
 //   including the repositories' freshness check (target ≤ 50 ms inside the daemon) and the
 //   rebuild after one package changed (seconds, layers rebuilt, blocks that differ from the
 //   previous version, what a host holding that version must fetch).

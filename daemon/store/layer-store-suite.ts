@@ -6,7 +6,7 @@ import fs from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import type { Test } from 'tap'
 import { OsfarmError } from '../../protocol/errors.js'
-import type { LayerStore, VolumeInfo } from '../../daemon/store/layer-store.js'
+import type { LayerStore, VolumeInfo } from './layer-store.js'
 
 export interface StoreFixture {
   // Opens the store; called again on the same backing storage to simulate a restart.

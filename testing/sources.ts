@@ -3,10 +3,10 @@
 
 import path from 'node:path'
 import t from 'tap'
-import { SourceStore } from '../../daemon/builder/sources.js'
-import { StreamRegistry } from '../../daemon/rpc/streams.js'
-import { createLogger } from '../../daemon/log.js'
-import type { ImageSpec } from '../../daemon/builder/spec.js'
+import { SourceStore } from '../daemon/builder/sources.js'
+import { StreamRegistry } from '../daemon/rpc/streams.js'
+import { createLogger } from '../daemon/log.js'
+import type { ImageSpec } from '../daemon/builder/spec.js'
 
 export async function specResolver (dir: string): Promise<(spec: ImageSpec) => Promise<ImageSpec>> {
   const sources = new SourceStore({ dir: path.join(dir, 'sources'), streams: new StreamRegistry(), limits: { fileBytes: 64 << 20, rootfsBytes: 1 << 30 }, log: createLogger('error') })

@@ -1,14 +1,14 @@
 // A real peer process that serves an image with every block corrupted (one byte flipped): the
 // fault the fetch engine must catch. Not part of osfarmd; run by the transfer fault tests.
 //
-//   node dist/test/helpers/bad-peer.js   with BAD_PEER='{"image":..., "secret":..., "bootstrap":[...], "allow":[...]}'
+//   node dist/testing/bad-peer.js   with BAD_PEER='{"image":..., "secret":..., "bootstrap":[...], "allow":[...]}'
 // Prints {"key": "<hex>"} once it is on the fleet's DHT and advertising the image.
 
 import DHT from 'hyperdht'
-import { BlockHasher } from '../../daemon/blocks/block-hasher.js'
-import { LocalBlocks } from '../../daemon/blocks/local-blocks.js'
-import { FleetSwarm } from '../../daemon/fleet/fleet-swarm.js'
-import { signAdvert } from '../../daemon/adverts/sign-advert.js'
+import { BlockHasher } from '../daemon/blocks/block-hasher.js'
+import { LocalBlocks } from '../daemon/blocks/local-blocks.js'
+import { FleetSwarm } from '../daemon/fleet/fleet-swarm.js'
+import { signAdvert } from '../daemon/adverts/sign-advert.js'
 
 const cfg = JSON.parse(process.env.BAD_PEER ?? '{}') as { image: string, name: string, secret: string, bootstrap: string[], allow: string[] }
 const hasher = new BlockHasher(1)
