@@ -5,7 +5,7 @@
 # so peers reach each other through it. Idempotent: `up` rebuilds, `down` removes.
 #
 #   scripts/lab/lab.sh up [PEERS=1] [RATE=100mbit]
-#   scripts/lab/lab.sh rate RATE        reshape every link
+#   scripts/lab/lab.sh rate RATE        reshape every link (RATE none: unshaped, no tbf)
 #   scripts/lab/lab.sh down
 #   scripts/lab/lab.sh exec NS CMD...   run in a namespace (h0, p1, ...)
 set -euo pipefail
@@ -14,8 +14,13 @@ set -euo pipefail
 PREFIX=${LAB_PREFIX:-osf}
 HUB=$PREFIX-h0
 
-tbf () { # dev rate
+tbf () { # dev rate ns
   local dev=$1 rate=$2 burst
+  if [ "$rate" = none ]; then
+    # The device's default qdisc again; deleting a root that is already the default fails.
+    ip netns exec "$3" tc qdisc del dev "$dev" root 2>/dev/null || true
+    return
+  fi
   case $rate in
     *gbit) burst=512kb ;;
     *) burst=64kb ;;
@@ -68,5 +73,5 @@ case $cmd in
   down) down ;;
   rate) rate "$@" ;;
   exec) ns=$PREFIX-$1; shift; exec ip netns exec "$ns" "$@" ;;
-  *) echo "usage: $0 up [PEERS] [RATE] | rate RATE | down | exec NS CMD..." >&2; exit 64 ;;
+  *) echo "usage: $0 up [PEERS] [RATE|none] | rate RATE|none | down | exec NS CMD..." >&2; exit 64 ;;
 esac
