@@ -6,7 +6,7 @@ import { loadConfig, type Config } from './config.js'
 import { createLogger } from './log.js'
 import { Daemon, VERSION } from './daemon.js'
 import { OsfarmError } from '../protocol/errors.js'
-import { startBootstrapNode } from './fleet/fleet-swarm.js'
+import { startBootstrapNode } from './fleet/bootstrap-node.js'
 
 const program = new Command('osfarmd')
   .description('osfarm host daemon: builds, stores and moves VM images')

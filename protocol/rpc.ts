@@ -122,6 +122,8 @@ export interface FleetInfo {
   topic: string | null
   // Where this host's DHT node listens (others may list it as a bootstrap node).
   dht: { host: string, port: number } | null
+  // The TCP port this host takes block lanes on (null: none; lanes off, or no swarm open).
+  lanePort: number | null
   // Upload limits in bytes per second, all peers and each peer (0: none).
   uploadLimit: number
   peerUploadLimit: number
@@ -139,6 +141,9 @@ export interface PeerInfo {
   bytesOut: number
   rateIn: number
   connectedAt: string
+  // The TCP lane that carries block traffic with this peer (bytes of it, part of bytesIn and
+  // bytesOut); null while blocks go over the swarm connection.
+  lane: { address: string, bytesIn: number, bytesOut: number } | null
 }
 
 export interface TransferPeerStats {

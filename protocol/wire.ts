@@ -39,7 +39,7 @@ export interface Advert {
   version?: number | null
   verSignature?: Buffer | null
 }
-export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[], features?: string[] }
+export interface Hello { version: number, host: string, codecs: CodecId[], maxFrame?: number | null, adverts: Advert[], features?: string[], lanePort?: number | null }
 export interface Adverts { adverts: Advert[] }
 export interface ManifestRequest { id: number, root: Buffer, offset?: number | null, base?: Buffer | null, length?: number | null }
 export interface ManifestResponse { id: number, total: number, offset: number, data: Buffer, delta?: boolean | null }
@@ -54,7 +54,7 @@ export interface StageStatus { id: string, seq: number, state: string, done?: nu
 export interface SeedDefaults { version: number, policies: string, author: Buffer, signature: Buffer }
 
 // What this version understands beyond wire version 1 (sent in Hello.features).
-export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta', 'manifest-range', 'manifest-delta-runs'] as const
+export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta', 'manifest-range', 'manifest-delta-runs', 'tcp-lane'] as const
 export type Feature = typeof FEATURES[number]
 export const MAX_LABELS = 32
 export const MAX_SEED_DEFAULTS_BYTES = 64 << 10
@@ -156,6 +156,7 @@ function check (msg: Message): void {
     case 'Hello':
       if (msg.body.adverts.length > MAX_ADVERTS_PER_FRAME) throw bad('too many adverts')
       msg.body.adverts.forEach(checkAdvert)
+      if ((msg.body.lanePort ?? 0) > 65535) throw bad('lane port')
       break
     case 'Adverts':
       if (msg.body.adverts.length > MAX_ADVERTS_PER_FRAME) throw bad('too many adverts')

@@ -5,7 +5,8 @@ import {
   advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, Codec, decodeMessage, encodeFrame, FrameDecoder, MAX_FRAME_BYTES,
   supersedes, TYPES, WIRE_VERSION, type Advert
 } from '../protocol/wire.js'
-import { PeerSession, type SessionHost, type Stream } from '../daemon/fleet/peer-session.js'
+import { PeerSession } from '../daemon/fleet/peer-session.js'
+import type { SessionHost, Stream } from '../daemon/fleet/session-host.js'
 import { RateLimiter } from '../daemon/fleet/rate-limiter.js'
 import { hash } from '../daemon/blocks/hash.js'
 import { createManifest } from '../daemon/blocks/manifest.js'
@@ -13,6 +14,8 @@ import { applyManifestDelta, encodeManifestDelta } from '../daemon/blocks/manife
 import { sign, verify } from '../daemon/fleet/identity.js'
 import DHT from 'hyperdht'
 import { signedAdvert } from '../testing/adverts.js'
+import { eventually } from '../testing/eventually.js'
+import type { OsfarmError } from '../protocol/errors.js'
 
 // An in-memory stream pair: what one side writes, the other reads.
 class Pipe extends EventEmitter implements Stream {
@@ -272,4 +275,63 @@ t.test('10,000 random, mutated or truncated frames each end only their session',
   t.ok(got.data.equals(blocks.get(k)!))
   sa.destroy()
   sb.destroy()
+})
+
+// A lane: a second session over its own stream, carrying its session's block traffic.
+async function withLane (): Promise<{ sa: PeerSession, sb: PeerSession, la: PeerSession, lb: PeerSession, laneA: Pipe, laneB: Pipe }> {
+  const { sa, sb } = await sessions()
+  const [laneA, laneB] = pair()
+  const la = new PeerSession(laneA, sa.remoteKey, host('a'), 'lane', sa)
+  const lb = new PeerSession(laneB, sb.remoteKey, host('b'), 'lane', sb)
+  sa.attachLane(la)
+  sb.attachLane(lb)
+  await Promise.all([la.ready, lb.ready])
+  return { sa, sb, la, lb, laneA, laneB }
+}
+
+t.test('a lane carries its session\'s block requests; when it goes, they are asked again on the session', async t => {
+  const { sa, sb, la, laneA } = await withLane()
+  t.teardown(() => { sa.destroy(); sb.destroy() })
+  const keys = [...blocks.keys()]
+  const got = await sa.getBlocks(Buffer.from(keys[0]!, 'hex'))
+  t.ok(got.data.equals(blocks.get(keys[0]!)!), 'the block came back')
+  t.ok(la.laneBytes.in >= got.wireBytes!, `over the lane (${la.laneBytes.in} bytes in, ${got.wireBytes} of payload)`)
+  t.equal(sa.stats.blocksIn, 1, 'counted on the session')
+  // The lane's answers stop; the request in flight on it is asked again on the session.
+  laneA.peer!.write = () => true
+  const pending = sa.getBlocks(Buffer.from(keys[1]!, 'hex'))
+  await new Promise(resolve => setImmediate(resolve))
+  la.destroy()
+  const again = await pending
+  t.ok(again.data.equals(blocks.get(keys[1]!)!), 'answered on the session after the lane went')
+  t.equal(sa.lane, undefined, 'the session has no lane now')
+  t.notOk(sa.closed, 'and lives on')
+})
+
+t.test('a lane takes block traffic only: anything else, or a bad frame, ends the session with that peer', async t => {
+  for (const frame of [encodeFrame('Have', { root: Buffer.alloc(32), start: 0, bitfield: Buffer.alloc(1) }), encodeFrame('ManifestRequest', { id: 1, root: Buffer.alloc(32) }), Buffer.from([0, 0, 0, 2, 99, 1])]) {
+    const { sa, sb, la, laneB } = await withLane()
+    laneB.write(frame)
+    await eventually('the lane closed', () => la.closed)
+    t.ok(sa.closed, 'the session ended with it')
+    t.equal((sa.closeError as OsfarmError).code, 'PROTOCOL_ERROR')
+    sb.destroy()
+  }
+})
+
+t.test('a lane\'s Hello names no adverts and no lane port; a session\'s Hello names its lane port', async t => {
+  const [a, b] = pair()
+  const lanePort = 4242
+  const sa = new PeerSession(a, Buffer.alloc(32, 2), { ...host('a'), lanePort })
+  const sb = new PeerSession(b, Buffer.alloc(32, 1), host('b'))
+  await Promise.all([sa.ready, sb.ready])
+  t.equal(sb.remoteHello?.lanePort, lanePort)
+  t.ok(sb.supports('tcp-lane'))
+  const [c, d] = pair()
+  const lc = new PeerSession(c, sa.remoteKey, { ...host('a'), lanePort }, 'lane', sa)
+  const ld = new PeerSession(d, sb.remoteKey, host('b'), 'lane', sb)
+  await Promise.all([lc.ready, ld.ready])
+  t.notOk(ld.remoteHello?.lanePort, 'no port on a lane')
+  t.same(ld.remoteHello?.adverts, [])
+  for (const s of [sa, sb]) s.destroy()
 })

@@ -31,6 +31,8 @@ export interface FleetOptions {
   hosts?: Array<{ dir?: string, args?: string[] }>
   // Wait until every host sees every other.
   connected?: boolean
+  // More `fleet init` arguments, per host.
+  initArgs?: string[][]
 }
 
 // Starts `n` daemons on a fresh testnet and joins them into one fleet where all allow all.
@@ -48,13 +50,14 @@ export async function startFleet (n: number, teardown: Teardown, options: FleetO
 }
 
 // Joins running daemons into one new fleet (the first makes the secret); each allows all.
-export async function joinFleet (daemons: TestDaemon[], bootstrap: string, options: { uploadLimit?: number, connected?: boolean } = {}): Promise<{ keys: string[], secret: string }> {
+// `initArgs`: more `fleet init` arguments, per host.
+export async function joinFleet (daemons: TestDaemon[], bootstrap: string, options: { uploadLimit?: number, connected?: boolean, initArgs?: string[][] } = {}): Promise<{ keys: string[], secret: string }> {
   const limit = options.uploadLimit ? ['--upload-limit', String(options.uploadLimit)] : []
-  const first = await daemons[0]!.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1', ...limit)
+  const first = await daemons[0]!.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1', ...limit, ...options.initArgs?.[0] ?? [])
   const secret = first.secret as string
   const keys: string[] = [first.publicKey]
-  for (const d of daemons.slice(1)) {
-    const info = await d.ctlJson('fleet', 'init', '--secret', secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1', ...limit)
+  for (const [i, d] of daemons.slice(1).entries()) {
+    const info = await d.ctlJson('fleet', 'init', '--secret', secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1', ...limit, ...options.initArgs?.[i + 1] ?? [])
     keys.push(info.publicKey)
   }
   for (const d of daemons) for (const k of keys) await d.ctlJson('fleet', 'allow', k)

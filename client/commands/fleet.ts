@@ -16,6 +16,9 @@ export function register (program: Command, ctx: CliContext): void {
     .option('--peer <keys>', 'hosts to allow and connect to directly, key,...')
     .option('--dht-host <address>', 'address this host\'s DHT node binds')
     .option('--dht-port <port>', 'UDP port of this host\'s DHT node', Number)
+    .option('--tcp-lanes', 'carry blocks over TCP lanes to peers that reach this host directly (the default)')
+    .option('--no-tcp-lanes', 'carry blocks over the swarm connection only (no TCP lanes to peers that reach this host directly)')
+    .option('--tcp-port <port>', 'TCP port for block lanes (default: the DHT port number where free)', Number)
     .option('--upload-limit <rate>', `upload limit to all peers (${RATE_UNITS})`, parseRate)
     .option('--peer-upload-limit <rate>', `upload limit to each peer (${RATE_UNITS})`, parseRate)
     .option('--json', 'print JSON')
@@ -26,6 +29,8 @@ export function register (program: Command, ctx: CliContext): void {
         ...(opts.peer ? { peers: commaList(opts.peer) } : {}),
         ...(opts.dhtHost ? { dhtHost: opts.dhtHost } : {}),
         ...(opts.dhtPort ? { dhtPort: opts.dhtPort } : {}),
+        ...(opts.tcpLanes !== undefined ? { tcpLanes: opts.tcpLanes } : {}),
+        ...(opts.tcpPort ? { tcpPort: opts.tcpPort } : {}),
         ...(opts.uploadLimit ? { uploadLimit: opts.uploadLimit } : {}),
         ...(opts.peerUploadLimit ? { peerUploadLimit: opts.peerUploadLimit } : {})
       })
@@ -69,6 +74,7 @@ function show (info: FleetInfo): void {
     ['fleet', info.configured ? 'configured' : 'none (osfarmctl fleet init)'],
     ['topic', info.topic ?? '-'],
     ['dht', info.dht ? `${info.dht.host}:${info.dht.port}` : '-'],
+    ['tcp lanes', info.lanePort ? `port ${info.lanePort}` : 'off'],
     ['bootstrap', info.bootstrap.join(', ') || '-'],
     ['allowed', info.allow.join('\n           ') || '-'],
     ['direct', info.peers.join(', ') || '-'],

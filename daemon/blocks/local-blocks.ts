@@ -9,7 +9,7 @@ import { HASH_BYTES } from '../blocks/hash.js'
 import { blockCount, blockLength, encodeManifest, zeroSlots, type Manifest } from '../blocks/manifest.js'
 import { HashIndex } from '../blocks/hash-index.js'
 import { encodeManifestDelta, type DeltaVersion } from '../blocks/manifest-delta.js'
-import type { BlockBatch, BlockPlaces } from '../fleet/peer-session.js'
+import type { BlockBatch, BlockPlaces } from '../fleet/session-host.js'
 
 // An idle file handle is closed after this long.
 const HANDLE_IDLE_MS = 10_000

@@ -9,7 +9,7 @@ import { Codec, type CodecId } from '../../protocol/wire.js'
 import type { OsfarmError } from '../../protocol/errors.js'
 import { blockPool } from '../blocks/block-pool.js'
 import { cpuIdleShare } from '../blocks/cpu-idle.js'
-import type { SessionHost } from './peer-session.js'
+import type { SessionHost } from './session-host.js'
 
 // Compress a response only when it saves at least this fraction.
 const MIN_SAVING = 0.05

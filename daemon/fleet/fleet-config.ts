@@ -22,6 +22,10 @@ export interface FleetConfig {
   peers: string[]
   // Where this host's DHT node binds; host defaults to 0.0.0.0, port to a random one.
   dht?: { host?: string, port?: number }
+  // Block lanes over TCP (tcp-lanes.ts): on unless false; the port, where it is free, is
+  // tcpPort, else the DHT node's port number, else any.
+  tcpLanes?: boolean
+  tcpPort?: number
   // Upload limits in bytes per second (0 or absent: unlimited).
   uploadLimit?: number
   peerUploadLimit?: number
@@ -74,6 +78,8 @@ export function checkFleetConfig (c: unknown): FleetConfig {
   }
   if (!Array.isArray(o.bootstrap)) throw BAD_CONFIG('bootstrap must be a list of host:port')
   o.bootstrap.forEach(parseHostPort)
+  if (o.tcpLanes !== undefined && typeof o.tcpLanes !== 'boolean') throw BAD_CONFIG('tcpLanes must be true or false')
+  if (o.tcpPort !== undefined && !(Number.isInteger(o.tcpPort) && o.tcpPort >= 1 && o.tcpPort <= 65535)) throw BAD_CONFIG('tcpPort must be a port number (1-65535)')
   return o
 }
 

@@ -17,7 +17,7 @@ import type { Logger } from '../log.js'
 import { FleetSwarm } from './fleet-swarm.js'
 import type { PeerSession } from './peer-session.js'
 import type { RateLimiter } from './rate-limiter.js'
-import { fleetTopic, newFleetConfig, parseHostPort, parseKey, readFleetConfig, writeFleetConfig, type FleetConfig } from './fleet-config.js'
+import { checkFleetConfig, fleetTopic, newFleetConfig, parseHostPort, parseKey, readFleetConfig, writeFleetConfig, type FleetConfig } from './fleet-config.js'
 
 export interface FleetDeps {
   dataDir: string
@@ -35,6 +35,8 @@ export interface FleetInitOptions {
   peers?: string[]
   dhtHost?: string
   dhtPort?: number
+  tcpLanes?: boolean
+  tcpPort?: number
   uploadLimit?: number
   peerUploadLimit?: number
 }
@@ -111,6 +113,11 @@ export class FleetService {
     if (opts.secret !== undefined && !/^[0-9a-f]{64}$/.test(opts.secret)) throw BAD_PARAMS('secret must be 64 hex digits')
     const uploadLimit = opts.uploadLimit ?? old?.uploadLimit
     const peerUploadLimit = opts.peerUploadLimit ?? old?.peerUploadLimit
+    const tcpLanes = opts.tcpLanes ?? old?.tcpLanes
+    const tcpPort = opts.tcpPort ?? old?.tcpPort
+    if (tcpLanes !== undefined) config.tcpLanes = tcpLanes
+    if (tcpPort !== undefined) config.tcpPort = tcpPort
+    checkFleetConfig(config)
     if (uploadLimit) config.uploadLimit = uploadLimit
     if (peerUploadLimit) config.peerUploadLimit = peerUploadLimit
     await writeFleetConfig(this.#d.dataDir, config)
@@ -171,7 +178,8 @@ export class FleetService {
       topic: config ? fleetTopic(config.secret).toString('hex') : null,
       uploadLimit: config?.uploadLimit ?? 0,
       peerUploadLimit: config?.peerUploadLimit ?? 0,
-      dht: this.#swarm?.address() ?? null
+      dht: this.#swarm?.address() ?? null,
+      lanePort: this.#swarm?.lanePort ?? null
     }
   }
 

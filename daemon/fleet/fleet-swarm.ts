@@ -11,8 +11,11 @@ import { PROTOCOL_ERROR } from '../../protocol/errors.js'
 import type { PeerInfo } from '../../protocol/rpc.js'
 import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
 import { verify } from './identity.js'
-import { PeerSession, type BlockBatch, type BlockPlaces, type ServiceMessage, type SessionHost } from './peer-session.js'
+import { PeerSession } from './peer-session.js'
+import type { BlockBatch, BlockPlaces, ServiceMessage, SessionHost } from './session-host.js'
 import { RateLimiter } from './rate-limiter.js'
+import { TcpLanes } from './tcp-lanes.js'
+import type { FleetEvents } from './fleet-events.js'
 import type { DeltaVersion } from '../blocks/manifest-delta.js'
 
 // Images whose root topics we announce; past this only the fleet topic finds us.
@@ -37,26 +40,6 @@ export interface BlockSource {
   readBlocks (hashes: Buffer): Promise<BlockBatch>
   locateBlocks? (hashes: Buffer): BlockPlaces
   readManifestDelta? (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined>
-}
-
-// What the swarm tells the services, each with its arguments.
-export interface FleetEvents {
-  // A key off the allow-list tried to connect (every attempt; logged once per key).
-  refused: [key: Buffer]
-  // A session opened with an allowed peer, or closed.
-  peer: [session: PeerSession]
-  'peer-closed': [session: PeerSession]
-  // `session` holds (an advert) or now holds part of (a Have: blocks from `start`, `count` of
-  // them) the image with root `rootHex`.
-  holder: [rootHex: string, session: PeerSession, start?: number, count?: number]
-  // `session` no longer offers the image.
-  withdrawn: [rootHex: string, session: PeerSession]
-  // A newer relabelling of an advert.
-  revised: [advert: Advert]
-  // Service messages, for whichever service listens.
-  Stage: [session: PeerSession, body: MessageMap['Stage']]
-  StageStatus: [session: PeerSession, body: MessageMap['StageStatus']]
-  SeedDefaults: [session: PeerSession, body: MessageMap['SeedDefaults']]
 }
 
 export interface FleetSwarmOptions {
@@ -90,6 +73,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   #fleet: PeerDiscovery | undefined
   #source: BlockSource
   #log: NonNullable<FleetSwarmOptions['log']>
+  #lanes: TcpLanes | undefined
   #closed = false
   #rediscover: NodeJS.Timeout | undefined
   readonly #refused = new Set<string>()
@@ -130,6 +114,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
 
   get publicKey (): string { return this.keyPair.publicKey.toString('hex') }
   get peerUploadLimit (): number { return this.config.peerUploadLimit ?? 0 }
+  get lanePort (): number | undefined { return this.#lanes?.port }
 
   // The firewall: a key off the allow-list is refused before any message ('refused', logged
   // once per key), which is what tests of a refusal wait for.
@@ -153,6 +138,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     await this.#checkReachable()
     widenBuffers(this.#dht.io.serverSocket)
     widenBuffers(this.#dht.io.clientSocket)
+    if (this.config.tcpLanes !== false) this.#lanes = await TcpLanes.listen(this, this.config.dht?.host ?? '0.0.0.0', this.config.tcpPort ?? this.#dht.address()?.port ?? 0, this.#log)
     this.#fleet = this.#swarm.join(fleetTopic(this.config.secret), { server: true, client: true })
     for (const peer of this.config.peers) this.#swarm.joinPeer(Buffer.from(peer, 'hex'))
     await this.#fleet.flushed()
@@ -255,6 +241,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     if (rest.length) session.sendAdverts(rest)
     const mine = this.#targeted.get(session.remoteHex)
     if (mine?.size) session.sendAdverts([...mine.values()])
+    this.#lanes?.offer(session)
     this.emit('peer', session)
   }
 
@@ -464,7 +451,8 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
       bytesIn: s.stats.bytesIn,
       bytesOut: s.stats.bytesOut,
       rateIn: Math.round(s.stats.rateIn),
-      connectedAt: new Date(s.stats.connectedAt).toISOString()
+      connectedAt: new Date(s.stats.connectedAt).toISOString(),
+      lane: s.lane?.remoteHello ? { address: s.lane.address, bytesIn: s.lane.laneBytes.in, bytesOut: s.lane.laneBytes.out } : null
     }))
   }
 
@@ -477,6 +465,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     if (this.#closed) return
     this.#closed = true
     clearInterval(this.#rediscover)
+    this.#lanes?.close()
     for (const s of this.sessions.values()) s.destroy()
     await this.#swarm.destroy()
     await this.#dht.destroy().catch(() => {})
@@ -498,18 +487,4 @@ function widenBuffers (socket: UdxSocket | null | undefined): void {
   } catch {
     // A socket not bound yet or already closed keeps its defaults.
   }
-}
-
-// A DHT node for a fleet's bootstrap list (`osfarmd dht`). Persistent (not ephemeral), so it
-// routes for others; binds only where told.
-export async function startBootstrapNode (options: { host: string, port: number, bootstrap?: string[] }): Promise<DHT> {
-  const node = new DHT({
-    ephemeral: false,
-    firewalled: false,
-    bootstrap: (options.bootstrap ?? []).map(parseHostPort),
-    host: options.host,
-    port: options.port
-  })
-  await node.fullyBootstrapped()
-  return node
 }

@@ -1,6 +1,10 @@
 // One peer connection: frames over the Noise stream, the Hello handshake, request/response
 // matching for manifests and blocks, and serving the peer's requests under upload limits.
 // Any protocol violation ends this session (and only it); the daemon goes on.
+// A session may have a lane: a second session with the same peer over kernel TCP
+// (tcp-lanes.ts) that carries only block requests and answers, cheaper per byte than UDX. The
+// lane shares its session's request ids, statistics and per-peer limit; when it goes, its
+// requests are asked again here.
 
 import { EventEmitter } from 'node:events'
 import {
@@ -10,9 +14,9 @@ import {
 import { OsfarmError, PEER_GONE, PROTOCOL_ERROR } from '../../protocol/errors.js'
 import { RateLimiter } from './rate-limiter.js'
 import { blockPool } from '../blocks/block-pool.js'
-import type { BlockTarget, ReadRun } from '../blocks/block-worker.js'
+import type { BlockTarget } from '../blocks/block-worker.js'
 import { packBlocks } from './block-packer.js'
-import type { DeltaVersion } from '../blocks/manifest-delta.js'
+import type { BlockBatch, SessionHost, SessionStats, Stream } from './session-host.js'
 
 const HELLO_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 60_000
@@ -27,60 +31,10 @@ const LINK_WAIT_MS = 3
 // Rate estimate: exponentially weighted over about this many milliseconds.
 const RATE_WINDOW_MS = 2000
 
-export interface BlockBatch {
-  // Raw length of each requested block in order, 0 where missing; `data` holds them back to back.
-  sizes: number[]
-  data: Buffer
-  // Bytes this batch took on the wire (compressed payload and framing), when received.
-  wireBytes?: number
-  // Received: 1 where block j matches the hash it was asked by (checked off the main thread).
-  valid?: Uint8Array
-  // Read for serving: `data` is an unpooled buffer no one else holds (it may move to a worker).
-  owned?: boolean
-}
-
-// Where a batch's blocks are: each one's raw length in request order (0: not here) and the
-// file ranges that hold them, back to back.
-export interface BlockPlaces {
-  sizes: number[]
-  reads: ReadRun[]
-}
-
-// What a session needs from its daemon.
-export interface SessionHost {
-  readonly hostName: string
-  readonly codecs: CodecId[]
-  readonly uploadLimiter: RateLimiter
-  readonly peerUploadLimit: number
-  helloAdverts (): Advert[]
-  onHello (session: PeerSession): void
-  onAdverts (session: PeerSession, adverts: Advert[]): void
-  onHave (session: PeerSession, have: Have): void
-  readManifest (root: Buffer): Promise<Buffer | undefined>
-  readBlocks (hashes: Buffer): Promise<BlockBatch>
-  // Where blocks are in files (none: the source is not files): they are then read off the
-  // main thread.
-  locateBlocks? (hashes: Buffer): BlockPlaces | undefined
-  // Seeding and pre-staging (optional): the upload limit for background requests for an image
-  // (none named: the strictest), manifest deltas, withdrawn adverts and the service messages
-  // (Stage, StageStatus, SeedDefaults).
-  backgroundLimiter? (root?: Buffer): RateLimiter | undefined
-  readManifestDelta? (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined>
-  onWithdraw? (session: PeerSession, roots: Buffer[]): void
-  onService? (session: PeerSession, msg: ServiceMessage): void
-}
-
-// Messages a session passes to the daemon's services as they are.
-export type ServiceMessage = Extract<Message, { type: 'Stage' | 'StageStatus' | 'SeedDefaults' }>
 const FEATURE_OF: Partial<Record<MessageName, Feature>> = { Withdraw: 'withdraw', Stage: 'stage', StageStatus: 'stage', SeedDefaults: 'seed-defaults' }
 
-export interface Stream extends EventEmitter {
-  write (data: Buffer): boolean
-  // A secret stream's buffer for the next write, encrypted where it lies (no copy).
-  alloc? (n: number): Buffer
-  destroy (err?: Error): void
-  destroyed: boolean
-}
+// What a lane carries.
+const LANE_MESSAGES = new Set<MessageName>(['Hello', 'BlockRequest', 'BlockResponse', 'Cancel', 'Error'])
 
 // Received frames' buffers that hold nothing else (see #onData).
 const ownBuffers = new WeakSet<ArrayBufferLike>()
@@ -90,19 +44,6 @@ interface Pending {
   reject: (err: Error) => void
   timer: NodeJS.Timeout
   type: 'ManifestResponse' | 'BlockResponse'
-}
-
-export interface SessionStats {
-  bytesIn: number
-  bytesOut: number
-  // Block payload bytes before compression.
-  rawIn: number
-  rawOut: number
-  blocksIn: number
-  blocksOut: number
-  // Bytes per second received, recent.
-  rateIn: number
-  connectedAt: number
 }
 
 export class PeerSession extends EventEmitter {
@@ -115,18 +56,23 @@ export class PeerSession extends EventEmitter {
   readonly adverts = new Map<string, Advert>()
   // Partial holders: root hex → bitfield of verified blocks.
   readonly haves = new Map<string, Buffer>()
-  readonly stats: SessionStats = { bytesIn: 0, bytesOut: 0, rawIn: 0, rawOut: 0, blocksIn: 0, blocksOut: 0, rateIn: 0, connectedAt: Date.now() }
+  readonly stats: SessionStats
+  // A lane's own bytes on the wire (its stats are its session's).
+  readonly laneBytes = { in: 0, out: 0 }
   readonly ready: Promise<void>
   closed = false
   closeError: Error | undefined
 
+  // Set on a lane: the session it carries blocks for.
+  readonly parent: PeerSession | undefined
+  #lane: PeerSession | undefined
+  readonly #ids: { next: number }
   readonly #stream: Stream
   readonly #alloc: (n: number) => Buffer
   readonly #host: SessionHost
   readonly #decoder = new FrameDecoder(MAX_FRAME_BYTES)
   readonly #pending = new Map<number, Pending>()
   readonly #limiter: RateLimiter
-  #nextId = 1
   #queue: Array<{ id: number, hashes: Buffer }> = []
   // Background (seeding) requests wait until no foreground request is queued.
   #background: Array<{ id: number, hashes: Buffer, root?: Buffer | null }> = []
@@ -139,7 +85,7 @@ export class PeerSession extends EventEmitter {
   #readyReject!: (err: Error) => void
   #helloTimer: NodeJS.Timeout
 
-  constructor (stream: Stream, remoteKey: Buffer, host: SessionHost, address = '') {
+  constructor (stream: Stream, remoteKey: Buffer, host: SessionHost, address = '', parent?: PeerSession) {
     super()
     this.#stream = stream
     this.#alloc = stream.alloc ? n => stream.alloc!(n) : Buffer.allocUnsafe
@@ -147,15 +93,29 @@ export class PeerSession extends EventEmitter {
     this.remoteKey = remoteKey
     this.remoteHex = remoteKey.toString('hex')
     this.address = address
-    this.#limiter = new RateLimiter(host.peerUploadLimit)
+    this.parent = parent
+    this.stats = parent?.stats ?? { bytesIn: 0, bytesOut: 0, rawIn: 0, rawOut: 0, blocksIn: 0, blocksOut: 0, rateIn: 0, connectedAt: Date.now() }
+    this.#ids = parent ? parent.#ids : { next: 1 }
+    this.#limiter = parent ? parent.#limiter : new RateLimiter(host.peerUploadLimit)
     this.ready = new Promise((resolve, reject) => { this.#readyResolve = resolve; this.#readyReject = reject })
     this.ready.catch(() => {})
     this.#helloTimer = setTimeout(() => this.destroy(PROTOCOL_ERROR('no hello from peer')), HELLO_TIMEOUT_MS)
     stream.on('data', (chunk: Buffer) => this.#onData(chunk))
     stream.on('error', (err: Error) => this.destroy(err))
     stream.on('close', () => this.destroy())
-    this.helloAdverts = host.helloAdverts()
-    this.#send('Hello', { version: WIRE_VERSION, host: host.hostName, codecs: host.codecs, maxFrame: MAX_FRAME_BYTES, adverts: this.helloAdverts, features: [...FEATURES] })
+    this.helloAdverts = parent ? [] : host.helloAdverts()
+    const lanePort = parent ? undefined : host.lanePort
+    this.#send('Hello', { version: WIRE_VERSION, host: host.hostName, codecs: host.codecs, maxFrame: MAX_FRAME_BYTES, adverts: this.helloAdverts, features: [...FEATURES], ...(lanePort ? { lanePort } : {}) })
+  }
+
+  get lane (): PeerSession | undefined { return this.#lane }
+
+  // Block traffic goes over `lane` once its Hello is in; a lane already there is closed.
+  attachLane (lane: PeerSession): void {
+    if (this.closed) { lane.destroy(); return }
+    this.#lane?.destroy()
+    this.#lane = lane
+    lane.once('close', () => { if (this.#lane === lane) this.#lane = undefined })
   }
 
   get codec (): CodecId {
@@ -163,7 +123,7 @@ export class PeerSession extends EventEmitter {
     return theirs.includes(Codec.ZSTD) && this.#host.codecs.includes(Codec.ZSTD) ? Codec.ZSTD : Codec.RAW
   }
 
-  get inflight (): number { return this.#pending.size }
+  get inflight (): number { return this.#pending.size + (this.#lane ? this.#lane.#pending.size : 0) }
 
   // True when the peer holds block `index` of manifest `rootHex`, whole or part-way.
   has (rootHex: string, index: number): boolean {
@@ -249,6 +209,15 @@ export class PeerSession extends EventEmitter {
   // foreground ones, under the upload limit of the server's seed policy for that image.
   // `into`: valid blocks are written to that file there and then, and `data` comes back empty.
   async getBlocks (hashes: Buffer, onId?: (id: number) => void, background?: Buffer, into?: BlockTarget): Promise<BlockBatch> {
+    const lane = this.#lane
+    if (lane?.remoteHello && !lane.closed) {
+      try {
+        return await lane.getBlocks(hashes, onId, background, into)
+      } catch (err) {
+        // The lane went (its answers are the session's, so a bad one still fails here).
+        if (!lane.closed || this.closed || (err as OsfarmError).code === 'IO_ERROR') throw err
+      }
+    }
     const count = hashes.length / HASH_BYTES
     const r: BlockResponse = await this.#request('BlockRequest', 'BlockResponse', id => { onId?.(id); return background ? { id, hashes, background: true, root: background } : { id, hashes } })
     if (r.sizes.length !== count) throw PROTOCOL_ERROR('block response does not match its request')
@@ -271,7 +240,7 @@ export class PeerSession extends EventEmitter {
 
   cancel (id: number): void {
     const p = this.#pending.get(id)
-    if (!p) return
+    if (!p) { this.#lane?.cancel(id); return }
     this.#pending.delete(id)
     clearTimeout(p.timer)
     p.reject(new OsfarmError('JOB_CANCELLED', 'request cancelled'))
@@ -288,6 +257,9 @@ export class PeerSession extends EventEmitter {
       try { this.#stream.write(encodeFrame('Error', { id: 0, code: err.code, message: err.text.slice(0, 200) })) } catch {}
     }
     this.#stream.destroy()
+    this.#lane?.destroy()
+    // A peer that breaks the protocol on its lane has broken it with us.
+    if (this.parent && err instanceof OsfarmError && err.code === 'PROTOCOL_ERROR') this.parent.destroy(err)
     const gone = err ?? PEER_GONE(`peer ${this.remoteHex.slice(0, 8)} closed the connection`)
     this.#readyReject(gone)
     for (const p of this.#pending.values()) {
@@ -307,6 +279,7 @@ export class PeerSession extends EventEmitter {
     if (this.closed) return false
     const frame = encodeFrame(type, body, this.#drained ? Buffer.allocUnsafe : this.#alloc)
     this.stats.bytesOut += frame.length
+    if (this.parent) this.laneBytes.out += frame.length
     if (this.#stream.write(frame)) return true
     // Each listener goes when the other fires: a session backs up many times in its life.
     this.#drained ??= new Promise<void>(resolve => {
@@ -324,8 +297,8 @@ export class PeerSession extends EventEmitter {
 
   #request<Q extends MessageName, R extends 'ManifestResponse' | 'BlockResponse'> (type: Q, reply: R, make: (id: number) => MessageMap[Q]): Promise<MessageMap[R]> {
     if (this.closed) return Promise.reject(this.closeError ?? PEER_GONE())
-    const id = this.#nextId++
-    if (this.#nextId > 0xffffffff) this.#nextId = 1
+    const id = this.#ids.next++
+    if (this.#ids.next > 0xffffffff) this.#ids.next = 1
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id)
@@ -339,6 +312,7 @@ export class PeerSession extends EventEmitter {
   #onData (chunk: Buffer): void {
     if (this.closed) return
     this.stats.bytesIn += chunk.length
+    if (this.parent) this.laneBytes.in += chunk.length
     this.#measure(chunk.length)
     // A chunk that is one whole frame in a buffer of its own (a secret-stream message that
     // spanned packets is reassembled in one): its block payload can move to a worker uncopied.
@@ -363,14 +337,19 @@ export class PeerSession extends EventEmitter {
 
   #dispatch (msg: Message): void {
     if (!this.remoteHello && msg.type !== 'Hello') throw PROTOCOL_ERROR(`${msg.type} before Hello`)
+    if (this.parent && !LANE_MESSAGES.has(msg.type)) throw PROTOCOL_ERROR(`${msg.type} on a lane`)
     switch (msg.type) {
       case 'Hello':
         if (this.remoteHello) throw PROTOCOL_ERROR('second Hello')
         if (msg.body.version !== WIRE_VERSION) throw PROTOCOL_ERROR(`peer speaks wire version ${msg.body.version}, we speak ${WIRE_VERSION}`)
         clearTimeout(this.#helloTimer)
         this.remoteHello = msg.body
-        this.#host.onAdverts(this, msg.body.adverts)
-        this.#host.onHello(this)
+        if (this.parent) {
+          if (msg.body.adverts.length) throw PROTOCOL_ERROR('adverts on a lane')
+        } else {
+          this.#host.onAdverts(this, msg.body.adverts)
+          this.#host.onHello(this)
+        }
         this.#readyResolve()
         return
       case 'Adverts':

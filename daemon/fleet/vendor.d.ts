@@ -101,3 +101,16 @@ declare module 'udx-native' {
     createStream (id: number): UdxStream
   }
 }
+
+declare module '@hyperswarm/secret-stream' {
+  import type { Duplex } from 'node:stream'
+  import type { KeyPair } from 'hyperdht'
+  // A Noise handshake (XX, ed25519 keys) and libsodium's secretstream over `rawStream`.
+  export default class SecretStream extends Duplex {
+    constructor (isInitiator: boolean, rawStream?: Duplex, opts?: { keyPair?: KeyPair, remotePublicKey?: Buffer })
+    // Known once 'open' has fired.
+    remotePublicKey: Buffer | null
+    rawStream: Duplex
+    alloc (n: number): Buffer
+  }
+}
