@@ -4,6 +4,10 @@
 import t from 'tap'
 import fs from 'node:fs/promises'
 import path from 'node:path'
+import net from 'node:net'
+import crypto from 'node:crypto'
+import SecretStream from '@hyperswarm/secret-stream'
+import DHT from 'hyperdht'
 import { makeImagePair, sha256, startFleet, tempDir } from '../testing/fleet.js'
 import { eventually } from '../testing/eventually.js'
 import type { TestDaemon } from '../testing/daemon.js'
@@ -52,4 +56,31 @@ t.test('one fetch from two holders, one over a lane and one without (--no-tcp-la
   const out = path.join(dir, 'out.img')
   await b.ctlJson('image', 'export', 'derived', '-o', out)
   t.equal(await sha256(out), await sha256(pair.derived), 'byte-identical')
+})
+
+t.test('the lane port: an off-list key and bytes that are no handshake are refused; the host serves on', async t => {
+  const fleet = await startFleet(2, t.teardown, { connected: true })
+  const [a, b] = fleet.daemons as [TestDaemon, TestDaemon]
+  const port: number = (await a.ctlJson('fleet', 'show')).lanePort
+  // A handshake with a key A does not allow: A closes the stream without a word.
+  const stranger = new SecretStream(true, net.connect({ host: '127.0.0.1', port }), { keyPair: DHT.keyPair() })
+  let heard = 0
+  stranger.on('data', () => { heard++ })
+  stranger.on('error', () => {})
+  await new Promise(resolve => stranger.once('close', resolve))
+  t.equal(heard, 0, 'an off-list key hears nothing')
+  // Garbage in place of a handshake.
+  const raw = net.connect({ host: '127.0.0.1', port })
+  raw.on('error', () => {})
+  raw.write(crypto.randomBytes(4096))
+  await new Promise(resolve => raw.once('close', resolve))
+  t.pass('a connection that sends no handshake is closed')
+  // A still serves its peer, over its lane.
+  const dir = await tempDir('osfarm-lanes-')
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const pair = await makeImagePair(dir, 1024)
+  const img = await a.ctlJson('image', 'import', pair.derived, '--name', 'derived')
+  await eventually('a lane between A and B', async () => (await peerOf(b, fleet.keys[0]!))?.lane)
+  const r = await b.ctlJson('fetch', 'derived')
+  t.equal(r.image.root, img.root, 'fetched after the refusals')
 })
