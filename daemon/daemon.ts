@@ -115,7 +115,7 @@ export class Daemon implements Services {
       if (cg.reason) this.log.info('build steps run without some limits', { cgroups: cg.kind, reason: cg.reason })
       const keyPair = await loadIdentity(dataDir)
       this.adverts = new AdvertBook({ catalog: this.catalog, images: this.images, keyPair, advertise: a => this.fleet.advertise(a) })
-      this.fleet = new FleetService({ dataDir, keyPair, catalog: this.catalog, store: this.store, images: this.images, adverts: this.adverts, log: this.log })
+      this.fleet = new FleetService({ dataDir, keyPair, catalog: this.catalog, store: this.store, images: this.images, adverts: this.adverts, log: this.log, serveCpuShare: this.config.serveCpuShare })
       this.fetches = new FetchService({ dataDir, catalog: this.catalog, store: this.store, images: this.images, jobs: this.jobs, fleet: this.fleet, adverts: this.adverts, log: this.log })
       await this.fleet.start()
       await this.fetches.start()

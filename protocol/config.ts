@@ -70,6 +70,9 @@ export interface Config {
   // How long a check of an apt repository's state (its InRelease) answers for: a layer key
   // reflects the mirror as of at most this long ago. Rebuild policies check this often too.
   mirrorCheckSeconds: number
+  // The share of this host's cores (0 to 1) that packing the blocks it serves may use: a harder
+  // zstd level, which saves link time, only where it fits this and the idle cores.
+  serveCpuShare: number
 }
 
 export interface LvmConfig {
@@ -107,7 +110,8 @@ export const DEFAULTS: Config = {
   buildStepTimeoutSeconds: 3600,
   buildStepMemoryBytes: 0,
   buildStepCpus: 0,
-  mirrorCheckSeconds: 60
+  mirrorCheckSeconds: 60,
+  serveCpuShare: 0.25
 }
 
 type Check = (v: unknown, key: string) => unknown
@@ -140,6 +144,7 @@ const checks: Record<keyof Config, Check> = {
   maxConnections: (v, k) => { if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > 65536) throw BAD_CONFIG(`${k} must be an integer from 1 to 65536`); return v },
   buildStepTimeoutSeconds: (v, k) => { if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 7 * 86400) throw BAD_CONFIG(`${k} must be a whole number of seconds up to a week (0: no limit)`); return v },
   buildStepMemoryBytes: (v, k) => { if (!Number.isSafeInteger(v) || (v as number) < 0 || ((v as number) > 0 && (v as number) < 64 * 2 ** 20)) throw BAD_CONFIG(`${k} must be a byte count of at least 64 MiB (0: three quarters of the host's memory)`); return v },
+  serveCpuShare: (v, k) => { if (typeof v !== 'number' || !(v >= 0 && v <= 1)) throw BAD_CONFIG(`${k} must be a share of the cores from 0 to 1`); return v },
   mirrorCheckSeconds: (v, k) => { if (typeof v !== 'number' || !(v >= 1 && v <= 86400)) throw BAD_CONFIG(`${k} must be a number of seconds from 1 to 86400`); return v },
   buildStepCpus: (v, k) => { if (typeof v !== 'number' || !(v >= 0 && v <= 1024)) throw BAD_CONFIG(`${k} must be a number of CPUs from 0 to 1024 (0: no cap)`); return v },
   idleTimeoutSeconds: (v, k) => { if (typeof v !== 'number' || !(v >= 0.1 && v <= 86400)) throw BAD_CONFIG(`${k} must be a number of seconds from 0.1 to 86400`); return v },

@@ -26,6 +26,10 @@ t.test('two hosts: the blocks of a fetch go over the TCP lane, byte-identical', 
   await a.ctlJson('image', 'import', pair.derived, '--name', 'derived')
   const shown = await a.ctlJson('fleet', 'show')
   t.ok(shown.lanePort > 0, `A takes lanes on TCP port ${shown.lanePort}`)
+  const bad = await a.ctl('fleet', 'init', '--tcp-port', '70000')
+  t.not(bad.exitCode, 0, 'a port out of range is refused')
+  t.match(bad.stderr, /tcpPort must be a port number/)
+  t.equal((await a.ctlJson('fleet', 'show')).lanePort, shown.lanePort, 'and the fleet is as it was')
   await eventually('a lane between A and B', async () => (await peerOf(b, fleet.keys[0]!))?.lane)
   const r = await b.ctlJson('fetch', 'derived')
   const peer = (await peerOf(b, fleet.keys[0]!))!

@@ -29,6 +29,8 @@ interface Queued {
   reject: (err: Error) => void
 }
 
+export interface Packed { data: Buffer, compressed: boolean, packMs: number }
+
 export class BlockPool {
   readonly threads: number
   #slots: Slot[] = []
@@ -43,17 +45,18 @@ export class BlockPool {
 
   // Packs `data` (raw blocks) at zstd `level`: compressed when that saves at least `minSaving`
   // of it, else `data` as it was. `movable`: data is an unpooled buffer the caller gives up.
-  async pack (data: Buffer, level: number, minSaving: number, movable = false): Promise<{ data: Buffer, compressed: boolean }> {
+  // `packMs`: the time compressing took on the worker.
+  async pack (data: Buffer, level: number, minSaving: number, movable = false): Promise<Packed> {
     const input = movable ? data : copyOut(data)
     const r = await this.#run({ op: 'pack', data: input, level, minSaving }, [input.buffer as ArrayBuffer], false)
-    return { data: asBuffer(r.data!), compressed: !!r.compressed }
+    return { data: asBuffer(r.data!), compressed: !!r.compressed, packMs: r.packMs ?? 0 }
   }
 
   // Reads `reads` (file ranges, in order) on a worker and packs them as pack() does; level 0
   // leaves them raw. Throws IO_ERROR when a range cannot be read.
-  async packFrom (reads: ReadRun[], level: number, minSaving: number): Promise<{ data: Buffer, compressed: boolean }> {
+  async packFrom (reads: ReadRun[], level: number, minSaving: number): Promise<Packed> {
     const r = await this.#run({ op: 'pack', reads, level, minSaving }, [], false)
-    return { data: asBuffer(r.data!), compressed: !!r.compressed }
+    return { data: asBuffer(r.data!), compressed: !!r.compressed, packMs: r.packMs ?? 0 }
   }
 
   // Unpacks a response payload (zstd or raw) of `raw` bytes and checks block j (sizes[j] bytes,

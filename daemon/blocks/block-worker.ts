@@ -38,6 +38,8 @@ export interface BlockReply {
   // (none when they were written `into` a file).
   data?: Uint8Array
   compressed?: boolean
+  // pack: milliseconds the compression took on this thread (0: none was tried).
+  packMs?: number
   // unpack: 1 where block j (of non-zero size) matches hash j of the request.
   valid?: Uint8Array
   // verify: indices of blocks that do not match (or could not be read whole).
@@ -76,13 +78,16 @@ function pack (t: PackTask): BlockReply {
       return { id: t.id, error: `reading blocks: ${(err as Error).message}`, io: true }
     }
   }
+  let packMs = 0
   if (t.level && input.length) {
     cctx ??= new zstd.CCtx()
     const out = scratchOf('packed', zstd.compressBound(input.length))
+    const t0 = performance.now()
     const n = cctx.compress(out, input, t.level)
-    if (n <= input.length * (1 - t.minSaving)) return { id: t.id, data: copyOut(out.subarray(0, n)), compressed: true }
+    packMs = performance.now() - t0
+    if (n <= input.length * (1 - t.minSaving)) return { id: t.id, data: copyOut(out.subarray(0, n)), compressed: true, packMs }
   }
-  return { id: t.id, data: t.data ?? copyOut(input), compressed: false }
+  return { id: t.id, data: t.data ?? copyOut(input), compressed: false, packMs }
 }
 
 function readRuns (runs: ReadRun[]): Buffer {

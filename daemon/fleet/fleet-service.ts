@@ -27,6 +27,7 @@ export interface FleetDeps {
   images: ImageService
   adverts: AdvertBook
   log: Logger
+  serveCpuShare?: number
 }
 
 export interface FleetInitOptions {
@@ -154,7 +155,8 @@ export class FleetService {
       config,
       source: this.local,
       log: (msg, fields) => this.#d.log.info(msg, fields as Record<string, string>),
-      backgroundLimits: rootHex => this.#backgroundLimits?.(rootHex)
+      backgroundLimits: rootHex => this.#backgroundLimits?.(rootHex),
+      serveCpuShare: this.#d.serveCpuShare
     })
     this.#swarm = swarm
     swarm.advertise(await this.#d.adverts.all())

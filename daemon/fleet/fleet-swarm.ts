@@ -51,6 +51,7 @@ export interface FleetSwarmOptions {
   log?: (msg: string, fields?: Record<string, unknown>) => void
   // The upload limit for background (seeding) requests for an image (none named: the strictest).
   backgroundLimits?: (rootHex?: string) => RateLimiter | undefined
+  serveCpuShare?: number
 }
 
 export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost {
@@ -59,6 +60,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   readonly codecs: CodecId[]
   readonly uploadLimiter: RateLimiter
   readonly backgroundLimits: ((rootHex?: string) => RateLimiter | undefined) | undefined
+  readonly serveCpuShare: number | undefined
   readonly sessions = new Map<string, PeerSession>()
   config: FleetConfig
   #swarm: Hyperswarm
@@ -87,6 +89,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     this.codecs = options.codecs ?? [Codec.RAW, Codec.ZSTD]
     this.uploadLimiter = new RateLimiter(options.config.uploadLimit ?? 0)
     this.backgroundLimits = options.backgroundLimits
+    this.serveCpuShare = options.serveCpuShare
     this.#source = options.source
     this.#log = options.log ?? (() => {})
     this.#allow = new Set(options.config.allow)

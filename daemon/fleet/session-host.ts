@@ -33,6 +33,8 @@ export interface SessionHost {
   readonly codecs: CodecId[]
   readonly uploadLimiter: RateLimiter
   readonly peerUploadLimit: number
+  // The share of this host's cores that packing what it serves may use (block-packer.ts).
+  readonly serveCpuShare?: number
   // The TCP port this host takes lanes on (none: it takes none).
   readonly lanePort?: number | undefined
   helloAdverts (): Advert[]
