@@ -232,8 +232,9 @@ export class FetchJob {
       background,
       ...(opts.limit ? { limiter: new RateLimiter(opts.limit) } : {}),
       ...(background ? { self: this.#d.self } : {}),
-      onWritten: (indices: number[]) => {
-        verifier.add(indices)
+      onWritten: (indices: number[], received: boolean) => {
+        if (received) verifier.hashed(indices)
+        else verifier.add(indices)
         if (background) haves.written(indices)
       },
       // The last checks run while the fetcher syncs the target.

@@ -46,7 +46,8 @@ export interface FetcherOptions {
   // hosts fetching the same image (those that sent a Have for it).
   self?: string
   // Called with block indices once written or copied (servable, final), before they are synced.
-  onWritten?: (indices: number[]) => void
+  // `received`: blocks from peers, hashed before they were written; else local copies.
+  onWritten?: (indices: number[], received: boolean) => void
   // Called once every block is written, before the last sync.
   onAllWritten?: () => void
   // Caps how fast this fetch asks for blocks (raw bytes per second).
@@ -134,18 +135,18 @@ export class Fetcher {
   #copied (indices: number[], cloned: boolean): void {
     for (const i of indices) this.#writer.mark(i)
     this.#o.local.addBlocks(this.#o.volume, indices)
-    this.#o.onWritten?.(indices)
+    this.#o.onWritten?.(indices, false)
     this.#o.stats.copiedLocal += indices.length
     if (cloned) this.#o.stats.clonedLocal = (this.#o.stats.clonedLocal ?? 0) + indices.length
     this.#completed += indices.length
     this.#o.onProgress?.(this.#completed, this.#total)
   }
 
-  // Blocks now written at `indices`: progress, the locator, the whole-image check.
+  // Blocks received and now written at `indices`: progress, the locator, the whole-image check.
   #inPlace (indices: number[]): void {
     for (const i of indices) this.#writer.mark(i)
     this.#o.local.addBlocks(this.#o.volume, indices)
-    this.#o.onWritten?.(indices)
+    this.#o.onWritten?.(indices, true)
     this.#completed += indices.length
     this.#o.onProgress?.(this.#completed, this.#total)
     if (this.#writer.wrote(indices.length * this.#m.blockSize, FLUSH_BYTES)) this.#writer.flush().catch(err => this.#abort(err))

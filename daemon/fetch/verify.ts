@@ -1,8 +1,10 @@
-// The fetch's check of the whole image: every non-zero block of the target read back and hashed
-// against the manifest, on the block pool's workers (as background work) as soon as the block
-// is in place and final, each once, so the check left at the end is the last few blocks. Zero
-// blocks are zero by construction (holes of a new volume, zeros written over parent data, or
-// zero in the verified parent), so their holes are not read.
+// The fetch's check of the whole image: every non-zero block of the target hashed against the
+// manifest, each once. A received block is hashed by the worker that unpacks it, from the very
+// buffer it then writes, so it is not read back; the others (the snapshot's, local copies and
+// clones, what a resumed fetch wrote before) are read back and hashed on the block pool's
+// workers (as background work) as soon as they are in place and final, so the check left at the
+// end is the last few blocks. Zero blocks are zero by construction (holes of a new volume,
+// zeros written over parent data, or zero in the verified parent), so their holes are not read.
 
 import { HASH_BYTES } from '../blocks/hash.js'
 import { zeroSlots, type Manifest } from '../blocks/manifest.js'
@@ -51,6 +53,11 @@ export class Verifier {
     }
     if (this.#queue.length >= TASK_BLOCKS) this.#flush()
     else if (this.#queue.length) this.#timer ??= setTimeout(() => this.#flush(), ADD_DELAY_MS)
+  }
+
+  // Blocks hashed before they were written (received): checked already.
+  hashed (indices: Iterable<number>): void {
+    for (const i of indices) this.#seen[i] = 2
   }
 
   // Checks the rest and waits for every check; the indices that do not match, ascending.
