@@ -12,7 +12,8 @@
 // --list: the blocks, in order, as records of u32le block index + 32-byte BLAKE3 hash. --out:
 // the receiver writes the blocks there (without it, it only counts them). The receiver prints
 // "ready" once it listens; each role prints one JSON line: its CPU seconds (user, sys) from the
-// connection to its end (the receiver its wall seconds too) and its peak RSS.
+// connection to its end (the receiver its wall seconds too, the sender its whole process's
+// CPU seconds) and its peak RSS.
 
 import fs from 'node:fs'
 import net from 'node:net'
@@ -124,7 +125,8 @@ function send (): void {
   const finish = (): void => {
     if (done) return
     done = true
-    console.log(JSON.stringify({ role, ...cpuSince(c0), frames, bytes, blocks: count, maxRssMiB: process.resourceUsage().maxRSS / 1024 }))
+    const all = process.cpuUsage()
+    console.log(JSON.stringify({ role, ...cpuSince(c0), processCpu: (all.user + all.system) / 1e6, frames, bytes, blocks: count, maxRssMiB: process.resourceUsage().maxRSS / 1024 }))
     process.exit(0)
   }
 

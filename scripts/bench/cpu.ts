@@ -57,6 +57,11 @@ interface Cpu { user: number, sys: number }
 interface Row {
   method: string
   runs: number[]
+  // CPU seconds the rest of the machine used during each run (the bench, the DHT nodes, any
+  // other work): the noise beside each run's total.
+  others: number[]
+  // The machine's busy CPU seconds during this run, less the row's own.
+  other?: number
   wall: number
   // Bytes through the hub's side of the link, both ways.
   wire?: number
@@ -99,6 +104,12 @@ async function processCpu (pid: number): Promise<Cpu> {
   const st = await fs.readFile(`/proc/${pid}/stat`, 'utf8')
   const f = st.slice(st.lastIndexOf(') ') + 2).split(' ')
   return { user: Number(f[11]) / 100, sys: Number(f[12]) / 100 }
+}
+
+// CPU seconds every core of the machine has been busy so far (/proc/stat).
+async function machineBusy (): Promise<number> {
+  const [, user, nice, system, , , irq, softirq, steal] = (await fs.readFile('/proc/stat', 'utf8')).split('\n')[0]!.trim().split(/\s+/).map(Number)
+  return (user! + nice! + system! + irq! + softirq! + steal!) / 100
 }
 
 async function tids (pid: number): Promise<string[]> {
@@ -268,10 +279,12 @@ async function osfarmRun (fetcher: Host, server: Host, labels: [ThreadLabels, Th
   const cpu0 = await Promise.all(pids.map(processCpu))
   const wire0 = await lab.linkBytes(1)
   const lane0 = await laneBytesIn(fetcher)
+  const busy0 = await machineBusy()
   const t0 = process.hrtime.bigint()
   const job = await fetcher.client.call('image.fetch', { ref: root, from: server.key, wait: 30_000 })
   const end: JobInfo = await withTimeout('fetch', fetcher.client.call('job.watch', { id: job.id }))
   const t1 = process.hrtime.bigint()
+  const busy = await machineBusy() - busy0
   const cpu1 = await Promise.all(pids.map(processCpu))
   const th1 = await Promise.all(pids.map(threadNs))
   const rss = await Promise.all(pids.map(peakRssMiB)) as [number, number]
@@ -284,7 +297,7 @@ async function osfarmRun (fetcher: Host, server: Host, labels: [ThreadLabels, Th
   const threads = await Promise.all([0, 1].map(i => threadsBy(labels[i]!, th0[i]!, th1[i]!, total(cpu[i])))) as [Map<string, ThreadCpu>, Map<string, ThreadCpu>]
   const s = result.stats!
   return {
-    row: { method: 'osfarm', runs: [], wall: Number(t1 - t0) / 1e9, wire, job: s.elapsedMs / 1000, fetch: cpu[0], serve: cpu[1], rss, note: `received ${s.received} blocks; ${(lane / 1e6).toFixed(1)} MB in over the TCP lane` },
+    row: { method: 'osfarm', runs: [], others: [], wall: Number(t1 - t0) / 1e9, wire, job: s.elapsedMs / 1000, fetch: cpu[0], serve: cpu[1], other: busy - total(cpu[0]) - total(cpu[1]), rss, note: `received ${s.received} blocks; ${(lane / 1e6).toFixed(1)} MB in over the TCP lane` },
     stats: s,
     threads,
     window: [Number(t0 / 1000n), Number(t1 / 1000n)]
@@ -308,15 +321,17 @@ async function floorRun (c: CaseData, T: string, flags: string[], write: boolean
   const recv = run('h0', 'node', [FLOOR, 'recv', '--listen', `${HUB}:${FLOOR_PORT}`, '--list', c.listFile, ...flags, ...(write ? ['--out', out, '--size', String(size)] : [])])
   await waitFor(recv.p, 'ready')
   const wire0 = await lab.linkBytes(1)
+  const busy0 = await machineBusy()
   const send = run('p1', 'node', [FLOOR, 'send', '--connect', `${HUB}:${FLOOR_PORT}`, '--list', c.listFile, '--image', T, ...flags.filter(f => f !== '--hash')])
   const codes = await withTimeout('floor', Promise.all([recv.exit, send.exit]))
+  const busy = await machineBusy() - busy0
   if (codes.some(code => code !== 0)) throw new Error(`cpu-floor exited ${codes.join(', ')}: ${recv.err.join('')} ${send.err.join('')}`)
   const wire = await lab.linkBytes(1) - wire0
   const r = lastJson(recv.out)
   const s = lastJson(send.out)
   await fs.rm(out, { force: true })
   if (r.blocks !== c.blocks || r.bad) throw new Error(`the floor received ${r.blocks} of ${c.blocks} blocks, ${r.bad} bad`)
-  return { method: '', runs: [], wall: r.seconds, wire, fetch: { user: r.user, sys: r.sys }, serve: { user: s.user, sys: s.sys }, rss: [r.maxRssMiB, s.maxRssMiB], note: 'peak RSS: the whole process' }
+  return { method: '', runs: [], others: [], wall: r.seconds, wire, fetch: { user: r.user, sys: r.sys }, serve: { user: s.user, sys: s.sys }, other: busy - r.user - r.sys - s.processCpu, rss: [r.maxRssMiB, s.maxRssMiB], note: 'peak RSS: the whole process' }
 }
 
 // ---- rsync ----
@@ -332,6 +347,7 @@ async function rsyncRun (rsyncd: Proc, mode: CaseName, S: string, T: string): Pr
   const args = ['--sparse', mode === 'delta' ? '--no-whole-file' : '--whole-file', '--compress', '--compress-choice=zstd', `rsync://${PEER}:${RSYNC_PORT}/m/${path.basename(T)}`, target]
   // The client's CPU is its own and its children's (rsync forks a receiver): bash's time.
   const wire0 = await lab.linkBytes(1)
+  const busy0 = await machineBusy()
   const t0 = performance.now()
   const r = await execa('ip', ['netns', 'exec', `${PREFIX}-h0`, 'bash', '-c', `TIMEFORMAT='%3U %3S'; time ( rsync ${args.map(a => `'${a}'`).join(' ')} ) 2>&1 >/dev/null`], { reject: false, all: true, timeout: STEP_MS })
   const wall = (performance.now() - t0) / 1000
@@ -345,14 +361,19 @@ async function rsyncRun (rsyncd: Proc, mode: CaseName, S: string, T: string): Pr
     await sleep(100)
   }
   const d1 = await procStat(pid)
+  const busy = await machineBusy() - busy0
   await fs.rm(path.dirname(target), { recursive: true, force: true })
+  const client = { user: u!, sys: s! }
+  const server = { user: d1.utime + d1.cutime - d0.utime - d0.cutime, sys: d1.stime + d1.cstime - d0.stime - d0.cstime }
   return {
     method: 'rsync+zstd',
     runs: [],
+    others: [],
     wall,
     wire,
-    fetch: { user: u!, sys: s! },
-    serve: { user: d1.utime + d1.cutime - d0.utime - d0.cutime, sys: d1.stime + d1.cstime - d0.stime - d0.cstime }
+    fetch: client,
+    serve: server,
+    other: busy - total(client) - total(server)
   }
 }
 
@@ -360,13 +381,16 @@ async function rsyncRun (rsyncd: Proc, mode: CaseName, S: string, T: string): Pr
 async function best<R> (n: number, once: () => Promise<R>, rowOf: (r: R) => Row): Promise<R> {
   let kept: R | undefined
   const totals: number[] = []
+  const others: number[] = []
   const cpu = (r: R) => total(rowOf(r).fetch) + total(rowOf(r).serve)
   for (let i = 0; i < n; i++) {
     const r = await once()
     totals.push(cpu(r))
+    others.push(rowOf(r).other ?? 0)
     if (kept === undefined || cpu(r) < cpu(kept)) kept = r
   }
   rowOf(kept!).runs = totals
+  rowOf(kept!).others = others
   return kept!
 }
 
@@ -383,8 +407,8 @@ function table (title: string, gb: number, rows: Row[], floorPerGb: number): voi
     const sum = (total(r.fetch) + total(r.serve)) / gb
     console.log(`| ${r.method} | ${f2(r.wall)} | ${r.job !== undefined ? f2(r.job) : ''} | ${r.wire !== undefined ? (r.wire / 1e6).toFixed(1) : ''} | ${cpuCell(r.fetch)} | ${cpuCell(r.serve)} | ${f2(total(r.fetch) / gb)} | ${f2(total(r.serve) / gb)} | ${f2(sum)} | ${f2(sum / floorPerGb)} | ${r.rss ? `${r.rss[0].toFixed(0)} / ${r.rss[1].toFixed(0)}` : ''} | ${r.note ?? ''} |`)
   }
-  console.log('\nruns, total CPU s (fetch + serve) of each:')
-  for (const r of rows) console.log(`- ${r.method}: ${r.runs.map(f2).join(', ')}`)
+  console.log('\nruns, total CPU s (fetch + serve) of each, and in brackets the CPU s the rest of the machine used meanwhile (the bench, the DHT nodes, other work: noise):')
+  for (const r of rows) console.log(`- ${r.method}: ${r.runs.map((t, i) => `${f2(t)} (${f2(r.others[i] ?? 0)})`).join(', ')}`)
 }
 
 function threadTable (run: OsfarmRun): void {
