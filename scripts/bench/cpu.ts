@@ -256,7 +256,7 @@ async function fleet (hosts: Host[]): Promise<void> {
   let secret = ''
   for (const h of hosts) {
     const peers = hosts.filter(o => o !== h).map(o => o.key)
-    const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: DHT_NODES, dhtHost: h.addr, peers, tcpLanes: TCP_LANES })
+    const info = await h.client.call('fleet.init', { ...(secret ? { secret } : {}), bootstrap: DHT_NODES, dhtHost: h.addr, peers, ...(TCP_LANES ? {} : { tcpLanes: false }) })
     secret ||= info.secret!
   }
   await eventually('every host has a session with the other', async () => {
@@ -265,9 +265,17 @@ async function fleet (hosts: Host[]): Promise<void> {
   }, { timeoutMs: 45_000, intervalMs: 200 })
 }
 
+// The fetcher's lanes: undefined from an osfarmd without TCP lanes (so the bench also runs
+// against older commits), else one per peer, null while blocks go over the swarm connection.
+interface Lane { address: string, bytesIn: number }
+async function lanes (fetcher: Host): Promise<Array<Lane | null> | undefined> {
+  const peers = await fetcher.client.call('peer.list', {}) as unknown as Array<{ lane?: Lane | null }>
+  return peers.some(p => 'lane' in p) ? peers.map(p => p.lane ?? null) : undefined
+}
+
 // Bytes the fetcher has received over its TCP lane so far (0 without one).
 async function laneBytesIn (fetcher: Host): Promise<number> {
-  return (await fetcher.client.call('peer.list', {})).reduce((n, p) => n + (p.lane?.bytesIn ?? 0), 0)
+  return ((await lanes(fetcher)) ?? []).reduce((n, l) => n + (l?.bytesIn ?? 0), 0)
 }
 
 async function osfarmRun (fetcher: Host, server: Host, labels: [ThreadLabels, ThreadLabels], root: string): Promise<OsfarmRun> {
@@ -297,7 +305,7 @@ async function osfarmRun (fetcher: Host, server: Host, labels: [ThreadLabels, Th
   const threads = await Promise.all([0, 1].map(i => threadsBy(labels[i]!, th0[i]!, th1[i]!, total(cpu[i])))) as [Map<string, ThreadCpu>, Map<string, ThreadCpu>]
   const s = result.stats!
   return {
-    row: { method: 'osfarm', runs: [], others: [], wall: Number(t1 - t0) / 1e9, wire, job: s.elapsedMs / 1000, fetch: cpu[0], serve: cpu[1], other: busy - total(cpu[0]) - total(cpu[1]), rss, note: `received ${s.received} blocks; ${(lane / 1e6).toFixed(1)} MB in over the TCP lane` },
+    row: { method: 'osfarm', runs: [], others: [], wall: Number(t1 - t0) / 1e9, wire, job: s.elapsedMs / 1000, fetch: cpu[0], serve: cpu[1], other: busy - total(cpu[0]) - total(cpu[1]), rss, note: `received ${s.received} blocks${lane ? `; ${(lane / 1e6).toFixed(1)} MB in over the TCP lane` : ''}` },
     stats: s,
     threads,
     window: [Number(t0 / 1000n), Number(t1 / 1000n)]
@@ -536,7 +544,8 @@ async function main (): Promise<void> {
   const labels: [ThreadLabels, ThreadLabels] = [new ThreadLabels(fetcher.proc.pid!), new ThreadLabels(server.proc.pid!)]
   for (const l of labels) await l.markStartup()
   await fleet([server, fetcher])
-  const lane = TCP_LANES ? await eventually('the TCP lane', async () => (await fetcher.client.call('peer.list', {}))[0]?.lane, { timeoutMs: 20_000, intervalMs: 200 }).catch(() => undefined) : undefined
+  const hasLanes = (await lanes(fetcher)) !== undefined
+  const lane = TCP_LANES && hasLanes ? await eventually('the TCP lane', async () => (await lanes(fetcher))?.[0], { timeoutMs: 20_000, intervalMs: 200 }).catch(() => undefined) : undefined
   const imported = await waitJob(server, (await server.client.call('image.import', { path: T, name: 'T' })).id)
   if (imported.state !== 'done') throw new Error(`import of T failed: ${imported.error?.message}`)
   const root = (imported.result as { root: string }).root
@@ -549,7 +558,7 @@ async function main (): Promise<void> {
   const head = await git('rev-parse', '--short', 'HEAD')
   const dirty = (await git('status', '--porcelain', '--', 'daemon', 'protocol'))?.split('\n').filter(Boolean).length
   console.log(`\n# bench:cpu: T = ssh.img, S = minbase.img; the fetcher in ${PREFIX}-h0, the server in ${PREFIX}-p1; runs of each row: ${RUNS}, least total CPU kept${PROF ? '; daemons under --cpu-prof' : ''}`)
-  console.log(`blocks travel ${lane ? `over a TCP lane (${lane.address})` : `over the swarm connection (UDX)${TCP_LANES ? ': the TCP lane did not come up in 20 s' : ', TCP lanes off (BENCH_TCP_LANES=0)'}`}`)
+  console.log(`blocks travel ${lane ? `over a TCP lane (${lane.address})` : `over the swarm connection (UDX)${!hasLanes ? ': this osfarmd has no TCP lanes' : TCP_LANES ? ': the TCP lane did not come up in 20 s' : ', TCP lanes off (BENCH_TCP_LANES=0)'}`}`)
   console.log(`(${head ? `code: ${head}${dirty ? `, with ${dirty} files of daemon/ and protocol/ changed but not committed` : ''}; ` : ''}${load()} at the start; GB = the absent blocks delivered × 4096 bytes, 1e9 bytes; × floor = the row's CPU s/GB over the first floor's; one fetch before the first row, not counted, warms both daemons)`)
   // Warms both daemons (and makes sure the fetcher knows T's advert).
   await osfarmRun(fetcher, server, labels, root)
