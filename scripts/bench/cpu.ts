@@ -7,9 +7,9 @@
 //
 // Its own lab (LAB_PREFIX=osc): the peer namespace p1 serves, the hub h0 fetches, three DHT
 // nodes on the hub; the daemons' data on a loop-mounted XFS with reflink. Per run: wall and job
-// time, CPU (user / sys) of each side, peak RSS of each daemon (VmHWM, reset before the run),
-// the job's phases, and CPU by thread (threads labelled once from gdb backtraces: Node 20
-// names every thread "node"). Needs root.
+// time, CPU (user / sys) of each side (a daemon's reaped children included), peak RSS of each
+// daemon (VmHWM, reset before the run), the job's phases, and CPU by thread (threads labelled
+// once from gdb backtraces: Node 20 names every thread "node"). Needs root.
 //
 // Env: BENCH_RUNS=2 (runs of each row; the one with the least total CPU is kept, every run's
 // total printed)  BENCH_RATES=1gbit,none  BENCH_CASES=whole,delta  BENCH_FLOOR_LAYERS=0 (only
@@ -99,11 +99,12 @@ async function procStat (pid: number, tid: number | string = pid): Promise<ProcS
   return { utime: Number(f[11] ?? 0) / 100, stime: Number(f[12] ?? 0) / 100, cutime: Number(f[13] ?? 0) / 100, cstime: Number(f[14] ?? 0) / 100, ns: Number(sched.split(' ')[0]) }
 }
 
-// The whole process (every thread, live or gone): /proc/PID/stat.
-async function processCpu (pid: number): Promise<Cpu> {
+// The whole process (every thread, live or gone) and the children it has reaped (a fetch runs
+// xfs_io for its reflink copies): /proc/PID/stat.
+async function processCpu (pid: number): Promise<Cpu & { children: number }> {
   const st = await fs.readFile(`/proc/${pid}/stat`, 'utf8')
-  const f = st.slice(st.lastIndexOf(') ') + 2).split(' ')
-  return { user: Number(f[11]) / 100, sys: Number(f[12]) / 100 }
+  const f = st.slice(st.lastIndexOf(') ') + 2).split(' ').map(Number)
+  return { user: (f[11]! + f[13]!) / 100, sys: (f[12]! + f[14]!) / 100, children: (f[13]! + f[14]!) / 100 }
 }
 
 // CPU seconds every core of the machine has been busy so far (/proc/stat).
@@ -190,7 +191,7 @@ function classify (bt: string, atStartup: boolean): string {
   return entry ? `other: ${entry.replace(/\(.*$/, '').slice(0, 60)}` : 'other'
 }
 
-async function threadsBy (labels: ThreadLabels, before: Map<string, number>, after: Map<string, number>, processSeconds: number): Promise<Map<string, ThreadCpu>> {
+async function threadsBy (labels: ThreadLabels, before: Map<string, number>, after: Map<string, number>, processSeconds: number, children: number): Promise<Map<string, ThreadCpu>> {
   const by = new Map<string, ThreadCpu>()
   let sum = 0
   for (const [tid, ns] of after) {
@@ -204,7 +205,8 @@ async function threadsBy (labels: ThreadLabels, before: Map<string, number>, aft
   }
   // Threads that ended during the run are in the process's total only.
   const gone = [...before.keys()].filter(t => !after.has(t)).length
-  if (gone || processSeconds - sum > 0.05) by.set('(threads that ended)', { count: gone, seconds: Math.max(0, processSeconds - sum) })
+  if (gone || processSeconds - children - sum > 0.05) by.set('(threads that ended)', { count: gone, seconds: Math.max(0, processSeconds - children - sum) })
+  if (children > 0) by.set('(child processes)', { count: 0, seconds: children })
   return by
 }
 
@@ -302,7 +304,7 @@ async function osfarmRun (fetcher: Host, server: Host, labels: [ThreadLabels, Th
   const result = end.result as FetchResult
   await fetcher.client.call('image.remove', { id: result.image.id })
   const cpu = cpu1.map((c, i) => ({ user: c.user - cpu0[i]!.user, sys: c.sys - cpu0[i]!.sys }))
-  const threads = await Promise.all([0, 1].map(i => threadsBy(labels[i]!, th0[i]!, th1[i]!, total(cpu[i])))) as [Map<string, ThreadCpu>, Map<string, ThreadCpu>]
+  const threads = await Promise.all([0, 1].map(i => threadsBy(labels[i]!, th0[i]!, th1[i]!, total(cpu[i]), cpu1[i]!.children - cpu0[i]!.children))) as [Map<string, ThreadCpu>, Map<string, ThreadCpu>]
   const s = result.stats!
   return {
     row: { method: 'osfarm', runs: [], others: [], wall: Number(t1 - t0) / 1e9, wire, job: s.elapsedMs / 1000, fetch: cpu[0], serve: cpu[1], other: busy - total(cpu[0]) - total(cpu[1]), rss, note: `received ${s.received} blocks${lane ? `; ${(lane / 1e6).toFixed(1)} MB in over the TCP lane` : ''}` },
@@ -426,7 +428,7 @@ function threadTable (run: OsfarmRun): void {
   console.log('\nosfarm CPU by thread (threads of that kind, CPU s):')
   console.log('| thread | fetcher | server |')
   console.log('|---|---:|---:|')
-  const cell = (t?: ThreadCpu) => t ? `${f2(t.seconds)} (${t.count})` : ''
+  const cell = (t?: ThreadCpu) => t ? `${f2(t.seconds)}${t.count ? ` (${t.count})` : ''}` : ''
   for (const n of names) console.log(`| ${n} | ${cell(run.threads[0].get(n))} | ${cell(run.threads[1].get(n))} |`)
 }
 
