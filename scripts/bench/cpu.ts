@@ -614,6 +614,7 @@ async function cleanup (): Promise<void> {
     await sleep(500)
   }
   await unmount()
+  await fs.rmdir(XFS).catch(() => {})
 }
 
 let exiting = false
