@@ -251,6 +251,22 @@ async function udxCeiling (bytes: number): Promise<Row> {
   return { method: 'raw UDX stream, same bytes (transport ceiling)', seconds: r.seconds, wire: t.wire, note: `no encryption, framing or disk; receiver ${r.cpu.toFixed(2)} CPU s` }
 }
 
+// The kernel's transport: the same bytes over one plain TCP connection from p1 to h0, what
+// osfarm's TCP lanes ride on.
+async function tcpCeiling (bytes: number): Promise<Row> {
+  const script = path.join(ROOT, 'dist/scripts/bench/tcp-stream.js')
+  const recv = bg('h0', 'node', [script, 'recv', '10.201.1.1', '40002', String(bytes)])
+  await waitFor(recv, 'ready')
+  let out = ''
+  recv.stdout!.on('data', d => { out += d })
+  const done = new Promise<void>((resolve, reject) => recv.once('exit', code => code === 0 ? resolve() : reject(new Error(`tcp-stream exited ${code}`))))
+  const send = bg('p1', 'node', [script, 'send', '10.201.1.1', '40002', String(bytes)])
+  const t = await timed(() => done)
+  send.kill('SIGKILL')
+  const r = JSON.parse(out.trim().split('\n').pop()!) as { seconds: number, cpu: number }
+  return { method: 'raw kernel TCP stream, same bytes', seconds: r.seconds, wire: t.wire, note: `no encryption, framing or disk; receiver ${r.cpu.toFixed(2)} CPU s` }
+}
+
 // ---- osfarm ----
 
 async function osfarmRun (b: Host, name: string, from?: Host, servers: Host[] = from ? [from] : []): Promise<{ row: Row, stats: any }> {
@@ -343,12 +359,14 @@ async function main (): Promise<void> {
         rows.push(best!.row)
         if (process.env.BENCH_BASELINES !== '0') rows.push(...await baselines(files.S, T))
         const ceiling = await udxCeiling(lim.compressed + lim.manifest)
+        const tcp = await tcpCeiling(lim.compressed + lim.manifest)
         const limitS = (lim.compressed + lim.manifest) * 8 / BPS[rate]!
-        table(`### ${rate}: move T to a host holding S`, nonZeroBytes, [...rows, ceiling])
+        table(`### ${rate}: move T to a host holding S`, nonZeroBytes, [...rows, ceiling, tcp])
         const base = rows.slice(1).reduce((m, r) => Math.min(m, r.seconds), Infinity)
         const jobS = best!.stats.elapsedMs / 1000
         console.log(`\nphysical limit ${limitS.toFixed(2)} s; osfarm reaches ${(100 * limitS / best!.row.seconds).toFixed(0)}% of it by CLI wall time, ${(100 * limitS / jobS).toFixed(0)}% by job time; ${(base / best!.row.seconds).toFixed(2)}× faster than the best baseline (${base.toFixed(2)} s)`)
         console.log(`the transport alone (raw UDX, same bytes) takes ${ceiling.seconds.toFixed(2)} s here: ${(100 * limitS / ceiling.seconds).toFixed(0)}% of the physical limit; osfarm reaches ${(100 * ceiling.seconds / jobS).toFixed(0)}% of the transport's rate by job time`)
+        console.log(`a raw kernel TCP stream of the same bytes takes ${tcp.seconds.toFixed(2)} s: osfarm's job takes ${(jobS / tcp.seconds).toFixed(2)}× that (wall ${(best!.row.seconds / tcp.seconds).toFixed(2)}×)`)
       }
       await stopHosts([a, b])
     }
