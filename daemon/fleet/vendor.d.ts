@@ -88,7 +88,7 @@ declare module 'hyperswarm' {
   }
 }
 
-// The transport bench's view of udx-native (scripts/bench/udx-stream.ts).
+// The transport bench's view of udx-native (scripts/bench/raw-stream.ts).
 declare module 'udx-native' {
   import type { EventEmitter } from 'node:events'
   interface UdxSocket { bind (port: number, host: string): void }

@@ -235,36 +235,21 @@ async function baselines (S: string, T: string): Promise<Row[]> {
   return rows
 }
 
-// The transport alone: the same bytes osfarm must move, over one raw UDX stream (no crypto, no
-// framing, no disk) from p1 to h0; a ceiling for osfarm, which rides on UDX.
-async function udxCeiling (bytes: number): Promise<Row> {
-  const script = path.join(ROOT, 'dist/scripts/bench/udx-stream.js')
-  const recv = bg('h0', 'node', [script, 'recv', '40000', '10.201.1.2', '40001', String(bytes)])
+// A transport alone: the same bytes osfarm must move, over one raw stream (no crypto, framing
+// or disk) from p1 to h0. `udx`, what the swarm rides on; `tcp`, what TCP lanes ride on.
+async function rawStream (transport: 'udx' | 'tcp', bytes: number): Promise<Row> {
+  const script = path.join(ROOT, 'dist/scripts/bench/raw-stream.js')
+  const recv = bg('h0', 'node', [script, transport, 'recv', '10.201.1.1', '40000', '10.201.1.2', '40001', String(bytes)])
   await waitFor(recv, 'ready')
   let out = ''
   recv.stdout!.on('data', d => { out += d })
-  const done = new Promise<void>((resolve, reject) => recv.once('exit', code => code === 0 ? resolve() : reject(new Error(`udx-stream exited ${code}`))))
-  const send = bg('p1', 'node', [script, 'send', '40001', '10.201.1.1', '40000', String(bytes)])
+  const done = new Promise<void>((resolve, reject) => recv.once('exit', code => code === 0 ? resolve() : reject(new Error(`raw-stream ${transport} exited ${code}`))))
+  const send = bg('p1', 'node', [script, transport, 'send', '10.201.1.2', '40001', '10.201.1.1', '40000', String(bytes)])
   const t = await timed(() => done)
   send.kill('SIGKILL')
   const r = JSON.parse(out.trim().split('\n').pop()!) as { seconds: number, cpu: number }
-  return { method: 'raw UDX stream, same bytes (transport ceiling)', seconds: r.seconds, wire: t.wire, note: `no encryption, framing or disk; receiver ${r.cpu.toFixed(2)} CPU s` }
-}
-
-// The kernel's transport: the same bytes over one plain TCP connection from p1 to h0, what
-// osfarm's TCP lanes ride on.
-async function tcpCeiling (bytes: number): Promise<Row> {
-  const script = path.join(ROOT, 'dist/scripts/bench/tcp-stream.js')
-  const recv = bg('h0', 'node', [script, 'recv', '10.201.1.1', '40002', String(bytes)])
-  await waitFor(recv, 'ready')
-  let out = ''
-  recv.stdout!.on('data', d => { out += d })
-  const done = new Promise<void>((resolve, reject) => recv.once('exit', code => code === 0 ? resolve() : reject(new Error(`tcp-stream exited ${code}`))))
-  const send = bg('p1', 'node', [script, 'send', '10.201.1.1', '40002', String(bytes)])
-  const t = await timed(() => done)
-  send.kill('SIGKILL')
-  const r = JSON.parse(out.trim().split('\n').pop()!) as { seconds: number, cpu: number }
-  return { method: 'raw kernel TCP stream, same bytes', seconds: r.seconds, wire: t.wire, note: `no encryption, framing or disk; receiver ${r.cpu.toFixed(2)} CPU s` }
+  const method = transport === 'udx' ? 'raw UDX stream, same bytes (transport ceiling)' : 'raw kernel TCP stream, same bytes'
+  return { method, seconds: r.seconds, wire: t.wire, note: `no encryption, framing or disk; receiver ${r.cpu.toFixed(2)} CPU s` }
 }
 
 // ---- osfarm ----
@@ -358,8 +343,8 @@ async function main (): Promise<void> {
         }
         rows.push(best!.row)
         if (process.env.BENCH_BASELINES !== '0') rows.push(...await baselines(files.S, T))
-        const ceiling = await udxCeiling(lim.compressed + lim.manifest)
-        const tcp = await tcpCeiling(lim.compressed + lim.manifest)
+        const ceiling = await rawStream('udx', lim.compressed + lim.manifest)
+        const tcp = await rawStream('tcp', lim.compressed + lim.manifest)
         const limitS = (lim.compressed + lim.manifest) * 8 / BPS[rate]!
         table(`### ${rate}: move T to a host holding S`, nonZeroBytes, [...rows, ceiling, tcp])
         const base = rows.slice(1).reduce((m, r) => Math.min(m, r.seconds), Infinity)
