@@ -17,7 +17,7 @@ import type { Logger } from '../log.js'
 import { FleetSwarm } from './fleet-swarm.js'
 import type { PeerSession } from './peer-session.js'
 import type { RateLimiter } from './rate-limiter.js'
-import { checkFleetConfig, fleetTopic, newFleetConfig, parseHostPort, parseKey, readFleetConfig, writeFleetConfig, type FleetConfig } from './fleet-config.js'
+import { fleetTopic, newFleetConfig, parseHostPort, parseKey, readFleetConfig, writeFleetConfig, type FleetConfig } from './fleet-config.js'
 
 export interface FleetDeps {
   dataDir: string
@@ -118,7 +118,6 @@ export class FleetService {
     const tcpPort = opts.tcpPort ?? old?.tcpPort
     if (tcpLanes !== undefined) config.tcpLanes = tcpLanes
     if (tcpPort !== undefined) config.tcpPort = tcpPort
-    checkFleetConfig(config)
     if (uploadLimit) config.uploadLimit = uploadLimit
     if (peerUploadLimit) config.peerUploadLimit = peerUploadLimit
     await writeFleetConfig(this.#d.dataDir, config)

@@ -214,7 +214,7 @@ export class PeerSession extends EventEmitter {
       try {
         return await lane.getBlocks(hashes, onId, background, into)
       } catch (err) {
-        // The lane went (its answers are the session's, so a bad one still fails here).
+        // The lane went: ask again here. A failure to write the blocks, or of the session, stands.
         if (!lane.closed || this.closed || (err as OsfarmError).code === 'IO_ERROR') throw err
       }
     }
