@@ -168,7 +168,7 @@ export interface TransferStats {
   peers: Record<string, TransferPeerStats>
   elapsedMs: number
   rate: number
-  // Milliseconds per phase: manifest, plan (snapshot included), transfer, verify, register.
+  // Milliseconds per phase: manifest, plan (snapshot included), transfer, register.
   phases: Record<string, number>
   // Milliseconds of the transfer phase until the last remote block arrived.
   remoteMs: number

@@ -1,10 +1,8 @@
 // Block work off the main thread, which carries the peer sessions' crypto and framing: a few
 // worker threads (block-worker.ts) pack block responses with zstd for sending, unpack received
-// ones and check every block against the hash it was asked by, and read written blocks back to
-// check them against the manifest. One pool per process, started on first use; idle workers do
-// not keep the process alive. Payloads move between threads without copies where they can.
-// Checks of written blocks are background work: they run only on a worker with nothing else
-// to do, so they never delay the wire.
+// ones and check every block against the hash it was asked by. One pool per process, started
+// on first use; idle workers do not keep the process alive. Payloads move between threads
+// without copies where they can.
 
 import os from 'node:os'
 import { Worker } from 'node:worker_threads'
@@ -35,8 +33,7 @@ export class BlockPool {
   readonly threads: number
   #slots: Slot[] = []
   #pending = new Map<number, { slot: Slot, q: Queued }>()
-  #urgent: Queued[] = []
-  #background: Queued[] = []
+  #queue: Queued[] = []
   #nextId = 1
 
   constructor (threads = Math.max(1, Math.min(MAX_THREADS, os.availableParallelism()))) {
@@ -48,14 +45,14 @@ export class BlockPool {
   // `packMs`: the time compressing took on the worker.
   async pack (data: Buffer, level: number, minSaving: number, movable = false): Promise<Packed> {
     const input = movable ? data : copyOut(data)
-    const r = await this.#run({ op: 'pack', data: input, level, minSaving }, [input.buffer as ArrayBuffer], false)
+    const r = await this.#run({ op: 'pack', data: input, level, minSaving }, [input.buffer as ArrayBuffer])
     return { data: asBuffer(r.data!), compressed: !!r.compressed, packMs: r.packMs ?? 0 }
   }
 
   // Reads `reads` (file ranges, in order) on a worker and packs them as pack() does; level 0
   // leaves them raw. Throws IO_ERROR when a range cannot be read.
   async packFrom (reads: ReadRun[], level: number, minSaving: number): Promise<Packed> {
-    const r = await this.#run({ op: 'pack', reads, level, minSaving }, [], false)
+    const r = await this.#run({ op: 'pack', reads, level, minSaving }, [])
     return { data: asBuffer(r.data!), compressed: !!r.compressed, packMs: r.packMs ?? 0 }
   }
 
@@ -65,15 +62,8 @@ export class BlockPool {
   // `into`: the valid blocks are written there (on the worker) and `data` comes back empty.
   async unpack (zstd: boolean, data: Buffer, raw: number, sizes: number[], hashes: Buffer, movable = false, into?: BlockTarget): Promise<{ data: Buffer, valid: Uint8Array }> {
     const input = movable ? data : copyOut(data)
-    const r = await this.#run({ op: 'unpack', zstd, data: input, raw, sizes, hashes, into }, [input.buffer as ArrayBuffer], false)
+    const r = await this.#run({ op: 'unpack', zstd, data: input, raw, sizes, hashes, into }, [input.buffer as ArrayBuffer])
     return { data: r.data ? asBuffer(r.data) : Buffer.alloc(0), valid: r.valid! }
-  }
-
-  // Reads runs of blocks ([first, count] pairs) of `path` back and checks them against `hashes`
-  // (one per block, in run order); resolves with the indices that do not match. Background.
-  async verify (path: string, blockSize: number, size: number, runs: Uint32Array, hashes: Buffer): Promise<number[]> {
-    const r = await this.#run({ op: 'verify', path, blockSize, size, runs, hashes }, [], true)
-    return r.bad!
   }
 
   // Starts every worker now (a daemon that will serve or fetch), so the first blocks do not
@@ -88,9 +78,9 @@ export class BlockPool {
     await Promise.all(slots.map(s => s.worker.terminate()))
   }
 
-  #run (task: TaskBody, transfer: ArrayBuffer[], background: boolean): Promise<BlockReply> {
+  #run (task: TaskBody, transfer: ArrayBuffer[]): Promise<BlockReply> {
     return new Promise<BlockReply>((resolve, reject) => {
-      (background ? this.#background : this.#urgent).push({ task, transfer, resolve, reject })
+      this.#queue.push({ task, transfer, resolve, reject })
       this.#dispatch()
     }).then(r => {
       if (r.error) throw r.io ? IO_ERROR(r.error) : new Error(r.error)
@@ -99,12 +89,10 @@ export class BlockPool {
   }
 
   #dispatch (): void {
-    while (this.#urgent.length || this.#background.length) {
+    while (this.#queue.length) {
       const slot = this.#free()
       if (!slot) return
-      // Background work only on a worker with nothing to do.
-      if (!this.#urgent.length && slot.busy > 0) return
-      const q = (this.#urgent.length ? this.#urgent : this.#background).shift()!
+      const q = this.#queue.shift()!
       const id = this.#nextId++
       this.#pending.set(id, { slot, q })
       if (slot.busy++ === 0) slot.worker.ref()

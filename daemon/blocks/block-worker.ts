@@ -1,8 +1,7 @@
 // Worker thread of the BlockPool: zstd for block responses (packing on the serving side;
 // unpacking on the receiving side, each block checked against the hash it was asked by and,
-// for a fetch, written to its target here, so received data never crosses to the main thread),
-// and reading blocks back from a file to check them against a manifest. Reads and writes are
-// synchronous: this thread does nothing else.
+// for a fetch, written to its target here, so received data never crosses to the main thread).
+// Reads and writes are synchronous: this thread does nothing else.
 
 import fs from 'node:fs'
 import { createRequire } from 'node:module'
@@ -17,8 +16,6 @@ interface ZstdBinding {
 }
 const zstd = require('zstd-napi/binding') as ZstdBinding
 
-const READ_BYTES = 1 << 20
-
 // Pack the blocks in `data`, or read them first from `reads` (ranges of files, in output order):
 // served blocks then never cross to the main thread raw. `level` 0: not compressed.
 export interface PackTask { id: number, op: 'pack', data?: Uint8Array, reads?: ReadRun[], level: number, minSaving: number }
@@ -27,10 +24,7 @@ export interface ReadRun { path: string, pos: number, len: number }
 // request); the blocks are then not sent back.
 export interface UnpackTask { id: number, op: 'unpack', zstd: boolean, data: Uint8Array, raw: number, sizes: number[], hashes: Uint8Array, into?: BlockTarget }
 export interface BlockTarget { path: string, at: number[][] }
-// Blocks [runs[2k], runs[2k] + runs[2k+1]) of `path`, checked against `hashes` (one per block,
-// in run order); `size` is the file's length (the last block may be short).
-export interface VerifyTask { id: number, op: 'verify', path: string, blockSize: number, size: number, runs: Uint32Array, hashes: Uint8Array }
-export type BlockTask = PackTask | UnpackTask | VerifyTask
+export type BlockTask = PackTask | UnpackTask
 
 export interface BlockReply {
   id: number
@@ -42,8 +36,6 @@ export interface BlockReply {
   packMs?: number
   // unpack: 1 where block j (of non-zero size) matches hash j of the request.
   valid?: Uint8Array
-  // verify: indices of blocks that do not match (or could not be read whole).
-  bad?: number[]
   error?: string
   // The error is this host's (a read or write failed), not the payload's.
   io?: boolean
@@ -53,7 +45,7 @@ let cctx: InstanceType<ZstdBinding['CCtx']> | undefined
 let dctx: InstanceType<ZstdBinding['DCtx']> | undefined
 const digest = Buffer.alloc(HASH_BYTES)
 // Scratch buffers, reused: what goes back to the main thread is copied out at its exact size.
-const scratch = { verify: Buffer.alloc(0), read: Buffer.alloc(0), packed: Buffer.alloc(0), unpacked: Buffer.alloc(0) }
+const scratch = { read: Buffer.alloc(0), packed: Buffer.alloc(0), unpacked: Buffer.alloc(0) }
 
 function scratchOf (name: keyof typeof scratch, n: number): Buffer {
   if (scratch[name].length < n) scratch[name] = Buffer.allocUnsafeSlow(n)
@@ -181,46 +173,10 @@ function writeAll (fd: number, bufs: Buffer[], pos: number): void {
   }
 }
 
-function verify (t: VerifyTask): BlockReply {
-  const bs = t.blockSize
-  const per = Math.max(1, Math.floor(READ_BYTES / bs))
-  const readBuf = scratchOf('verify', per * bs)
-  const hashes = Buffer.from(t.hashes.buffer, t.hashes.byteOffset, t.hashes.byteLength)
-  const bad: number[] = []
-  const fd = fs.openSync(t.path, 'r')
-  try {
-    let slot = 0
-    for (let k = 0; k < t.runs.length; k += 2) {
-      const end = t.runs[k]! + t.runs[k + 1]!
-      for (let first = t.runs[k]!; first < end;) {
-        const n = Math.min(per, end - first)
-        const len = Math.min(n * bs, t.size - first * bs)
-        let got = 0
-        while (got < len) {
-          const r = fs.readSync(fd, readBuf, got, len - got, first * bs + got)
-          if (r === 0) break
-          got += r
-        }
-        for (let j = 0; j < n; j++, slot++) {
-          const o = j * bs
-          const blen = Math.min(bs, t.size - (first + j) * bs)
-          if (o + blen > got) { bad.push(first + j); continue }
-          hashInto(readBuf.subarray(o, o + blen), digest, 0)
-          if (digest.compare(hashes, slot * HASH_BYTES, (slot + 1) * HASH_BYTES) !== 0) bad.push(first + j)
-        }
-        first += n
-      }
-    }
-  } finally {
-    fs.closeSync(fd)
-  }
-  return { id: t.id, bad }
-}
-
 parentPort?.on('message', (t: BlockTask) => {
   let reply: BlockReply
   try {
-    reply = t.op === 'pack' ? pack(t) : t.op === 'unpack' ? unpack(t) : verify(t)
+    reply = t.op === 'pack' ? pack(t) : unpack(t)
   } catch (err) {
     reply = { id: t.id, error: (err as Error).message }
   }

@@ -1,15 +1,13 @@
 // One fetch job, phase by phase: the manifest (from the journal when resuming, else from a
 // holder), the target (resumed, or a snapshot of the best local volume), the transfer (local
-// copies and remote blocks at once, each block checked as it lands), the whole-image check,
-// and registration (or, for pre-staging, a committed volume the caller owns).
+// copies and remote blocks at once, each received block checked before it is written), and
+// registration (or, for pre-staging, a committed volume the caller owns).
 
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
-import { VERIFY_FAILED } from '../../protocol/errors.js'
 import type { FetchResult, ImageInfo } from '../../protocol/rpc.js'
 import type { Advert } from '../../protocol/wire.js'
 import { blockCount, decodeManifest, encodeManifest, zeroBlockCount, zeroSlots, type Manifest } from '../blocks/manifest.js'
-import { blockPool } from '../blocks/block-pool.js'
 import type { LocalBlocks } from '../blocks/local-blocks.js'
 import { parseAdvert, serializeAdvert, type AdvertBook } from '../adverts/advert-book.js'
 import type { Catalog } from '../catalog/catalog.js'
@@ -26,7 +24,6 @@ import { HaveBroadcaster } from './have-broadcaster.js'
 import type { FetchState, Journal } from './journal.js'
 import { fetchManifest } from './manifest-source.js'
 import type { Progress } from './progress.js'
-import { Verifier } from './verify.js'
 
 export const FETCH_VOLUME_PREFIX = 'fetch-'
 
@@ -43,9 +40,6 @@ export interface FetchOptions {
   register?: boolean
   // A root whose manifest this host holds: ask holders for the wanted manifest as a delta.
   manifestBase?: string
-  // 'written': on a fresh fetch onto a snapshot of a verified volume, check at the end only
-  // the blocks this fetch wrote (pre-staging's cut-over); else every data block.
-  verify?: 'all' | 'written'
 }
 
 export interface FetchJobDeps {
@@ -106,8 +100,6 @@ export class FetchJob {
       const target = await this.#target(manifest)
       await this.#transfer(manifest, target)
       this.#phase('transfer')
-      await this.#verify(manifest, target.progress)
-      this.#phase('verify')
       return await this.#register(manifest, target.state)
     } finally {
       stopLooking()
@@ -190,31 +182,18 @@ export class FetchJob {
     return { state, volume: vol, progress, plan }
   }
 
-  // 3–4. Local copies and remote blocks, at once. 5 (overlapped): each data block is read back
-  // and checked once it is in place: the snapshot's now, copies and received blocks as they are
-  // written; the rest at the end.
-  #checked: Promise<number[]> | undefined
-  #verifier: Verifier | undefined
-
+  // 3–4. Local copies and remote blocks, at once. Received blocks are hashed before they are
+  // written; local ones (the snapshot's, copies and clones, what a resumed fetch wrote) come
+  // from committed volumes or from blocks this fetch checked, so none is read back.
   async #transfer (manifest: Manifest, t: Target): Promise<void> {
     const { opts } = this.#s
     const ctx = this.#ctx
     const stats = this.#stats
-    const count = blockCount(manifest.size, manifest.blockSize)
     const background = t.state.background ?? opts.priority === 'background'
     const haves = new HaveBroadcaster(this.#d.swarm, this.#root, t.progress.bits)
     // Peers learn what it has already (in place, zero, resumed); then every so often what it
     // wrote, instead of the whole bitfield at each flush.
     if (background) haves.all()
-    let only: Uint8Array | undefined
-    if (opts.verify === 'written' && t.plan.parent) {
-      only = new Uint8Array(Math.ceil(count / 8))
-      for (const c of t.plan.local) only[c.index >> 3]! |= 1 << (c.index & 7)
-      for (const r of t.plan.remote) for (const i of r.indices) only[i >> 3]! |= 1 << (i & 7)
-    }
-    const verifier = new Verifier(t.volume.path, manifest, blockPool(), only)
-    this.#verifier = verifier
-    verifier.add(t.plan.inPlace)
     const fetcher = new Fetcher({
       manifest,
       volume: t.state.volume,
@@ -232,43 +211,16 @@ export class FetchJob {
       background,
       ...(opts.limit ? { limiter: new RateLimiter(opts.limit) } : {}),
       ...(background ? { self: this.#d.self } : {}),
-      onWritten: (indices: number[], received: boolean) => {
-        if (received) verifier.hashed(indices)
-        else verifier.add(indices)
-        if (background) haves.written(indices)
-      },
-      // The last checks run while the fetcher syncs the target.
-      onAllWritten: () => {
-        this.#checked = verifier.finish({ signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) })
-        // Read below, or dropped if the sync fails first.
-        this.#checked.catch(() => {})
-      }
+      ...(background ? { onWritten: (indices: number[]) => haves.written(indices) } : {})
     })
     try {
       await fetcher.run()
-    } catch (err) {
-      verifier.close()
-      await this.#checked?.catch(() => {})
-      throw err
     } finally {
       haves.stop()
     }
   }
 
-  // 5. Every data block read back and hashed: what the transfer left unchecked, now.
-  async #verify (manifest: Manifest, progress: Progress): Promise<void> {
-    const ctx = this.#ctx
-    const count = blockCount(manifest.size, manifest.blockSize)
-    ctx.progress('verify', 0, count, 'blocks')
-    const bad = await (this.#checked ?? this.#verifier!.finish({ signal: ctx.signal, onProgress: (d, t) => ctx.progress('verify', d, t) }))
-    if (bad.length) {
-      for (const i of bad) progress.bits[i >> 3]! &= ~(1 << (i & 7))
-      await progress.save()
-      throw VERIFY_FAILED(`${bad.length} blocks of the fetched image do not match the manifest (${bad.slice(0, 5).join(', ')}${bad.length > 5 ? ', ...' : ''}); fetch again to repair them`)
-    }
-  }
-
-  // 6. Commit, and register as an image (or hand the volume to the caller: pre-staging).
+  // 5. Commit, and register as an image (or hand the volume to the caller: pre-staging).
   async #register (manifest: Manifest, state: FetchState): Promise<FetchResult> {
     const { journal, opts, root: rootHex } = this.#s
     const { store, local, log, images } = this.#d

@@ -46,10 +46,7 @@ export interface FetcherOptions {
   // hosts fetching the same image (those that sent a Have for it).
   self?: string
   // Called with block indices once written or copied (servable, final), before they are synced.
-  // `received`: blocks from peers, hashed before they were written; else local copies.
-  onWritten?: (indices: number[], received: boolean) => void
-  // Called once every block is written, before the last sync.
-  onAllWritten?: () => void
+  onWritten?: (indices: number[]) => void
   // Caps how fast this fetch asks for blocks (raw bytes per second).
   limiter?: RateLimiter
 }
@@ -111,14 +108,12 @@ export class Fetcher {
       o.signal?.addEventListener('abort', onAbort, { once: true })
       if (o.signal?.aborted) throw JOB_CANCELLED()
       // Zeros first, holes dug at once: nothing touches those blocks after, so each data block
-      // is final once written (onWritten) and may be checked from then on.
+      // is final once written (onWritten) and may be served from then on.
       await this.#local.zeroOverParent()
       await this.#local.digHoles()
       this.#remote.start()
       await Promise.all([this.#local.copyLocal(), remote])
       if (this.#failure) throw this.#failure
-      // Every block is in place: the last checks may run while the target syncs.
-      o.onAllWritten?.()
       await this.#writer.flush()
     } catch (err) {
       this.#remote.stop()
@@ -135,18 +130,18 @@ export class Fetcher {
   #copied (indices: number[], cloned: boolean): void {
     for (const i of indices) this.#writer.mark(i)
     this.#o.local.addBlocks(this.#o.volume, indices)
-    this.#o.onWritten?.(indices, false)
+    this.#o.onWritten?.(indices)
     this.#o.stats.copiedLocal += indices.length
     if (cloned) this.#o.stats.clonedLocal = (this.#o.stats.clonedLocal ?? 0) + indices.length
     this.#completed += indices.length
     this.#o.onProgress?.(this.#completed, this.#total)
   }
 
-  // Blocks received and now written at `indices`: progress, the locator, the whole-image check.
+  // Blocks received, hashed and now written at `indices`: progress, the locator.
   #inPlace (indices: number[]): void {
     for (const i of indices) this.#writer.mark(i)
     this.#o.local.addBlocks(this.#o.volume, indices)
-    this.#o.onWritten?.(indices, true)
+    this.#o.onWritten?.(indices)
     this.#completed += indices.length
     this.#o.onProgress?.(this.#completed, this.#total)
     if (this.#writer.wrote(indices.length * this.#m.blockSize, FLUSH_BYTES)) this.#writer.flush().catch(err => this.#abort(err))

@@ -371,7 +371,6 @@ export class PrestageService {
         const running = this.#d.fetches.fetchJobOf(root)
         const job = running ? this.#d.jobs.get(running) : await this.#d.fetches.fetch(root, {
           register: false,
-          verify: 'written',
           name: `prestage-${rec.id}-${seq}`,
           peerWaitMs: PEER_WAIT_MS,
           // The manifest as a delta against the last point, or else the image the disk came from.

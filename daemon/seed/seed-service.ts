@@ -446,7 +446,7 @@ export class SeedService {
       let progress = 0
       try {
         const p = this.#d.jobs.get(id).progress
-        progress = p.phase.startsWith('fetch') && p.total ? p.done / p.total : p.phase === 'verify' || p.phase === 'register' ? 1 : 0
+        progress = p.phase.startsWith('fetch') && p.total ? p.done / p.total : p.phase === 'register' ? 1 : 0
       } catch {}
       return { state: 'fetching', progress, job: id }
     }
