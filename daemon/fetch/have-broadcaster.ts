@@ -11,19 +11,32 @@ export interface HaveSink {
   broadcastHave (root: Buffer, bitfield: Buffer, startByte?: number): void
 }
 
+// Timers, injectable: the fleet simulator runs this in virtual time.
+export interface HaveTimers {
+  set (fn: () => void, ms: number): unknown
+  clear (handle: unknown): void
+}
+
+const REAL_TIMERS: HaveTimers = {
+  set: (fn, ms) => setTimeout(fn, ms),
+  clear: handle => clearTimeout(handle as NodeJS.Timeout)
+}
+
 export class HaveBroadcaster {
   readonly #sink: HaveSink
   readonly #root: Buffer
   readonly #bits: Buffer
-  #timer: NodeJS.Timeout | undefined
+  readonly #timers: HaveTimers
+  #timer: unknown
   #dirty = new Set<number>()
   #flushed: Buffer | undefined
 
   // `bits`: the fetch's live progress bitfield.
-  constructor (sink: HaveSink, root: Buffer, bits: Buffer) {
+  constructor (sink: HaveSink, root: Buffer, bits: Buffer, timers: HaveTimers = REAL_TIMERS) {
     this.#sink = sink
     this.#root = root
     this.#bits = bits
+    this.#timers = timers
   }
 
   // Everything it holds now (background: in place, zero, resumed).
@@ -34,7 +47,7 @@ export class HaveBroadcaster {
   // Background: blocks just written; sent within HAVE_MS.
   written (indices: number[]): void {
     for (const i of indices) this.#dirty.add(i >> 3)
-    this.#timer ??= setTimeout(() => this.#sendDirty(), HAVE_MS)
+    this.#timer ??= this.#timers.set(() => this.#sendDirty(), HAVE_MS)
   }
 
   // Foreground: a flush saved `bits`; peers hear what changed since the last one.
@@ -51,7 +64,7 @@ export class HaveBroadcaster {
   }
 
   stop (): void {
-    clearTimeout(this.#timer)
+    if (this.#timer !== undefined) this.#timers.clear(this.#timer)
     this.#timer = undefined
   }
 
