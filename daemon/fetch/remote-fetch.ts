@@ -100,7 +100,6 @@ export class RemoteFetch {
       this.#sched.heard(known, start, count)
       if (this.#sessions.get(known) === session) this.#refreshHolding(known, session)
     }
-    if (session.adverts.has(rootHex)) this.#sched.wholeHolderAppeared()
     this.#addPeer(session)
     this.#pumpAll()
   }
