@@ -100,7 +100,7 @@ export const API = {
   // a FetchResult. `wait`: ms to wait for holders; `limit`: bytes per second received at most.
   'image.fetch': { params: { ref: str, from: opt(str), name: opt(str), wait: opt(num), limit: opt(num) }, write: true, result: result<JobInfo>() },
   'fleet.init': {
-    params: { secret: opt(str), bootstrap: opt(list(str)), peers: opt(list(str)), dhtHost: opt(str), dhtPort: opt(num), tcpLanes: opt(bool), tcpPort: opt(num), uploadLimit: opt(num), peerUploadLimit: opt(num) },
+    params: { secret: opt(str), bootstrap: opt(list(str)), peers: opt(list(str)), dhtHost: opt(str), dhtPort: opt(num), tcpLanes: opt(bool), tcpPort: opt(num), maxPeers: opt(num), uploadLimit: opt(num), peerUploadLimit: opt(num) },
     write: true,
     result: result<FleetInfo>()
   },

@@ -124,6 +124,8 @@ export interface FleetInfo {
   dht: { host: string, port: number } | null
   // The TCP port this host takes block lanes on (null: none; lanes off, or no swarm open).
   lanePort: number | null
+  // Sessions this host keeps at most.
+  maxPeers: number
   // Upload limits in bytes per second, all peers and each peer (0: none).
   uploadLimit: number
   peerUploadLimit: number

@@ -54,7 +54,7 @@ export interface StageStatus { id: string, seq: number, state: string, done?: nu
 export interface SeedDefaults { version: number, policies: string, author: Buffer, signature: Buffer }
 
 // What this version understands beyond wire version 1 (sent in Hello.features).
-export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta', 'manifest-range', 'manifest-delta-runs', 'tcp-lane'] as const
+export const FEATURES = ['withdraw', 'stage', 'seed-defaults', 'manifest-delta', 'manifest-range', 'manifest-delta-runs', 'tcp-lane', 'offers'] as const
 export type Feature = typeof FEATURES[number]
 export const MAX_LABELS = 32
 export const MAX_SEED_DEFAULTS_BYTES = 64 << 10
@@ -73,7 +73,8 @@ export const TYPES = {
   Withdraw: 10,
   Stage: 11,
   StageStatus: 12,
-  SeedDefaults: 13
+  SeedDefaults: 13,
+  Offers: 14
 } as const
 
 export interface MessageMap {
@@ -90,6 +91,7 @@ export interface MessageMap {
   Stage: Stage
   StageStatus: StageStatus
   SeedDefaults: SeedDefaults
+  Offers: Adverts
 }
 export type MessageName = keyof MessageMap
 export type Message = { [K in MessageName]: { type: K, body: MessageMap[K] } }[MessageName]
@@ -159,6 +161,7 @@ function check (msg: Message): void {
       if ((msg.body.lanePort ?? 0) > 65535) throw bad('lane port')
       break
     case 'Adverts':
+    case 'Offers':
       if (msg.body.adverts.length > MAX_ADVERTS_PER_FRAME) throw bad('too many adverts')
       msg.body.adverts.forEach(checkAdvert)
       break

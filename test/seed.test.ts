@@ -2,7 +2,7 @@ import t from 'tap'
 import { eventually } from '../testing/eventually.js'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { addToFleet, makeImagePair, sha256, startFleet, tempDir, waitPeers } from '../testing/fleet.js'
+import { addToFleet, makeImagePair, sha256, startFleet, startTestnet, tempDir, waitPeers } from '../testing/fleet.js'
 import { startDaemon, type TestDaemon } from '../testing/daemon.js'
 import { OsfarmClient } from '../client/client.js'
 
@@ -200,4 +200,39 @@ t.test('relabelling: the builder changes an image\'s labels; holders, late hosts
   await d.ctlJson('seed', 'add', 'svc-*', '--label', 'role=db')
   const late = await holds(d, img.root)
   t.same(late.labels.sort(), [...final].sort(), 'passed on by the holder with the builder\'s newest labels (team=x gone)')
+})
+
+t.test('a host not connected to the source hears of an image through a peer (offers) and fetches it through that peer', async t => {
+  const { bootstrap } = await startTestnet(t.teardown)
+  const hosts: TestDaemon[] = []
+  for (let i = 0; i < 3; i++) {
+    const d = await startDaemon({})
+    t.teardown(async () => { await d.stop('SIGKILL'); await fs.rm(d.dir, { recursive: true, force: true }) })
+    hosts.push(d)
+  }
+  const [a, b, c] = hosts as [TestDaemon, TestDaemon, TestDaemon]
+  const first = await a.ctlJson('fleet', 'init', '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')
+  const keys = [first.publicKey as string]
+  for (const d of [b, c]) keys.push((await d.ctlJson('fleet', 'init', '--secret', first.secret, '--bootstrap', bootstrap, '--dht-host', '127.0.0.1')).publicKey)
+  const [ka, kb, kc] = keys as [string, string, string]
+  // A line: A and C each allow only B, so they never connect to each other.
+  await a.ctlJson('fleet', 'allow', kb)
+  await b.ctlJson('fleet', 'allow', ka)
+  await b.ctlJson('fleet', 'allow', kc)
+  await c.ctlJson('fleet', 'allow', kb)
+  await waitPeers(b, 2)
+  const dir = await tempDir('osfarm-offers-')
+  t.teardown(() => fs.rm(dir, { recursive: true, force: true }))
+  const pair = await makeImagePair(dir, 4096, 20, 21)
+  for (const d of [b, c]) await d.ctlJson('seed', 'add', 'far-*')
+  const img = await a.ctlJson('image', 'import', pair.derived, '--name', 'far-1')
+  const got = await holds(c, img.root)
+  t.equal(got.origin, 'fetch', 'C fetched the image it heard of only through B')
+  t.same((await c.ctlJson('peer', 'ls')).map((p: any) => p.key), [kb], 'C was never connected to A')
+  const done = (await c.ctlJson('job', 'ls')).find((j: any) => j.kind === 'fetch' && j.state === 'done')
+  const job = await c.ctlJson('job', 'show', done.id)
+  t.same(Object.keys(job.result.stats.peers), [kb], 'every block came through B')
+  const out = path.join(dir, 'out-c.img')
+  await c.ctlJson('image', 'export', img.root.slice(0, 16), '-o', out)
+  t.equal(await sha256(out), await sha256(pair.derived), 'byte-identical')
 })

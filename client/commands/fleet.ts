@@ -19,6 +19,7 @@ export function register (program: Command, ctx: CliContext): void {
     .option('--tcp-lanes', 'carry blocks over TCP lanes to peers that reach this host directly (the default)')
     .option('--no-tcp-lanes', 'carry blocks over the swarm connection only (no TCP lanes to peers that reach this host directly)')
     .option('--tcp-port <port>', 'TCP port for block lanes (default: the DHT port number where free)', Number)
+    .option('--max-peers <n>', 'sessions this host keeps at most (default 64); a larger fleet is a bounded random graph', Number)
     .option('--upload-limit <rate>', `upload limit to all peers (${RATE_UNITS})`, parseRate)
     .option('--peer-upload-limit <rate>', `upload limit to each peer (${RATE_UNITS})`, parseRate)
     .option('--json', 'print JSON')
@@ -31,6 +32,7 @@ export function register (program: Command, ctx: CliContext): void {
         ...(opts.dhtPort ? { dhtPort: opts.dhtPort } : {}),
         ...(opts.tcpLanes !== undefined ? { tcpLanes: opts.tcpLanes } : {}),
         ...(opts.tcpPort ? { tcpPort: opts.tcpPort } : {}),
+        ...(opts.maxPeers !== undefined ? { maxPeers: opts.maxPeers } : {}),
         ...(opts.uploadLimit ? { uploadLimit: opts.uploadLimit } : {}),
         ...(opts.peerUploadLimit ? { peerUploadLimit: opts.peerUploadLimit } : {})
       })
@@ -75,6 +77,7 @@ function show (info: FleetInfo): void {
     ['topic', info.topic ?? '-'],
     ['dht', info.dht ? `${info.dht.host}:${info.dht.port}` : '-'],
     ['tcp lanes', info.lanePort ? `port ${info.lanePort}` : 'off'],
+    ['max peers', String(info.maxPeers)],
     ['bootstrap', info.bootstrap.join(', ') || '-'],
     ['allowed', info.allow.join('\n           ') || '-'],
     ['direct', info.peers.join(', ') || '-'],

@@ -29,7 +29,13 @@ export interface FleetConfig {
   // Upload limits in bytes per second (0 or absent: unlimited).
   uploadLimit?: number
   peerUploadLimit?: number
+  // Sessions this host keeps at most (default DEFAULT_MAX_PEERS): a larger fleet is a bounded
+  // random graph, found through its topics, and images are heard of through peers (offers).
+  maxPeers?: number
 }
+
+export const DEFAULT_MAX_PEERS = 64
+export const MAX_MAX_PEERS = 1024
 
 export function fleetConfigPath (dataDir: string): string {
   return path.join(dataDir, FILE)
@@ -80,6 +86,7 @@ export function checkFleetConfig (c: unknown): FleetConfig {
   o.bootstrap.forEach(parseHostPort)
   if (o.tcpLanes !== undefined && typeof o.tcpLanes !== 'boolean') throw BAD_CONFIG('tcpLanes must be true or false')
   if (o.tcpPort !== undefined && !(Number.isInteger(o.tcpPort) && o.tcpPort >= 1 && o.tcpPort <= 65535)) throw BAD_CONFIG('tcpPort must be a port number (1-65535)')
+  if (o.maxPeers !== undefined && !(Number.isInteger(o.maxPeers) && o.maxPeers >= 2 && o.maxPeers <= MAX_MAX_PEERS)) throw BAD_CONFIG(`maxPeers must be a whole number from 2 to ${MAX_MAX_PEERS}`)
   return o
 }
 

@@ -18,6 +18,8 @@ export interface FleetEvents {
   withdrawn: [rootHex: string, session: PeerSession]
   // A newer relabelling of an advert.
   revised: [advert: Advert]
+  // Adverts heard of through peers (offers), new here.
+  offer: [adverts: Advert[]]
   // Service messages, for whichever service listens.
   Stage: [session: PeerSession, body: MessageMap['Stage']]
   StageStatus: [session: PeerSession, body: MessageMap['StageStatus']]

@@ -17,7 +17,7 @@ import type { Logger } from '../log.js'
 import { FleetSwarm } from './fleet-swarm.js'
 import type { PeerSession } from './peer-session.js'
 import type { RateLimiter } from './rate-limiter.js'
-import { fleetTopic, newFleetConfig, parseHostPort, parseKey, readFleetConfig, writeFleetConfig, type FleetConfig } from './fleet-config.js'
+import { DEFAULT_MAX_PEERS, fleetTopic, newFleetConfig, parseHostPort, parseKey, readFleetConfig, writeFleetConfig, type FleetConfig } from './fleet-config.js'
 
 export interface FleetDeps {
   dataDir: string
@@ -38,6 +38,7 @@ export interface FleetInitOptions {
   dhtPort?: number
   tcpLanes?: boolean
   tcpPort?: number
+  maxPeers?: number
   uploadLimit?: number
   peerUploadLimit?: number
 }
@@ -116,8 +117,10 @@ export class FleetService {
     const peerUploadLimit = opts.peerUploadLimit ?? old?.peerUploadLimit
     const tcpLanes = opts.tcpLanes ?? old?.tcpLanes
     const tcpPort = opts.tcpPort ?? old?.tcpPort
+    const maxPeers = opts.maxPeers ?? old?.maxPeers
     if (tcpLanes !== undefined) config.tcpLanes = tcpLanes
     if (tcpPort !== undefined) config.tcpPort = tcpPort
+    if (maxPeers !== undefined) config.maxPeers = maxPeers
     if (uploadLimit) config.uploadLimit = uploadLimit
     if (peerUploadLimit) config.peerUploadLimit = peerUploadLimit
     await writeFleetConfig(this.#d.dataDir, config)
@@ -180,7 +183,8 @@ export class FleetService {
       uploadLimit: config?.uploadLimit ?? 0,
       peerUploadLimit: config?.peerUploadLimit ?? 0,
       dht: this.#swarm?.address() ?? null,
-      lanePort: this.#swarm?.lanePort ?? null
+      lanePort: this.#swarm?.lanePort ?? null,
+      maxPeers: config?.maxPeers ?? DEFAULT_MAX_PEERS
     }
   }
 

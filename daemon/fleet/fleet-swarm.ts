@@ -9,7 +9,7 @@ import DHT, { type KeyPair } from 'hyperdht'
 import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, advertVerSigningBytes, supersedes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
 import { PROTOCOL_ERROR } from '../../protocol/errors.js'
 import type { PeerInfo } from '../../protocol/rpc.js'
-import { fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
+import { DEFAULT_MAX_PEERS, fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
 import { verify } from './identity.js'
 import { PeerSession } from './peer-session.js'
 import type { BlockBatch, BlockPlaces, ServiceMessage, SessionHost } from './session-host.js'
@@ -22,6 +22,10 @@ import type { DeltaVersion } from '../blocks/manifest-delta.js'
 // Images whose root topics we announce; past this only the fleet topic finds us.
 const MAX_ROOT_TOPICS = 256
 const MAX_ADVERTS_PER_PEER = 10_000
+// Adverts heard of and passed on (offers), at most; each is forgotten this long after it was
+// last heard (a holder's own advert, in its Hello, tells new peers of it after that).
+const MAX_OFFERS = 10_000
+const OFFER_TTL_MS = 10 * 60_000
 // Relabelled adverts remembered (oldest forgotten first).
 const MAX_REVISED = 10_000
 // While an allowed host is not connected, the fleet topic is announced and looked up again this
@@ -68,6 +72,8 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   #dht: DHT
   #allow: Set<string>
   #adverts = new Map<string, Advert>()
+  // Root → an advert heard of (not held here), and when it was last heard.
+  #offers = new Map<string, { advert: Advert, at: number }>()
   readonly #spread = new SpreadGuard()
   // Adverts meant for one peer only (pre-staging): peer hex → root hex → advert.
   #targeted = new Map<string, Map<string, Advert>>()
@@ -106,6 +112,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     this.#swarm = new Hyperswarm({
       keyPair: options.keyPair,
       dht: this.#dht,
+      maxPeers: this.maxPeers,
       firewall: remoteKey => !this.#admits(remoteKey)
     })
     this.#swarm.on('connection', (conn: NoiseStream) => this.#onConnection(conn))
@@ -120,11 +127,17 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   get publicKey (): string { return this.keyPair.publicKey.toString('hex') }
   get peerUploadLimit (): number { return this.config.peerUploadLimit ?? 0 }
   get lanePort (): number | undefined { return this.#lanes?.port }
+  get maxPeers (): number { return this.config.maxPeers ?? DEFAULT_MAX_PEERS }
+
+  // Every allowed host fits in this host's sessions: the fleet is a full mesh.
+  get #meshed (): boolean { return this.#allow.size - 1 <= this.maxPeers }
 
   // The firewall: a key off the allow-list is refused before any message ('refused', logged
-  // once per key), which is what tests of a refusal wait for.
+  // once per key), which is what tests of a refusal wait for. An allowed host is refused too
+  // while this one has maxPeers sessions (Hyperswarm bounds the connections it dials, not those
+  // it accepts).
   #admits (key: Buffer): boolean {
-    if (this.isAllowed(key)) return true
+    if (this.isAllowed(key)) return this.sessions.size < this.maxPeers || this.sessions.has(key.toString('hex'))
     const hex = key.toString('hex')
     if (!this.#refused.has(hex)) {
       this.#refused.add(hex)
@@ -193,6 +206,11 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   // before the topic is looked up again, so the lookup queues it afresh.
   #lookAgain (): void {
     if (this.#closed) return
+    // A fleet larger than the sessions a host keeps: look again only while it has few.
+    if (!this.#meshed) {
+      if (this.sessions.size < this.maxPeers / 2) this.#fleet?.refresh({ client: true, server: true }).catch(() => {})
+      return
+    }
     let missing = false
     for (const hex of this.#allow) {
       if (hex === this.publicKey || this.sessions.has(hex)) continue
@@ -246,36 +264,56 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     if (rest.length) session.sendAdverts(rest)
     const mine = this.#targeted.get(session.remoteHex)
     if (mine?.size) session.sendAdverts([...mine.values()])
+    const offers = this.offers()
+    for (let i = 0; i < offers.length; i += 500) session.sendIfSupported('Offers', { adverts: offers.slice(i, i + 500) })
     this.#lanes?.offer(session)
     this.emit('peer', session)
   }
 
   onAdverts (session: PeerSession, adverts: Advert[]): void {
     for (const a of adverts) {
-      if (!verify(advertSigningBytes(a), a.signature, a.builder)) throw PROTOCOL_ERROR('advert with a bad signature')
-      // Appended fields count only when the builder signed them too.
-      if (a.extSignature) {
-        if (!verify(advertExtSigningBytes(a), a.extSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad extension signature')
-      } else {
-        a.created = null
-        a.labels = []
-      }
-      if (a.revSignature) {
-        if (!verify(advertRevSigningBytes(a), a.revSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad revision signature')
-      } else {
-        a.revision = null
-      }
-      if (a.verSignature && a.extSignature) {
-        if (!verify(advertVerSigningBytes(a), a.verSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad version signature')
-      } else {
-        a.version = null
-      }
+      checkAdvertSignatures(a)
       if (session.adverts.size >= MAX_ADVERTS_PER_PEER) throw PROTOCOL_ERROR('too many adverts')
       const hex = a.root.toString('hex')
       session.adverts.set(hex, this.#remember(a))
       session.haves.delete(hex)
       this.emit('holder', hex, session)
     }
+    this.#passOn(adverts, session)
+  }
+
+  // Adverts a peer heard of: remembered as offers and passed on, once each.
+  onOffers (session: PeerSession, adverts: Advert[]): void {
+    for (const a of adverts) checkAdvertSignatures(a)
+    this.#passOn(adverts, session)
+  }
+
+  // Adverts of images this host does not hold that it heard of (for seed policies and names).
+  offers (): Advert[] {
+    const now = Date.now()
+    for (const [hex, o] of this.#offers) if (now - o.at > OFFER_TTL_MS) this.#offers.delete(hex)
+    return [...this.#offers.values()].map(o => o.advert)
+  }
+
+  // A fleet larger than one host's connections hears of images through its peers: an advert
+  // new here goes on to every other session (one that reads offers), so it crosses the fleet
+  // in a few hops, each host sending it to at most maxPeers peers once.
+  #passOn (adverts: Advert[], from: PeerSession): void {
+    const fresh: Advert[] = []
+    const now = Date.now()
+    for (const a of adverts) {
+      const hex = a.root.toString('hex')
+      const known = this.#offers.get(hex)
+      if (known) known.at = now
+      if (this.#adverts.has(hex) || (known && !supersedes(a, known.advert))) continue
+      this.#offers.delete(hex)
+      this.#offers.set(hex, { advert: a, at: now })
+      if (this.#offers.size > MAX_OFFERS) this.#offers.delete(this.#offers.keys().next().value!)
+      fresh.push(a)
+    }
+    if (!fresh.length) return
+    for (const s of this.sessions.values()) if (s !== from && s.remoteHello) for (let i = 0; i < fresh.length; i += 500) s.sendIfSupported('Offers', { adverts: fresh.slice(i, i + 500) })
+    this.emit('offer', fresh)
   }
 
   // The newest relabelling heard of `a` (the builder's own, or a holder's copy of it), or `a`.
@@ -397,6 +435,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     for (const a of fresh) {
       const hex = a.root.toString('hex')
       this.#adverts.set(hex, a)
+      this.#offers.delete(hex)
       if (this.#topics.size < MAX_ROOT_TOPICS && !this.#topics.has(hex)) {
         this.#topics.set(hex, this.#swarm.join(rootTopic(this.config.secret, a.root), { server: true, client: false }))
       }
@@ -496,5 +535,27 @@ function widenBuffers (socket: UdxSocket | null | undefined): void {
     socket.setRecvBufferSize(RECV_BUFFER_BYTES)
   } catch {
     // A socket not bound yet or already closed keeps its defaults.
+  }
+}
+
+// Checks an advert's signatures (throws PROTOCOL_ERROR); fields appended later count only when
+// the builder signed them too (else they are cleared).
+function checkAdvertSignatures (a: Advert): void {
+  if (!verify(advertSigningBytes(a), a.signature, a.builder)) throw PROTOCOL_ERROR('advert with a bad signature')
+  if (a.extSignature) {
+    if (!verify(advertExtSigningBytes(a), a.extSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad extension signature')
+  } else {
+    a.created = null
+    a.labels = []
+  }
+  if (a.revSignature) {
+    if (!verify(advertRevSigningBytes(a), a.revSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad revision signature')
+  } else {
+    a.revision = null
+  }
+  if (a.verSignature && a.extSignature) {
+    if (!verify(advertVerSigningBytes(a), a.verSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad version signature')
+  } else {
+    a.version = null
   }
 }

@@ -31,7 +31,7 @@ const LINK_WAIT_MS = 3
 // Rate estimate: exponentially weighted over about this many milliseconds.
 const RATE_WINDOW_MS = 2000
 
-const FEATURE_OF: Partial<Record<MessageName, Feature>> = { Withdraw: 'withdraw', Stage: 'stage', StageStatus: 'stage', SeedDefaults: 'seed-defaults' }
+const FEATURE_OF: Partial<Record<MessageName, Feature>> = { Withdraw: 'withdraw', Stage: 'stage', StageStatus: 'stage', SeedDefaults: 'seed-defaults', Offers: 'offers' }
 
 // What a lane carries.
 const LANE_MESSAGES = new Set<MessageName>(['Hello', 'BlockRequest', 'BlockResponse', 'Cancel', 'Error'])
@@ -141,7 +141,7 @@ export class PeerSession extends EventEmitter {
   }
 
   // Sends a message of an appended type, if the peer named its feature; false when not sent.
-  sendIfSupported<K extends 'Withdraw' | 'Stage' | 'StageStatus' | 'SeedDefaults'> (type: K, body: MessageMap[K]): boolean {
+  sendIfSupported<K extends 'Withdraw' | 'Stage' | 'StageStatus' | 'SeedDefaults' | 'Offers'> (type: K, body: MessageMap[K]): boolean {
     if (!this.remoteHello || !this.supports(FEATURE_OF[type]!)) return false
     return this.#send(type, body) || !this.closed
   }
@@ -357,6 +357,9 @@ export class PeerSession extends EventEmitter {
         return
       case 'Have':
         this.#host.onHave(this, msg.body)
+        return
+      case 'Offers':
+        this.#host.onOffers?.(this, msg.body.adverts)
         return
       case 'ManifestRequest':
         this.#serveManifest(msg.body.id, msg.body.root, msg.body.offset ?? 0, msg.body.length || MAX_MANIFEST_CHUNK, msg.body.base ?? undefined)

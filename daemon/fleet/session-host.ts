@@ -55,6 +55,8 @@ export interface SessionHost {
   spreadFilter? (root: Buffer, peer: string, hashes: Buffer): Uint8Array | undefined
   readManifestDelta? (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined>
   onWithdraw? (session: PeerSession, roots: Buffer[]): void
+  // Adverts a peer passes on (it does not hold those images).
+  onOffers? (session: PeerSession, adverts: Advert[]): void
   onService? (session: PeerSession, msg: ServiceMessage): void
 }
 

@@ -208,6 +208,7 @@ export class SeedService {
   #attach (swarm: FleetSwarm): void {
     const kick = () => this.schedule()
     swarm.on('holder', kick)
+    swarm.on('offer', kick)
     swarm.on('withdrawn', kick)
     swarm.on('peer-closed', kick)
     swarm.on('peer', (s: PeerSession) => { this.#sendDefaults(s); kick() })
@@ -296,6 +297,8 @@ export class SeedService {
       add(image.root, a?.name ?? image.name, image.size, a?.labels ?? image.labels ?? [], a?.created ?? Date.parse(image.createdAt))
     }
     for (const { advert: a } of swarm.peerAdverts()) add(a.root.toString('hex'), a.name, a.size, a.labels ?? [], a.created)
+    // Heard of through peers: in a fleet larger than one host's connections, most images.
+    for (const a of swarm.offers()) add(a.root.toString('hex'), a.name, a.size, a.labels ?? [], a.created)
     return offers
   }
 

@@ -7,7 +7,6 @@
 // connections swarm-graph.ts. How this maps to the code, and what it leaves out:
 // docs/fleet-sim.md.
 
-import { randomBytes } from 'node:crypto'
 import { Scheduler, type PeerState, type Req } from '../../daemon/fetch/scheduler.js'
 import { HaveBroadcaster, type HaveTimers } from '../../daemon/fetch/have-broadcaster.js'
 import { chooseWanted, newPolicy, type Offer } from '../../daemon/seed/seed-policy.js'
@@ -122,10 +121,15 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   }
   const loop = new EventLoop()
   const net = new Network(loop, Array.from({ length: o.hosts }, () => ({ up: o.rate, down: o.rate })))
-  const graph = new SwarmGraph({ hosts: o.hosts, mesh: o.mesh, maxPeers: o.maxPeers, lookupPeers: o.lookupPeers, random })
+  // A fleet whose hosts all fit in one host's sessions is a full mesh (fleet-swarm.ts looks
+  // again until every allowed host is connected); a larger one is what the topics give.
+  const mesh = o.hosts - 1 <= o.maxPeers ? 'full' : o.mesh
+  const graph = new SwarmGraph({ hosts: o.hosts, mesh, maxPeers: o.maxPeers, lookupPeers: o.lookupPeers, random })
   const blocks = Math.ceil(o.imageBytes / BLOCK)
   const entries = dataLayout(blocks, Math.round(o.dataBytes / BLOCK), random)
-  const root = randomBytes(32)
+  // Keys and the root from the seeded generator: a run is repeatable.
+  const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(random() * 256)))
+  const root = bytes(32)
   const rootHex = root.toString('hex')
   const bitBytes = Math.ceil(blocks / 8)
   const timers: HaveTimers = { set: (fn, ms) => loop.at(ms, fn), clear: h => loop.cancel(h) }
@@ -136,7 +140,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
 
   const hosts: Host[] = Array.from({ length: o.hosts }, (_, id) => ({
     id,
-    hex: randomBytes(32).toString('hex'),
+    hex: bytes(32).toString('hex'),
     gone: false,
     whole: false,
     bits: Buffer.alloc(bitBytes),
