@@ -13,8 +13,6 @@ const MAX_REQUESTS = 256
 const QUEUE_SECONDS = 0.25
 // Pending entries scanned per assignment, so a partial peer with few blocks costs little.
 const SCAN_LIMIT = 16_384
-// Background: hint ranges kept per part-way peer before they fold into one.
-const MAX_HINTS = 256
 const MAX_DUPLICATES = 1
 // Smallest request near the end of a fetch from several peers.
 const TAIL_MIN_BLOCKS = 32
@@ -47,9 +45,10 @@ export interface PeerState {
   rate: number
   lastAt: number
   failures: number
-  // Background, a part-way peer: ranges of block indices [from, to) it announced that have not
-  // been looked at yet, flat.
+  // Background, a part-way peer: chunks it announced blocks of (or whose blocks were given
+  // back) that have not been looked at since, in order; `hinted` flags them.
   hints: number[]
+  hinted: Uint8Array | undefined
   // Background, a part-way peer: 1 for each chunk it holds whole (see #chunking).
   chunks: Uint8Array | undefined
   // When it last answered a block missing.
@@ -100,14 +99,19 @@ export class Scheduler {
   #pending: number
   #done = 0
   // Background: request-sized chunks of the image (by block index), in this host's own order.
-  #chunks: { order: Uint32Array, start: Uint32Array } | undefined
-  // Background: per chunk, how many connected part-way peers hold it whole.
+  #chunks: { order: Uint32Array, start: Uint32Array, of: Uint32Array } | undefined
+  // Background: per chunk, how many connected part-way peers hold it whole, and how many of its
+  // entries are pending.
   #avail: Uint16Array | undefined
+  #open: Uint16Array | undefined
+  // Background: chunks with entries pending that no connected part-way peer holds; and what a
+  // scan of them that found nothing to ask saw (the same again finds nothing again).
+  #rare = 0
+  #rareMiss: { ps: PeerState, rare: number, missing: number, front: number } | undefined
   // Background: chunks before this point of the order are all asked for or done.
   #front = 0
   #partial = 0
   #endgameAt = -Infinity
-  #entryIndex: Int32Array | undefined
 
   constructor (options: SchedulerOptions) {
     this.#o = options
@@ -135,7 +139,7 @@ export class Scheduler {
 
   // A new peer (one by the same key must have been removed first).
   addPeer (hex: string, holding: { whole: boolean, bits: Buffer | undefined }): PeerState {
-    const ps: PeerState = { hex, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, hints: [0, blockCount(this.#o.size, this.#o.blockSize)], chunks: undefined, missingAt: 0, whole: false, bits: undefined, closed: false }
+    const ps: PeerState = { hex, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, hints: [], hinted: undefined, chunks: undefined, missingAt: 0, whole: false, bits: undefined, closed: false }
     this.#peers.set(hex, ps)
     this.setHolding(ps, holding.whole, holding.bits)
     return ps
@@ -152,14 +156,20 @@ export class Scheduler {
     if (this.#o.background && !whole) {
       this.#partial++
       ps.chunks = new Uint8Array(this.#chunking().order.length)
-      this.#count(ps, 0, blockCount(this.#o.size, this.#o.blockSize))
+      ps.hinted = new Uint8Array(ps.chunks.length)
+      ps.hints = []
+      // What it holds so far: from its first block to its last (a new fetcher: nothing).
+      let first = -1
+      let last = -1
+      const held = bits ?? Buffer.alloc(0)
+      for (let k = 0; k < held.length; k++) if (held[k]) { if (first < 0) first = k; last = k }
+      if (first >= 0) this.#count(ps, first * 8, (last + 1) * 8)
     }
   }
 
   // The peer announced blocks [start, start + count) (a Have).
   heard (ps: PeerState, start?: number, count?: number): void {
-    if (!this.#o.background || start === undefined || count === undefined || !this.#peers.has(ps.hex)) return
-    this.#hint(ps, start, start + count)
+    if (!this.#o.background || start === undefined || count === undefined || !this.#peers.has(ps.hex) || ps.whole) return
     this.#count(ps, start, start + count)
   }
 
@@ -267,7 +277,11 @@ export class Scheduler {
 
   #mark (ps: PeerState, us: number[], dup: boolean): Req {
     for (const u of us) {
-      if (this.#state[u] === 0) { this.#state[u] = 1; this.#pending-- }
+      if (this.#state[u] === 0) {
+        this.#state[u] = 1
+        this.#pending--
+        if (this.#open) this.#openBy(this.#chunks!.of[u]!, -1)
+      }
       this.#copies[u]!++
     }
     const req: Req = { peer: ps, us, sentAt: this.#now(), id: 0, dup }
@@ -317,85 +331,78 @@ export class Scheduler {
       // here, so this host never waits for nothing.
       const { order, start } = this.#chunking()
       const avail = this.#avail!
+      const open = this.#open!
       // What it withheld, it holds: ask again once the other host has had time to pass it on.
       if (ps.missing.size && this.#now() - ps.missingAt >= WITHHELD_RETRY_MS) ps.missing.clear()
-      while (this.#front < order.length && this.#chunkAsked(order[this.#front]!)) this.#front++
+      while (this.#front < order.length && !open[order[this.#front]!]) this.#front++
       // One chunk a request, so that chunks stay whole and peers can tell others they hold them.
       const take = (rare: boolean) => {
         for (let k = this.#front; k < order.length && !us.length; k++) {
           const c = order[k]!
-          if (rare && avail[c]! > 0) continue
+          if (!open[c] || (rare && avail[c]! > 0)) continue
           for (let u = start[c]!; u < start[c + 1]!; u++) if (this.#state[u] === 0 && !ps.missing.has(u)) us.push(u)
         }
       }
-      take(true)
+      const miss = this.#rareMiss
+      if (this.#rare && !(miss?.ps === ps && miss.rare === this.#rare && miss.missing === ps.missing.size && miss.front === this.#front)) {
+        take(true)
+        this.#rareMiss = us.length ? undefined : { ps, rare: this.#rare, missing: ps.missing.size, front: this.#front }
+      }
       if (!us.length && !this.busy) take(false)
       return us
     }
-    // A part-way peer: the blocks its hints cover that are pending and that it has.
-    const entryOf = this.#entryOf()
+    // A part-way peer: the pending blocks it has in the chunks it was heard of, in order.
+    const { start } = this.#chunking()
     const h = ps.hints
-    while (h.length && us.length < this.#batch) {
-      let i = h[0]!
-      const to = Math.min(h[1]!, entryOf.length)
-      for (; i < to && us.length < this.#batch; i++) {
-        const u = entryOf[i]!
-        if (u >= 0 && this.#state[u] === 0 && this.#peerHas(ps, u) && !us.includes(u)) us.push(u)
-      }
-      if (i >= to) h.splice(0, 2)
-      else h[0] = i
+    let k = 0
+    for (; k < h.length && us.length < this.#batch; k++) {
+      const c = h[k]!
+      let u = start[c]!
+      for (; u < start[c + 1]! && us.length < this.#batch; u++) if (this.#state[u] === 0 && this.#peerHas(ps, u)) us.push(u)
+      // A chunk is looked at again once the request is full only where it has more.
+      if (u < start[c + 1]!) break
+      ps.hinted![c] = 0
     }
+    h.splice(0, k)
     return us
   }
 
-  // Adds [from, to) to a part-way peer's hints; many small ranges fold into one.
-  #hint (ps: PeerState, from: number, to: number): void {
-    const h = ps.hints
-    if (h.length < 2 * MAX_HINTS) { h.push(from, to); return }
-    let lo = from
-    let hi = to
-    for (let k = 0; k < h.length; k += 2) { lo = Math.min(lo, h[k]!); hi = Math.max(hi, h[k + 1]!) }
-    h.length = 0
-    h.push(lo, hi)
-  }
-
-  // Block index → its entry in the plan's remote list (-1: not fetched from peers).
-  #entryOf (): Int32Array {
-    if (this.#entryIndex) return this.#entryIndex
-    const map = new Int32Array(blockCount(this.#o.size, this.#o.blockSize)).fill(-1)
-    this.#entries.forEach((e, u) => { for (const i of e.indices) map[i] = u })
-    this.#entryIndex = map
-    return map
+  // Chunk c of a part-way peer is to be looked at.
+  #hint (ps: PeerState, c: number): void {
+    if (!ps.hinted || ps.hinted[c]) return
+    ps.hinted[c] = 1
+    ps.hints.push(c)
   }
 
   // Chunks of `#batch` block indices (the same on every host), their order (from the root and
   // this host's key: each host its own), and where each chunk's entries start (entries are in
   // first-index order).
-  #chunking (): { order: Uint32Array, start: Uint32Array } {
+  #chunking (): { order: Uint32Array, start: Uint32Array, of: Uint32Array } {
     if (this.#chunks) return this.#chunks
     const count = Math.ceil(blockCount(this.#o.size, this.#o.blockSize) / this.#batch)
     const start = new Uint32Array(count + 1)
+    const of = new Uint32Array(this.#entries.length)
+    const open = new Uint16Array(count)
     let u = 0
     for (let c = 0; c < count; c++) {
       start[c] = u
-      while (u < this.#entries.length && this.#entries[u]!.indices[0]! < (c + 1) * this.#batch) u++
+      for (; u < this.#entries.length && this.#entries[u]!.indices[0]! < (c + 1) * this.#batch; u++) {
+        of[u] = c
+        if (this.#state[u] === 0) open[c]!++
+      }
     }
     start[count] = this.#entries.length
     const seed = Buffer.from(this.#o.root)
     for (let i = 0; i < (this.#o.self?.length ?? 0); i++) seed[i % 4]! ^= this.#o.self!.charCodeAt(i) * (i + 1)
-    this.#chunks = { order: shuffle(count, seed), start }
+    this.#chunks = { order: shuffle(count, seed), start, of }
     this.#avail = new Uint16Array(count)
+    this.#open = open
+    for (let c = 0; c < count; c++) if (open[c]) this.#rare++
     return this.#chunks
   }
 
-  // Every entry of chunk c is asked for or done.
-  #chunkAsked (c: number): boolean {
-    const { start } = this.#chunks!
-    for (let u = start[c]!; u < start[c + 1]!; u++) if (this.#state[u] === 0) return false
-    return true
-  }
-
-  // A part-way peer's chunks among blocks [from, to), counted in #avail once it holds each whole.
+  // A part-way peer's chunks among blocks [from, to): hinted where it holds some of a chunk,
+  // counted in #avail once it holds it whole.
   #count (ps: PeerState, from: number, to: number): void {
     const { start } = this.#chunking()
     const avail = this.#avail!
@@ -403,17 +410,36 @@ export class Scheduler {
     const last = Math.min(has.length, Math.ceil(to / this.#batch))
     for (let c = Math.floor(from / this.#batch); c < last; c++) {
       if (has[c] || start[c] === start[c + 1]) continue
+      // Nothing announced in the chunk's own blocks: nothing to look at (cheap, and most of a
+      // Have's range where it joins far-apart writes).
+      if (!anyBit(ps.bits, c * this.#batch, (c + 1) * this.#batch)) continue
       let whole = true
-      for (let u = start[c]!; u < start[c + 1]! && whole; u++) whole = this.#peerHas(ps, u)
-      if (whole) { has[c] = 1; avail[c]!++ }
+      let some = false
+      for (let u = start[c]!; u < start[c + 1]!; u++) {
+        if (this.#peerHas(ps, u)) some = true
+        else whole = false
+      }
+      if (some) this.#hint(ps, c)
+      if (whole) {
+        has[c] = 1
+        if (avail[c]!++ === 0 && this.#open![c]) this.#rare--
+      }
     }
+  }
+
+  // Chunk c has `by` more entries pending.
+  #openBy (c: number, by: number): void {
+    const open = this.#open!
+    const was = open[c]! > 0
+    open[c]! += by
+    if (this.#avail![c] === 0 && was !== (open[c]! > 0)) this.#rare += was ? -1 : 1
   }
 
   // A part-way peer's chunks no longer count (it left, or its holding changed).
   #forget (ps: PeerState): void {
     if (!ps.chunks) return
     const avail = this.#avail!
-    for (let c = 0; c < ps.chunks.length; c++) if (ps.chunks[c]) avail[c]!--
+    for (let c = 0; c < ps.chunks.length; c++) if (ps.chunks[c] && --avail[c]! === 0 && this.#open![c]) this.#rare++
     ps.chunks = undefined
     this.#partial--
     // Chunks only it held may be asked of a whole holder again.
@@ -472,12 +498,13 @@ export class Scheduler {
       this.#copies[u]!--
       if (this.#state[u] === 1 && this.#copies[u] === 0) {
         this.#state[u] = 0
+        if (this.#open) this.#openBy(this.#chunks!.of[u]!, 1)
         this.#pending++
         if (u < this.#cursor) this.#cursor = u
         // Its chunk may lie behind the swarming pointers: scan from the ends again.
         if (this.#chunks) this.#front = 0
         // Given back: a hint again for the part-way peers that hold it.
-        if (this.#o.background) for (const p of this.#peers.values()) if (!p.whole && this.#peerHas(p, u)) this.#hint(p, this.#entries[u]!.indices[0]!, this.#entries[u]!.indices[0]! + 1)
+        if (this.#o.background) for (const p of this.#peers.values()) if (!p.whole && this.#peerHas(p, u)) this.#hint(p, this.#chunks!.of[u]!)
       }
     }
   }
@@ -498,4 +525,12 @@ function shuffle (n: number, seed: Buffer): Uint32Array {
     a[j] = t
   }
   return a
+}
+
+// Some bit of [from, to) is set in `bits` (none: no bitfield, or past its end).
+function anyBit (bits: Buffer | undefined, from: number, to: number): boolean {
+  if (!bits) return false
+  const end = Math.min(bits.length, Math.ceil(to / 8))
+  for (let k = from >> 3; k < end; k++) if (bits[k]) return true
+  return false
 }

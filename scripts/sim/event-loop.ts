@@ -17,14 +17,15 @@ export class EventLoop {
   at (ms: number, fn: () => void): Timed {
     const t: Timed = { at: this.#now + Math.max(0, ms), seq: this.#seq++, fn, cancelled: false }
     const h = this.#heap
+    let i = h.length
     h.push(t)
-    let i = h.length - 1
     while (i > 0) {
       const p = (i - 1) >> 1
-      if (!before(h[i]!, h[p]!)) break
-      ;[h[i], h[p]] = [h[p]!, h[i]!]
+      if (!before(t, h[p]!)) break
+      h[i] = h[p]!
       i = p
     }
+    h[i] = t
     return t
   }
 
@@ -41,18 +42,18 @@ export class EventLoop {
       const t = h[0]!
       const last = h.pop()!
       if (h.length) {
-        h[0] = last
+        // Sift `last` down from the root.
         let i = 0
         for (;;) {
           const l = 2 * i + 1
+          if (l >= h.length) break
           const r = l + 1
-          let m = i
-          if (l < h.length && before(h[l]!, h[m]!)) m = l
-          if (r < h.length && before(h[r]!, h[m]!)) m = r
-          if (m === i) break
-          ;[h[i], h[m]] = [h[m]!, h[i]!]
+          const m = r < h.length && before(h[r]!, h[l]!) ? r : l
+          if (!before(h[m]!, last)) break
+          h[i] = h[m]!
           i = m
         }
+        h[i] = last
       }
       if (t.cancelled) continue
       if (t.at > limitMs) return false

@@ -71,6 +71,8 @@ export interface SimResult {
   p99: number
   max: number
   sourceCopies: number
+  // Seconds until the source sent its last block.
+  sourceBusy: number
   maxConnections: number
   // Messages a host sent (requests, answers, Haves, adverts), the most and the mean.
   maxMessages: number
@@ -137,6 +139,10 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   const offer: Offer = { root: rootHex, name: 'app', size: o.imageBytes, labels: [], created: 0 }
   let duplicate = 0
   let delivered = 0
+  // Receivers that hold the image or left.
+  let settled = 0
+  // When the source last finished sending blocks.
+  let sourceDone = 0
 
   const hosts: Host[] = Array.from({ length: o.hosts }, (_, id) => ({
     id,
@@ -233,9 +239,14 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   const onHave = (h: Host, from: Host, start: number, count: number) => {
     if (!h.fetch) return
     // The other end is fetching it too: someone else for the seed policy to hear of it from.
+    // As RemoteFetch does: a Have of a known peer changes only what may be asked of it.
     const ps = h.fetch.peers.get(from.id)
-    if (ps) h.fetch.sched.heard(ps, start, count)
-    else addPeer(h, from)
+    if (ps) {
+      h.fetch.sched.heard(ps, start, count)
+      for (const req of h.fetch.sched.assign(ps)) request(h, from, req)
+      return
+    }
+    addPeer(h, from)
     pump(h)
   }
 
@@ -269,6 +280,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
       const raw = sizes.reduce((a, b) => a + b, 0)
       q.messages++
       net.send(q.id, h.id, Math.max(1, raw * o.wireRatio), () => {
+        if (q === source && raw) sourceDone = loop.now
         q.serving.set(h.id, (q.serving.get(h.id) ?? 1) - 1)
         serveNext(q, h)
         loop.at(o.latencyMs, () => { if (!h.gone) answered(h, req, sizes) })
@@ -297,6 +309,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
     h.fetch = undefined
     h.whole = true
     h.doneAt = loop.now
+    settled++
     // Registered: it advertises the image to every session.
     advertise(h)
   }
@@ -304,6 +317,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   const leave = (h: Host) => {
     if (h.gone || h.whole) return
     h.gone = true
+    settled++
     h.fetch?.haves.stop()
     h.fetch = undefined
     net.drop(h.id)
@@ -328,8 +342,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   for (const h of leaving) loop.at(random() * lone, () => leave(h))
 
   advertise(source)
-  const all = () => receivers.every(h => h.whole || h.gone)
-  const completed = loop.run(all, o.limitMs)
+  const completed = loop.run(() => settled === receivers.length, o.limitMs)
 
   const times = receivers.filter(h => h.whole).map(h => h.doneAt / 1000).sort((a, b) => a - b)
   const q = (p: number) => times.length ? times[Math.min(times.length - 1, Math.ceil(p * times.length) - 1)]! : NaN
@@ -343,6 +356,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
     p99: q(0.99),
     max: times.length ? times[times.length - 1]! : NaN,
     sourceCopies: net.sent[0]! / (o.dataBytes * o.wireRatio),
+    sourceBusy: sourceDone / 1000,
     maxConnections: graph.maxConnections,
     maxMessages: Math.max(...messages),
     meanMessages: messages.reduce((a, b) => a + b, 0) / messages.length,

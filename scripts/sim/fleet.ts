@@ -66,7 +66,7 @@ function main (): void {
   console.log(`sim:fleet: ${o.hosts} hosts (1 source), ${(o.rate * 8 / 1e6).toFixed(0)} Mbit each way, latency ${o.latencyMs} ms, churn ${(o.churn * 100).toFixed(0)}%, mesh ${o.mesh} (max ${o.maxPeers} peers), adverts ${o.relayAdverts ? 'relayed' : 'from holders only'}; image ${(o.imageBytes / 2 ** 30).toFixed(2)} GiB with ${(o.dataBytes / 1e6).toFixed(0)} MB of data, wire ratio ${o.wireRatio}`)
   console.log(`completion (s): p50 ${f(r.p50)}  p99 ${f(r.p99)}  max ${f(r.max)}  (${r.finished} of ${r.receivers} receivers; ${r.left} left)${r.timedOut ? '  TIMED OUT' : ''}`)
   console.log(`one receiver alone: ${f(single.max)} s; p99 / alone ${f(out.ratio)}`)
-  console.log(`source uploaded ${f(r.sourceCopies)} copies; duplicates ${(r.duplicateShare * 100).toFixed(1)}% of the data delivered`)
+  console.log(`source uploaded ${f(r.sourceCopies)} copies, its last at ${f(r.sourceBusy)} s; duplicates ${(r.duplicateShare * 100).toFixed(1)}% of the data delivered`)
   console.log(`connections per host at most ${r.maxConnections}; messages sent per host: max ${r.maxMessages}, mean ${r.meanMessages.toFixed(0)}`)
   console.log(`(${r.events} events; ${seconds.toFixed(1)} s of CPU on one core)`)
 }

@@ -15,6 +15,9 @@ interface Flow {
   left: number
   rate: number
   since: number
+  // When its timer fires: a slower rate since leaves it in place (it fires early, and the flow
+  // is timed again then), so most rate changes cost no timer at all.
+  due: number
   timer: unknown
   done: () => void
 }
@@ -40,7 +43,7 @@ export class Network {
   // Moves `bytes` from host `from` to host `to`; `done` runs when the last byte has left the
   // sender's link and reached the receiver's (latency is the caller's).
   send (from: number, to: number, bytes: number, done: () => void): () => void {
-    const f: Flow = { from, to, left: bytes, rate: 0, since: this.#loop.now, timer: undefined, done }
+    const f: Flow = { from, to, left: bytes, rate: 0, since: this.#loop.now, due: Infinity, timer: undefined, done }
     this.#up[from]!.add(f)
     this.#down[to]!.add(f)
     this.#rerate(from, to)
@@ -70,13 +73,25 @@ export class Network {
         seen.add(f)
         // Bytes moved at the old rate first.
         this.#settleOne(f)
-        const rate = Math.min(this.#links[f.from]!.up / this.#up[f.from]!.size, this.#links[f.to]!.down / this.#down[f.to]!.size)
-        if (rate === f.rate && f.timer) continue
-        f.rate = rate
-        this.#loop.cancel(f.timer)
-        f.timer = this.#loop.at(f.left / rate, () => this.#end(f, true))
+        f.rate = Math.min(this.#links[f.from]!.up / this.#up[f.from]!.size, this.#links[f.to]!.down / this.#down[f.to]!.size)
+        this.#time(f)
       }
     }
+  }
+
+  // Times the flow's end: a new timer only where it would now end before the one it has.
+  #time (f: Flow): void {
+    const due = this.#loop.now + f.left / f.rate
+    if (f.timer && due >= f.due) return
+    this.#loop.cancel(f.timer)
+    f.due = due
+    f.timer = this.#loop.at(due - this.#loop.now, () => {
+      f.timer = undefined
+      this.#settleOne(f)
+      // Less than a byte left: delivered.
+      if (f.left < 1) this.#end(f, true)
+      else this.#time(f)
+    })
   }
 
   // Counts what moved since the flow's last rate change (all that was left, once delivered).
