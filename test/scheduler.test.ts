@@ -152,68 +152,44 @@ t.test('failures: a peer that lacks blocks is not asked again for them; many fai
   t.equal(s.failed(r!, { closed: true }), 'remove', 'a request failed because the connection closed removes the peer')
 })
 
-t.test('swarming: a whole holder is asked only for chunks no part-way peer holds, one chunk a request', async t => {
+t.test('swarming: with another host fetching, a whole holder is asked for this host\'s share first', async t => {
   const n = 64
   const batch = 4
-  // This host is 'b'; 'a' is another receiver holding chunks 0 and 1 (blocks 0..7); 'src' holds it all.
-  const { s } = scheduler(n, batch, { background: true, self: 'b' })
-  const other = s.addPeer('a', { whole: false, bits: bits(n, 0, 8) })
-  const src = s.addPeer('src', { whole: true, bits: undefined })
-  const fromSrc = s.assign(src)
-  t.ok(fromSrc.length > 0 && fromSrc.length <= 2, 'a short window at the source while others fetch too')
-  for (const r of fromSrc) {
-    const chunks = new Set(r.us.map(u => Math.floor(u / batch)))
-    t.equal(chunks.size, 1, 'one chunk a request')
-  }
-  t.ok(blocksOf(fromSrc).every(u => u >= 8), 'nothing the other receiver holds is asked of the source')
-  t.ok(blocksOf(s.assign(other)).every(u => u < 8), 'a part-way peer is asked for what it announced')
-  // The other receiver announces more: those chunks are not asked of the source either.
-  s.setHolding(other, false, bits(n, 0, 32))
-  s.heard(other, 8, 24)
-  for (let k = 0; k < 40; k++) {
-    for (const r of [...src.inflight]) answer(s, r)
-    const reqs = s.assign(src)
-    t.ok(blocksOf(reqs).every(u => u >= 32 || fromSrc.some(f => f.us.includes(u))), 'only chunks no part-way peer holds')
-    if (!reqs.length) break
-  }
-})
-
-t.test('swarming: hosts asking one source start at different places', async t => {
-  const n = 1024
-  const batch = 4
-  const first = ['a', 'b', 'c', 'd'].map(self => {
-    const { s } = scheduler(n, batch, { background: true, self })
-    s.addPeer('x', { whole: false, bits: Buffer.alloc(n / 8) })
-    return blocksOf(s.assign(s.addPeer('src', { whole: true, bits: undefined })))
-  })
-  const all = first.flat()
-  t.equal(new Set(all).size, all.length, 'no block asked by two of them first')
-})
-
-t.test('swarming: blocks a whole holder withheld come from the host that got them, or from it again later', async t => {
-  const n = 16
-  const batch = 4
-  const { s } = scheduler(n, batch, { background: true, self: 'b' })
+  // This host is 'b'; 'a' is another receiver (part-way, holding nothing yet); 'src' holds it all.
+  const { s, clock } = scheduler(n, batch, { background: true, self: 'b' })
   const other = s.addPeer('a', { whole: false, bits: Buffer.alloc(n / 8) })
   const src = s.addPeer('src', { whole: true, bits: undefined })
-  const [req] = s.assign(src)
-  // The source sent that chunk to 'a' a moment ago: it withholds it here.
-  s.answer(req!, req!.us.map(() => 0), () => true, () => BS)
-  const asked = () => { const r = s.assign(src); const b = blocksOf(r); for (const q of r) answer(s, q); return b }
-  for (let k = 0; k < 8; k++) t.notOk(asked().some(u => req!.us.includes(u)), 'not asked of the source again at once')
-  // 'a' announces it: asked of 'a'.
-  s.setHolding(other, false, bits(n, req!.us[0]!, req!.us[0]! + req!.us.length))
-  s.heard(other, req!.us[0]!, req!.us.length)
-  t.same(blocksOf(s.assign(other)), [...req!.us].sort((x, y) => x - y), 'from the host that got them')
-  // Had 'a' not announced it, the source is asked again after the retry time.
-  const lone = scheduler(n, batch, { background: true, self: 'b' })
-  lone.s.addPeer('a', { whole: false, bits: Buffer.alloc(n / 8) })
-  const src2 = lone.s.addPeer('src', { whole: true, bits: undefined })
-  const [r2] = lone.s.assign(src2)
-  lone.s.answer(r2!, r2!.us.map(() => 0), () => true, () => BS)
-  lone.clock.advance(2500)
-  const again = lone.s.assign(src2)
-  t.ok(again.some(r => r.us.some(u => r2!.us.includes(u))), 'asked of the source again once the retry time passed')
+  const mine = s.assign(src)
+  t.ok(mine.length > 0)
+  t.ok(mine.length <= 2, 'a short window at the source while others fetch too')
+  const chunks = new Set(blocksOf(mine).map(u => Math.floor(u / batch)))
+  // Ranks: 'a' 0, 'b' 1 of 2; chunk c is b's when c mod 2 is 1 (in the root's order).
+  t.ok([...chunks].every(c => c % 2 === 1), 'only chunks that are this host\'s share')
+  // The other host announces blocks: they are not asked of the source.
+  s.setHolding(other, false, bits(n, 0, 8))
+  s.heard(other, 0, 8)
+  const fromOther = s.assign(other)
+  t.ok(blocksOf(fromOther).every(u => u < 8), 'a part-way peer is asked for what it announced')
+  // Once this host's own share is asked for and the other host has been silent long enough,
+  // the source is asked for that host's share too.
+  for (const r of [...src.inflight]) answer(s, r)
+  let asked: number[] = []
+  for (let k = 0; k < 40; k++) {
+    const reqs = s.assign(src)
+    asked.push(...blocksOf(reqs))
+    for (const r of reqs) answer(s, r)
+    if (!reqs.length) break
+  }
+  t.ok(asked.every(u => Math.floor(u / batch) % 2 === 1 || u < 8), 'nothing of the other host\'s share while it is heard from')
+  clock.advance(5000)
+  asked = []
+  for (let k = 0; k < 40; k++) {
+    const reqs = s.assign(src)
+    asked.push(...blocksOf(reqs))
+    for (const r of reqs) answer(s, r)
+    if (!reqs.length) break
+  }
+  t.ok(asked.some(u => Math.floor(u / batch) % 2 === 0), 'a silent host\'s share is asked of the source')
 })
 
 t.test('peer state is plain data: a closed peer gets no requests', async t => {

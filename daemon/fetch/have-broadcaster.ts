@@ -3,13 +3,9 @@
 // so hosts fetching one image together see each other's new blocks sooner (written blocks are
 // servable before they are synced; only the resume point waits for the sync).
 
-const HAVE_MS = 100
+const HAVE_MS = 250
 // Changed bytes of a bitfield this close together go out as one range.
 const MERGE_BYTES = 16
-// Ranges (Have messages to each peer) a round sends at most: beyond, the nearest are joined (a
-// roll-out writes chunks all over the image; one message per chunk per peer every round made
-// Have traffic grow with the link rate times the peers).
-const MAX_RANGES = 4
 
 export interface HaveSink {
   broadcastHave (root: Buffer, bitfield: Buffer, startByte?: number): void
@@ -79,28 +75,13 @@ export class HaveBroadcaster {
     this.#sendRanges(this.#bits, bytes)
   }
 
-  // Sends the given bytes of a bitfield (ascending byte offsets), near ones as one range, in at
-  // most MAX_RANGES ranges.
+  // Sends the given bytes of a bitfield (ascending byte offsets), near ones as one range.
   #sendRanges (bits: Buffer, bytes: number[]): void {
-    const ranges: Array<[number, number]> = []
     for (let k = 0; k < bytes.length;) {
       let j = k
       while (j + 1 < bytes.length && bytes[j + 1]! - bytes[j]! <= MERGE_BYTES) j++
-      ranges.push([bytes[k]!, bytes[j]! + 1])
+      this.#sink.broadcastHave(this.#root, bits.subarray(bytes[k]!, bytes[j]! + 1), bytes[k]!)
       k = j + 1
     }
-    if (ranges.length > MAX_RANGES) {
-      // Keep the widest gaps between ranges; join across the others.
-      const gaps = ranges.slice(1).map((r, i) => [r[0] - ranges[i]![1], i + 1] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1])
-      const cuts = gaps.slice(0, MAX_RANGES - 1).map(g => g[1]).sort((a, b) => a - b)
-      const joined: Array<[number, number]> = []
-      let from = 0
-      for (const cut of [...cuts, ranges.length]) {
-        joined.push([ranges[from]![0], ranges[cut - 1]![1]])
-        from = cut
-      }
-      ranges.splice(0, ranges.length, ...joined)
-    }
-    for (const [from, to] of ranges) this.#sink.broadcastHave(this.#root, bits.subarray(from, to), from)
   }
 }

@@ -96,18 +96,11 @@ export class RemoteFetch {
   #onHolder = (rootHex: string, session: PeerSession, start?: number, count?: number) => {
     if (rootHex !== this.#rootHex) return
     const known = this.#sched.peer(session.remoteHex)
-    if (known && this.#sessions.get(known) === session && session.adverts.has(rootHex) === known.whole) {
-      // A Have of a peer it knows: only what may be asked of that peer changed.
-      this.#refreshHolding(known, session)
-      this.#sched.heard(known, start, count)
-      this.#assign(known)
-      this.#checkStall()
-      return
-    }
     if (known) {
       this.#sched.heard(known, start, count)
       if (this.#sessions.get(known) === session) this.#refreshHolding(known, session)
     }
+    if (session.adverts.has(rootHex)) this.#sched.wholeHolderAppeared()
     this.#addPeer(session)
     this.#pumpAll()
   }

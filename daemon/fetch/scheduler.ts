@@ -13,17 +13,17 @@ const MAX_REQUESTS = 256
 const QUEUE_SECONDS = 0.25
 // Pending entries scanned per assignment, so a partial peer with few blocks costs little.
 const SCAN_LIMIT = 16_384
+// Background: hint ranges kept per part-way peer before they fold into one.
+const MAX_HINTS = 256
 const MAX_DUPLICATES = 1
 // Smallest request near the end of a fetch from several peers.
 const TAIL_MIN_BLOCKS = 32
 // Background fetches duplicate a request in the endgame only once it is this old.
 const ENDGAME_AGE_MS = 1500
 const ENDGAME_WHOLE_AGE_MS = 5000
-// Background: the endgame's scan of other peers' requests runs at most this often.
-const ENDGAME_SCAN_MS = 100
-// Background: blocks a whole holder withheld (it sent them to another host first, see
-// spread-guard.ts) are asked of it again after this long.
-const WITHHELD_RETRY_MS = 2000
+// Background: another host's share is asked of a whole holder only once that host has been
+// silent this long.
+const OWNER_STALL_MS = 3000
 const MAX_PEER_FAILURES = 3
 // Foreground endgame: a request is raced when this peer would bring it this much sooner.
 const ENDGAME_MARGIN = 1.25
@@ -45,14 +45,11 @@ export interface PeerState {
   rate: number
   lastAt: number
   failures: number
-  // Background, a part-way peer: chunks it announced blocks of (or whose blocks were given
-  // back) that have not been looked at since, in order; `hinted` flags them.
+  // Background, a part-way peer: ranges of block indices [from, to) it announced that have not
+  // been looked at yet, flat.
   hints: number[]
-  hinted: Uint8Array | undefined
-  // Background, a part-way peer: 1 for each chunk it holds whole (see #chunking).
-  chunks: Uint8Array | undefined
-  // When it last answered a block missing.
-  missingAt: number
+  // When it last announced blocks (a Have) for this image.
+  heardAt: number
   // What it holds of this image, as of its last advert or Have.
   whole: boolean
   bits: Buffer | undefined
@@ -98,20 +95,14 @@ export class Scheduler {
   #cursor = 0
   #pending: number
   #done = 0
-  // Background: request-sized chunks of the image (by block index), in this host's own order.
-  #chunks: { order: Uint32Array, start: Uint32Array, of: Uint32Array } | undefined
-  // Background: per chunk, how many connected part-way peers hold it whole, and how many of its
-  // entries are pending.
-  #avail: Uint16Array | undefined
-  #open: Uint16Array | undefined
-  // Background: chunks with entries pending that no connected part-way peer holds; and what a
-  // scan of them that found nothing to ask saw (the same again finds nothing again).
-  #rare = 0
-  #rareMiss: { ps: PeerState, rare: number, missing: number, front: number } | undefined
-  // Background: chunks before this point of the order are all asked for or done.
+  // Background: request-sized chunks of the image (by block index) in an order from the root.
+  #chunks: { order: Uint32Array, start: Uint32Array } | undefined
   #front = 0
-  #partial = 0
-  #endgameAt = -Infinity
+  #back = 0
+  // Chunks with nothing a whole holder may be asked for (done, in flight, or a part-way peer's).
+  readonly #blocked = new Set<number>()
+  #swarmView: { partial: PeerState[], fetching: string[], rank: number } | undefined
+  #entryIndex: Int32Array | undefined
 
   constructor (options: SchedulerOptions) {
     this.#o = options
@@ -139,45 +130,40 @@ export class Scheduler {
 
   // A new peer (one by the same key must have been removed first).
   addPeer (hex: string, holding: { whole: boolean, bits: Buffer | undefined }): PeerState {
-    const ps: PeerState = { hex, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, hints: [], hinted: undefined, chunks: undefined, missingAt: 0, whole: false, bits: undefined, closed: false }
+    const ps: PeerState = { hex, inflight: new Set(), missing: new Set(), rate: 0, lastAt: 0, failures: 0, hints: [0, blockCount(this.#o.size, this.#o.blockSize)], heardAt: this.#now(), whole: false, bits: undefined, closed: false }
     this.#peers.set(hex, ps)
+    this.#swarmView = undefined
     this.setHolding(ps, holding.whole, holding.bits)
     return ps
   }
 
   // What the peer holds now (its advert, its latest Have bitfield).
   setHolding (ps: PeerState, whole: boolean, bits: Buffer | undefined): void {
+    if (whole !== ps.whole) this.#swarmView = undefined
     // What it answered missing while part-way, it holds now (else those blocks, asked of it
     // alone, waited for the peer wait and failed the fetch).
     if (whole && !ps.whole) ps.missing.clear()
-    this.#forget(ps)
     ps.whole = whole
     ps.bits = bits
-    if (this.#o.background && !whole) {
-      this.#partial++
-      ps.chunks = new Uint8Array(this.#chunking().order.length)
-      ps.hinted = new Uint8Array(ps.chunks.length)
-      ps.hints = []
-      // What it holds so far: from its first block to its last (a new fetcher: nothing).
-      let first = -1
-      let last = -1
-      const held = bits ?? Buffer.alloc(0)
-      for (let k = 0; k < held.length; k++) if (held[k]) { if (first < 0) first = k; last = k }
-      if (first >= 0) this.#count(ps, first * 8, (last + 1) * 8)
-    }
   }
 
   // The peer announced blocks [start, start + count) (a Have).
   heard (ps: PeerState, start?: number, count?: number): void {
-    if (!this.#o.background || start === undefined || count === undefined || !this.#peers.has(ps.hex) || ps.whole) return
-    this.#count(ps, start, start + count)
+    ps.heardAt = this.#now()
+    if (this.#o.background && start !== undefined && count !== undefined) this.#hint(ps, start, start + count)
+  }
+
+  // Some peer now holds the whole image: what part-way peers blocked may be asked of it.
+  wholeHolderAppeared (): void {
+    this.#blocked.clear()
   }
 
   // Takes the peer out; its requests go back to pending. Returns them (to cancel on the wire).
   removePeer (ps: PeerState): Req[] {
     if (this.#peers.get(ps.hex) !== ps) return []
     this.#peers.delete(ps.hex)
-    this.#forget(ps)
+    this.#swarmView = undefined
+    this.#blocked.clear()
     const reqs = [...ps.inflight]
     for (const r of reqs) this.#release(r.us)
     ps.inflight.clear()
@@ -219,7 +205,6 @@ export class Scheduler {
       const size = sizes[j]!
       if (size === 0) {
         ps.missing.add(u)
-        ps.missingAt = now
         this.#release([u])
         continue
       }
@@ -277,11 +262,7 @@ export class Scheduler {
 
   #mark (ps: PeerState, us: number[], dup: boolean): Req {
     for (const u of us) {
-      if (this.#state[u] === 0) {
-        this.#state[u] = 1
-        this.#pending--
-        if (this.#open) this.#openBy(this.#chunks!.of[u]!, -1)
-      }
+      if (this.#state[u] === 0) { this.#state[u] = 1; this.#pending-- }
       this.#copies[u]!++
     }
     const req: Req = { peer: ps, us, sentAt: this.#now(), id: 0, dup }
@@ -296,7 +277,7 @@ export class Scheduler {
     // Background, at a whole holder, while other hosts fetch it too: a short queue, so what this
     // host has asked the source for but not yet received (which the others cannot see) stays
     // small. Alone, the full window.
-    const min = this.#o.background && ps.whole && this.#partial > 0 ? MIN_WINDOW_SWARM : MIN_WINDOW
+    const min = this.#o.background && ps.whole && this.#view().fetching.length > 1 ? MIN_WINDOW_SWARM : MIN_WINDOW
     return Math.max(min * this.#batch, Math.min(MAX_WINDOW * this.#batch, Math.ceil(ps.rate * QUEUE_SECONDS / this.#o.blockSize)))
   }
 
@@ -307,6 +288,16 @@ export class Scheduler {
     if (!bits) return false
     for (const i of this.#entries[u]!.indices) if (i >> 3 < bits.length && (bits[i >> 3]! & (1 << (i & 7))) !== 0) return true
     return false
+  }
+
+  // Background: the part-way peers, and the hosts fetching this image (itself and them, by key)
+  // with its rank among them; kept until the peers or their holdings change.
+  #view (): { partial: PeerState[], fetching: string[], rank: number } {
+    if (this.#swarmView) return this.#swarmView
+    const partial = [...this.#peers.values()].filter(p => !p.whole && !p.closed)
+    const fetching = [...new Set([this.#o.self ?? '', ...partial.map(p => p.hex)])].sort()
+    this.#swarmView = { partial, fetching, rank: fetching.indexOf(this.#o.self ?? '') }
+    return this.#swarmView
   }
 
   #takePending (ps: PeerState): number[] {
@@ -324,126 +315,97 @@ export class Scheduler {
   #takeSwarming (ps: PeerState): number[] {
     const us: number[] = []
     if (ps.whole) {
-      // A whole holder (the source, whose upload the whole roll-out waits on): only chunks that
-      // no connected part-way peer holds, in this host's own order (hosts asking the same
-      // source start at different places, so they seldom ask it for the same chunk). Once
-      // there are none, it is asked for what others hold only while nothing else is in flight
-      // here, so this host never waits for nothing.
+      // A whole holder: only blocks no part-way peer of ours can give. The image's blocks are
+      // cut into chunks of a request's size, in one order every host derives from the root;
+      // chunk c is this host's when c mod N is its rank among the N hosts fetching (itself and
+      // the part-way peers, by key). It asks for its own chunks front to back, and for others'
+      // (from the back, where their owners come last) only once its own requests here have
+      // nearly drained, and only chunks of an owner that has announced nothing for OWNER_STALL_MS:
+      // asked for sooner, they would be asked for by their owners too, and every such copy
+      // costs the source's upload, which the whole roll-out waits on.
+      const { partial, fetching, rank } = this.#view()
       const { order, start } = this.#chunking()
-      const avail = this.#avail!
-      const open = this.#open!
-      // What it withheld, it holds: ask again once the other host has had time to pass it on.
-      if (ps.missing.size && this.#now() - ps.missingAt >= WITHHELD_RETRY_MS) ps.missing.clear()
-      while (this.#front < order.length && !open[order[this.#front]!]) this.#front++
-      // One chunk a request, so that chunks stay whole and peers can tell others they hold them.
-      const take = (rare: boolean) => {
-        for (let k = this.#front; k < order.length && !us.length; k++) {
-          const c = order[k]!
-          if (!open[c] || (rare && avail[c]! > 0)) continue
-          for (let u = start[c]!; u < start[c + 1]!; u++) if (this.#state[u] === 0 && !ps.missing.has(u)) us.push(u)
+      const take = (c: number) => {
+        if (this.#blocked.has(c)) return
+        let open = false
+        for (let u = start[c]!; u < start[c + 1]! && us.length < this.#batch; u++) {
+          if (this.#state[u] !== 0 || partial.some(p => this.#peerHas(p, u))) continue
+          open = true
+          if (!ps.missing.has(u)) us.push(u)
         }
+        // Nothing in it a whole holder may be asked for, until a request is given back or
+        // the peers change.
+        if (!open) this.#blocked.add(c)
       }
-      const miss = this.#rareMiss
-      if (this.#rare && !(miss?.ps === ps && miss.rare === this.#rare && miss.missing === ps.missing.size && miss.front === this.#front)) {
-        take(true)
-        this.#rareMiss = us.length ? undefined : { ps, rare: this.#rare, missing: ps.missing.size, front: this.#front }
+      while (this.#front < this.#back && this.#chunkDone(order[this.#front]!)) this.#front++
+      while (this.#back > this.#front && this.#chunkDone(order[this.#back - 1]!)) this.#back--
+      for (let k = this.#front; k < this.#back && us.length < this.#batch; k++) {
+        if (order[k]! % fetching.length === rank) take(order[k]!)
       }
-      if (!us.length && !this.busy) take(false)
+      if (us.length || ps.inflight.size > 1) return us
+      const now = this.#now()
+      const stalled = fetching.map(hex => hex !== this.#o.self && now - (this.#peers.get(hex)?.heardAt ?? 0) > OWNER_STALL_MS)
+      for (let k = this.#back - 1; k >= this.#front && !us.length; k--) if (stalled[order[k]! % fetching.length]) take(order[k]!)
       return us
     }
-    // A part-way peer: the pending blocks it has in the chunks it was heard of, in order.
-    const { start } = this.#chunking()
+    // A part-way peer: the blocks its hints cover that are pending and that it has.
+    const entryOf = this.#entryOf()
     const h = ps.hints
-    let k = 0
-    for (; k < h.length && us.length < this.#batch; k++) {
-      const c = h[k]!
-      let u = start[c]!
-      for (; u < start[c + 1]! && us.length < this.#batch; u++) if (this.#state[u] === 0 && this.#peerHas(ps, u)) us.push(u)
-      // A chunk is looked at again once the request is full only where it has more.
-      if (u < start[c + 1]!) break
-      ps.hinted![c] = 0
+    while (h.length && us.length < this.#batch) {
+      let i = h[0]!
+      const to = Math.min(h[1]!, entryOf.length)
+      for (; i < to && us.length < this.#batch; i++) {
+        const u = entryOf[i]!
+        if (u >= 0 && this.#state[u] === 0 && this.#peerHas(ps, u) && !us.includes(u)) us.push(u)
+      }
+      if (i >= to) h.splice(0, 2)
+      else h[0] = i
     }
-    h.splice(0, k)
     return us
   }
 
-  // Chunk c of a part-way peer is to be looked at.
-  #hint (ps: PeerState, c: number): void {
-    if (!ps.hinted || ps.hinted[c]) return
-    ps.hinted[c] = 1
-    ps.hints.push(c)
+  // Adds [from, to) to a part-way peer's hints; many small ranges fold into one.
+  #hint (ps: PeerState, from: number, to: number): void {
+    const h = ps.hints
+    if (h.length < 2 * MAX_HINTS) { h.push(from, to); return }
+    let lo = from
+    let hi = to
+    for (let k = 0; k < h.length; k += 2) { lo = Math.min(lo, h[k]!); hi = Math.max(hi, h[k + 1]!) }
+    h.length = 0
+    h.push(lo, hi)
   }
 
-  // Chunks of `#batch` block indices (the same on every host), their order (from the root and
-  // this host's key: each host its own), and where each chunk's entries start (entries are in
-  // first-index order).
-  #chunking (): { order: Uint32Array, start: Uint32Array, of: Uint32Array } {
+  // Block index → its entry in the plan's remote list (-1: not fetched from peers).
+  #entryOf (): Int32Array {
+    if (this.#entryIndex) return this.#entryIndex
+    const map = new Int32Array(blockCount(this.#o.size, this.#o.blockSize)).fill(-1)
+    this.#entries.forEach((e, u) => { for (const i of e.indices) map[i] = u })
+    this.#entryIndex = map
+    return map
+  }
+
+  // Chunks of `#batch` block indices (the same on every host), their order (from the root),
+  // and where each chunk's entries start (entries are in first-index order).
+  #chunking (): { order: Uint32Array, start: Uint32Array } {
     if (this.#chunks) return this.#chunks
     const count = Math.ceil(blockCount(this.#o.size, this.#o.blockSize) / this.#batch)
     const start = new Uint32Array(count + 1)
-    const of = new Uint32Array(this.#entries.length)
-    const open = new Uint16Array(count)
     let u = 0
     for (let c = 0; c < count; c++) {
       start[c] = u
-      for (; u < this.#entries.length && this.#entries[u]!.indices[0]! < (c + 1) * this.#batch; u++) {
-        of[u] = c
-        if (this.#state[u] === 0) open[c]!++
-      }
+      while (u < this.#entries.length && this.#entries[u]!.indices[0]! < (c + 1) * this.#batch) u++
     }
     start[count] = this.#entries.length
-    const seed = Buffer.from(this.#o.root)
-    for (let i = 0; i < (this.#o.self?.length ?? 0); i++) seed[i % 4]! ^= this.#o.self!.charCodeAt(i) * (i + 1)
-    this.#chunks = { order: shuffle(count, seed), start, of }
-    this.#avail = new Uint16Array(count)
-    this.#open = open
-    for (let c = 0; c < count; c++) if (open[c]) this.#rare++
+    this.#chunks = { order: shuffle(count, this.#o.root), start }
+    this.#back = count
     return this.#chunks
   }
 
-  // A part-way peer's chunks among blocks [from, to): hinted where it holds some of a chunk,
-  // counted in #avail once it holds it whole.
-  #count (ps: PeerState, from: number, to: number): void {
-    const { start } = this.#chunking()
-    const avail = this.#avail!
-    const has = ps.chunks!
-    const last = Math.min(has.length, Math.ceil(to / this.#batch))
-    for (let c = Math.floor(from / this.#batch); c < last; c++) {
-      if (has[c] || start[c] === start[c + 1]) continue
-      // Nothing announced in the chunk's own blocks: nothing to look at (cheap, and most of a
-      // Have's range where it joins far-apart writes).
-      if (!anyBit(ps.bits, c * this.#batch, (c + 1) * this.#batch)) continue
-      let whole = true
-      let some = false
-      for (let u = start[c]!; u < start[c + 1]!; u++) {
-        if (this.#peerHas(ps, u)) some = true
-        else whole = false
-      }
-      if (some) this.#hint(ps, c)
-      if (whole) {
-        has[c] = 1
-        if (avail[c]!++ === 0 && this.#open![c]) this.#rare--
-      }
-    }
-  }
-
-  // Chunk c has `by` more entries pending.
-  #openBy (c: number, by: number): void {
-    const open = this.#open!
-    const was = open[c]! > 0
-    open[c]! += by
-    if (this.#avail![c] === 0 && was !== (open[c]! > 0)) this.#rare += was ? -1 : 1
-  }
-
-  // A part-way peer's chunks no longer count (it left, or its holding changed).
-  #forget (ps: PeerState): void {
-    if (!ps.chunks) return
-    const avail = this.#avail!
-    for (let c = 0; c < ps.chunks.length; c++) if (ps.chunks[c] && --avail[c]! === 0 && this.#open![c]) this.#rare++
-    ps.chunks = undefined
-    this.#partial--
-    // Chunks only it held may be asked of a whole holder again.
-    this.#front = 0
+  // Every entry of chunk c is asked for or done.
+  #chunkDone (c: number): boolean {
+    const { start } = this.#chunks!
+    for (let u = start[c]!; u < start[c + 1]!; u++) if (this.#state[u] === 0) return false
+    return true
   }
 
   // Request size: whole batches, but smaller once what is pending would not fill every peer's
@@ -457,14 +419,11 @@ export class Scheduler {
   // Blocks in flight at other peers, slowest peers' oldest requests first.
   #takeEndgame (ps: PeerState): number[] {
     const us: number[] = []
-    const now = this.#now()
-    // Background: a scan that found nothing is not repeated at once (every answer pumps every
-    // peer, and there only old requests are raced).
-    if (this.#o.background && now - this.#endgameAt < ENDGAME_SCAN_MS) return us
     const others = [...this.#peers.values()].filter(p => p !== ps).sort((a, b) => a.rate - b.rate)
     // Background: only requests that seem stuck, and a whole holder (the source, whose upload
     // everyone shares) only for ones stuck much longer.
     const minAge = !this.#o.background ? 0 : ps.whole ? ENDGAME_WHOLE_AGE_MS : ENDGAME_AGE_MS
+    const now = this.#now()
     const bs = this.#o.blockSize
     for (const other of others) {
       let reqs = [...other.inflight]
@@ -488,7 +447,6 @@ export class Scheduler {
         }
       }
     }
-    if (!us.length) this.#endgameAt = now
     return us
   }
 
@@ -498,13 +456,12 @@ export class Scheduler {
       this.#copies[u]!--
       if (this.#state[u] === 1 && this.#copies[u] === 0) {
         this.#state[u] = 0
-        if (this.#open) this.#openBy(this.#chunks!.of[u]!, 1)
         this.#pending++
         if (u < this.#cursor) this.#cursor = u
         // Its chunk may lie behind the swarming pointers: scan from the ends again.
-        if (this.#chunks) this.#front = 0
+        if (this.#chunks) { this.#front = 0; this.#back = this.#chunks.order.length; this.#blocked.clear() }
         // Given back: a hint again for the part-way peers that hold it.
-        if (this.#o.background) for (const p of this.#peers.values()) if (!p.whole && this.#peerHas(p, u)) this.#hint(p, this.#chunks!.of[u]!)
+        if (this.#o.background) for (const p of this.#peers.values()) if (!p.whole && this.#peerHas(p, u)) this.#hint(p, this.#entries[u]!.indices[0]!, this.#entries[u]!.indices[0]! + 1)
       }
     }
   }
@@ -525,12 +482,4 @@ function shuffle (n: number, seed: Buffer): Uint32Array {
     a[j] = t
   }
   return a
-}
-
-// Some bit of [from, to) is set in `bits` (none: no bitfield, or past its end).
-function anyBit (bits: Buffer | undefined, from: number, to: number): boolean {
-  if (!bits) return false
-  const end = Math.min(bits.length, Math.ceil(to / 8))
-  for (let k = from >> 3; k < end; k++) if (bits[k]) return true
-  return false
 }

@@ -14,7 +14,6 @@ import { verify } from './identity.js'
 import { PeerSession } from './peer-session.js'
 import type { BlockBatch, BlockPlaces, ServiceMessage, SessionHost } from './session-host.js'
 import { RateLimiter } from './rate-limiter.js'
-import { SpreadGuard } from './spread-guard.js'
 import { TcpLanes } from './tcp-lanes.js'
 import type { FleetEvents } from './fleet-events.js'
 import type { DeltaVersion } from '../blocks/manifest-delta.js'
@@ -74,7 +73,6 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   #adverts = new Map<string, Advert>()
   // Root → an advert heard of (not held here), and when it was last heard.
   #offers = new Map<string, { advert: Advert, at: number }>()
-  readonly #spread = new SpreadGuard()
   // Adverts meant for one peer only (pre-staging): peer hex → root hex → advert.
   #targeted = new Map<string, Map<string, Advert>>()
   // The newest relabelling heard of each builder's advert for a root (root + builder, hex).
@@ -414,11 +412,6 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
 
   backgroundLimiter (root?: Buffer): RateLimiter | undefined {
     return this.backgroundLimits?.(root?.toString('hex'))
-  }
-
-  // A roll-out of an image this host holds whole: each block to one host first.
-  spreadFilter (root: Buffer, peer: string, hashes: Buffer): Uint8Array | undefined {
-    return this.#adverts.has(root.toString('hex')) ? this.#spread.filter(peer, hashes) : undefined
   }
 
   locateBlocks (hashes: Buffer): BlockPlaces | undefined {

@@ -444,11 +444,7 @@ export class PeerSession extends EventEmitter {
   // `background`: a seeding request (null when it did not name its image), served under the
   // upload limit of the seed policy that wants that image.
   async #serve (id: number, hashes: Buffer, background?: Buffer | null): Promise<void> {
-    // A roll-out: blocks just sent to another host are withheld (answered missing).
-    const send = background ? this.#host.spreadFilter?.(background, this.remoteHex, hashes) : undefined
-    const packed = await packBlocks(this.#host, send ? pickHashes(hashes, send) : hashes, this.codec === Codec.ZSTD, this.#linkBound)
-    const { raw, data, codec } = packed
-    const sizes = send ? spreadSizes(packed.sizes, send) : packed.sizes
+    const { sizes, raw, data, codec } = await packBlocks(this.#host, hashes, this.codec === Codec.ZSTD, this.#linkBound)
     if (this.closed) return
     const wire = data.length + 16 + sizes.length * 3
     const waitFrom = performance.now()
@@ -461,20 +457,4 @@ export class PeerSession extends EventEmitter {
     this.stats.blocksOut += sizes.length
     this.#send('BlockResponse', { id, codec, sizes, data })
   }
-}
-
-// The hashes whose mask bit is 1, in order.
-function pickHashes (hashes: Buffer, mask: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(mask.reduce((n, m) => n + m, 0) * HASH_BYTES)
-  let o = 0
-  for (let j = 0; j < mask.length; j++) if (mask[j]) o += hashes.copy(out, o, j * HASH_BYTES, (j + 1) * HASH_BYTES)
-  return out
-}
-
-// Sizes of the picked blocks put back at their places in the request; 0 (missing) elsewhere.
-function spreadSizes (picked: number[], mask: Uint8Array): number[] {
-  const sizes: number[] = []
-  let k = 0
-  for (let j = 0; j < mask.length; j++) sizes.push(mask[j] ? picked[k++]! : 0)
-  return sizes
 }

@@ -50,9 +50,6 @@ export interface SessionHost {
   // (none named: the strictest), manifest deltas, withdrawn adverts and the service messages
   // (Stage, StageStatus, SeedDefaults).
   backgroundLimiter? (root?: Buffer): RateLimiter | undefined
-  // Seeding: for a background request of `peer` for an image held whole here, 1 for each block
-  // to send and 0 for one to withhold (spread-guard.ts); none: send every block.
-  spreadFilter? (root: Buffer, peer: string, hashes: Buffer): Uint8Array | undefined
   readManifestDelta? (root: Buffer, base: Buffer, version: DeltaVersion): Promise<Buffer | undefined>
   onWithdraw? (session: PeerSession, roots: Buffer[]): void
   // Adverts a peer passes on (it does not hold those images).

@@ -10,7 +10,6 @@
 import { Scheduler, type PeerState, type Req } from '../../daemon/fetch/scheduler.js'
 import { HaveBroadcaster, type HaveTimers } from '../../daemon/fetch/have-broadcaster.js'
 import { chooseWanted, newPolicy, type Offer } from '../../daemon/seed/seed-policy.js'
-import { SpreadGuard } from '../../daemon/fleet/spread-guard.js'
 import { MAX_HAVE_BITS } from '../../protocol/wire.js'
 import { EventLoop } from './event-loop.js'
 import { Network } from './network.js'
@@ -106,8 +105,6 @@ interface Host {
   // Per peer: background requests queued here, and how many are being served.
   queues: Map<number, Serve[]>
   serving: Map<number, number>
-  // A whole holder's rule for background requests (peer-session.ts).
-  guard: SpreadGuard
   messages: number
 }
 
@@ -156,7 +153,6 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
     doneAt: NaN,
     queues: new Map(),
     serving: new Map(),
-    guard: new SpreadGuard({ now: () => loop.now }),
     messages: 0
   }))
   const byHex = new Map(hosts.map(h => [h.hex, h]))
@@ -183,8 +179,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   const onAdvert = (h: Host, from: Host) => {
     if (from.whole) {
       const ps = h.fetch?.peers.get(from.id)
-      if (h.fetch && ps) h.fetch.sched.setHolding(ps, true, undefined)
-      else if (h.fetch) addPeer(h, from)
+      if (h.fetch && ps) { h.fetch.sched.setHolding(ps, true, undefined); h.fetch.sched.wholeHolderAppeared() } else if (h.fetch) { addPeer(h, from); h.fetch.sched.wholeHolderAppeared() }
       pump(h)
     }
     if (h.heardOf) return
@@ -239,14 +234,10 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   const onHave = (h: Host, from: Host, start: number, count: number) => {
     if (!h.fetch) return
     // The other end is fetching it too: someone else for the seed policy to hear of it from.
-    // As RemoteFetch does: a Have of a known peer changes only what may be asked of it.
+    // As RemoteFetch does: heard, added if new, every peer pumped.
     const ps = h.fetch.peers.get(from.id)
-    if (ps) {
-      h.fetch.sched.heard(ps, start, count)
-      for (const req of h.fetch.sched.assign(ps)) request(h, from, req)
-      return
-    }
-    addPeer(h, from)
+    if (ps) h.fetch.sched.heard(ps, start, count)
+    else addPeer(h, from)
     pump(h)
   }
 
@@ -275,8 +266,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
       const { req } = list.shift()!
       if (cancelled.has(req)) continue
       n++
-      const send = q.whole ? q.guard.filter(h.hex, hashesOf(req.us)) : undefined
-      const sizes: number[] = req.us.map((u, j) => (send ? send[j] : has(q.bits, entries[u]!.indices[0]!)) ? BLOCK : 0)
+      const sizes: number[] = req.us.map(u => q.whole || has(q.bits, entries[u]!.indices[0]!) ? BLOCK : 0)
       const raw = sizes.reduce((a, b) => a + b, 0)
       q.messages++
       net.send(q.id, h.id, Math.max(1, raw * o.wireRatio), () => {
@@ -364,13 +354,6 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
     events: loop.ran,
     timedOut: !completed
   }
-}
-
-// A stand-in for the hashes of plan entries: distinct, 32 bytes each.
-function hashesOf (us: number[]): Buffer {
-  const b = Buffer.alloc(us.length * 32)
-  for (let j = 0; j < us.length; j++) b.writeUInt32LE(us[j]!, j * 32)
-  return b
 }
 
 function has (bits: Buffer, i: number): boolean {
