@@ -15,6 +15,10 @@ import type { FetchPlan } from './fetch-planner.js'
 import { Scheduler, type PeerState, type Req } from './scheduler.js'
 
 const PEER_WAIT_MS = 60_000
+// With nothing in flight, peers are asked again this often: the scheduler may be holding back
+// (another host's share of a roll-out, until that host has been silent long enough), and no
+// answer or Have may come to wake it.
+const IDLE_PUMP_MS = 1000
 
 // The peers a fetch may ask: events 'holder' (rootHex, session, start?, count?), 'withdrawn'
 // (rootHex, session) and 'peer-closed' (session).
@@ -50,6 +54,7 @@ export class RemoteFetch {
   #start = 0
   #stopped = false
   #waitTimer: NodeJS.Timeout | undefined
+  #idleTimer: NodeJS.Timeout | undefined
   #limitTimer: NodeJS.Timeout | undefined
 
   constructor (options: RemoteFetchOptions) {
@@ -87,6 +92,7 @@ export class RemoteFetch {
   close (): void {
     this.#stopped = true
     clearTimeout(this.#waitTimer)
+    clearTimeout(this.#idleTimer)
     clearTimeout(this.#limitTimer)
     this.#o.pool.off('holder', this.#onHolder)
     this.#o.pool.off('peer-closed', this.#onClosed)
@@ -233,6 +239,7 @@ export class RemoteFetch {
       this.#waitTimer = undefined
       return
     }
+    this.#idleTimer ??= setTimeout(() => { this.#idleTimer = undefined; this.#pumpAll() }, IDLE_PUMP_MS)
     this.#waitTimer ??= setTimeout(() => {
       this.#waitTimer = undefined
       if (!this.#sched.busy && !this.#sched.finished) {

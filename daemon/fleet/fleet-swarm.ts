@@ -110,7 +110,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     this.#swarm = new Hyperswarm({
       keyPair: options.keyPair,
       dht: this.#dht,
-      maxPeers: this.maxPeers,
+      maxPeers: this.#dialLimit,
       firewall: remoteKey => !this.#admits(remoteKey)
     })
     this.#swarm.on('connection', (conn: NoiseStream) => this.#onConnection(conn))
@@ -129,6 +129,10 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
 
   // Every allowed host fits in this host's sessions: the fleet is a full mesh.
   get #meshed (): boolean { return this.#allow.size - 1 <= this.maxPeers }
+
+  // Sessions past which Hyperswarm dials no more: in a larger fleet half of those it accepts,
+  // so that a host joining late still finds hosts with room for it.
+  get #dialLimit (): number { return this.#meshed ? this.maxPeers : Math.max(1, Math.floor(this.maxPeers / 2)) }
 
   // The firewall: a key off the allow-list is refused before any message ('refused', logged
   // once per key), which is what tests of a refusal wait for. An allowed host is refused too
@@ -189,6 +193,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     const before = this.#allow
     this.config = config
     this.#allow = new Set(config.allow)
+    this.#swarm.maxPeers = this.#dialLimit
     this.uploadLimiter.rate = config.uploadLimit ?? 0
     for (const [hex, s] of this.sessions) {
       if (!this.#allow.has(hex)) s.destroy(PROTOCOL_ERROR('host removed from the allow-list'))

@@ -75,6 +75,8 @@ declare module 'hyperswarm' {
     keyPair: KeyPair
     dht: DHT
     connections: Set<NoiseStream>
+    // Connections past which it dials no more (it may be changed).
+    maxPeers: number
     peers: Map<string, PeerInfo>
     join (topic: Buffer, opts?: { server?: boolean, client?: boolean }): PeerDiscovery
     leave (topic: Buffer): Promise<void>

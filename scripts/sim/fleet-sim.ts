@@ -20,6 +20,8 @@ const BLOCK = 4096
 const BATCH = 256
 // As in peer-session.ts.
 const SERVE_CONCURRENCY = 4
+// As in remote-fetch.ts.
+const IDLE_PUMP_MS = 1000
 const FLEET_TOPIC = 'fleet'
 
 export interface SimOptions {
@@ -89,6 +91,7 @@ interface Fetch {
   haves: HaveBroadcaster
   peers: Map<number, PeerState>
   started: number
+  idle: boolean
 }
 
 interface Host {
@@ -192,7 +195,7 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
   const startFetch = (h: Host) => {
     const sched = new Scheduler({ entries, size: o.imageBytes, blockSize: BLOCK, batch: BATCH, root, background: true, self: h.hex, now: () => loop.now })
     const haves = new HaveBroadcaster({ broadcastHave: (_root, bits, startByte) => broadcastHave(h, bits, startByte ?? 0) }, root, h.bits, timers)
-    h.fetch = { sched, haves, peers: new Map(), started: loop.now }
+    h.fetch = { sched, haves, peers: new Map(), started: loop.now, idle: false }
     // As FetchJob does for a background fetch: "I am fetching this", then all it holds.
     broadcastHave(h, Buffer.alloc(0), 0)
     haves.all()
@@ -247,6 +250,11 @@ export function simulate (options: Partial<SimOptions> = {}): SimResult {
     for (const ps of f.sched.byRate()) {
       const q = byHex.get(ps.hex)!
       for (const req of f.sched.assign(ps)) request(h, q, req)
+    }
+    // As RemoteFetch does: with nothing in flight, ask again in a while.
+    if (!f.sched.busy && !f.sched.finished && !f.idle) {
+      f.idle = true
+      loop.at(IDLE_PUMP_MS, () => { f.idle = false; pump(h) })
     }
   }
 

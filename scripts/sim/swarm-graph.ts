@@ -1,7 +1,9 @@
 // Who is connected to whom, as Hyperswarm gives it: a host that joins a topic announces itself
 // and looks the topic up; a lookup returns a bounded, random set of the hosts that announced it
 // before; the host connects to them while it has fewer than `maxPeers` connections and so does
-// the other end. `full` is a full mesh instead (every host dials every allowed host).
+// the other end. `full` is a full mesh instead (every host dials every allowed host). As in
+// fleet-swarm.ts, a host dials only while it has fewer than half of maxPeers and accepts while
+// it has fewer than maxPeers, so a host joining late finds hosts with room.
 
 export type Mesh = 'full' | 'topic'
 
@@ -76,7 +78,7 @@ export class SwarmGraph {
 
   #connect (a: number, b: number): boolean {
     if (a === b || this.#links[a]!.has(b) || this.#gone.has(a) || this.#gone.has(b)) return false
-    if (this.#o.mesh === 'topic' && (this.#links[a]!.size >= this.#o.maxPeers || this.#links[b]!.size >= this.#o.maxPeers)) return false
+    if (this.#o.mesh === 'topic' && (this.#links[a]!.size >= Math.max(1, Math.floor(this.#o.maxPeers / 2)) || this.#links[b]!.size >= this.#o.maxPeers)) return false
     this.#links[a]!.add(b)
     this.#links[b]!.add(a)
     return true
