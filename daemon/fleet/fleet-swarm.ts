@@ -6,12 +6,14 @@ import { EventEmitter } from 'node:events'
 import os from 'node:os'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery, type UdxSocket } from 'hyperswarm'
 import DHT, { type KeyPair } from 'hyperdht'
-import { advertExtSigningBytes, advertRevSigningBytes, advertSigningBytes, advertVerSigningBytes, supersedes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
+import { supersedes, Codec, MAX_HAVE_BITS, type Advert, type CodecId, type Have, type MessageMap } from '../../protocol/wire.js'
 import { PROTOCOL_ERROR } from '../../protocol/errors.js'
 import type { PeerInfo } from '../../protocol/rpc.js'
 import { DEFAULT_MAX_PEERS, fleetTopic, parseHostPort, rootTopic, type FleetConfig } from './fleet-config.js'
-import { verify } from './identity.js'
 import { PeerSession } from './peer-session.js'
+import { OfferBook } from './offer-book.js'
+import { checkAdvertSignatures } from '../adverts/sign-advert.js'
+import { Revisions } from '../adverts/revisions.js'
 import type { BlockBatch, BlockPlaces, ServiceMessage, SessionHost } from './session-host.js'
 import { RateLimiter } from './rate-limiter.js'
 import { TcpLanes } from './tcp-lanes.js'
@@ -21,12 +23,6 @@ import type { DeltaVersion } from '../blocks/manifest-delta.js'
 // Images whose root topics we announce; past this only the fleet topic finds us.
 const MAX_ROOT_TOPICS = 256
 const MAX_ADVERTS_PER_PEER = 10_000
-// Adverts heard of and passed on (offers), at most; each is forgotten this long after it was
-// last heard (a holder's own advert, in its Hello, tells new peers of it after that).
-const MAX_OFFERS = 10_000
-const OFFER_TTL_MS = 10 * 60_000
-// Relabelled adverts remembered (oldest forgotten first).
-const MAX_REVISED = 10_000
 // While an allowed host is not connected, the fleet topic is announced and looked up again this
 // often (a young DHT can store an announce where a later lookup does not look).
 const REDISCOVER_MS = 5_000
@@ -71,12 +67,11 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   #dht: DHT
   #allow: Set<string>
   #adverts = new Map<string, Advert>()
-  // Root → an advert heard of (not held here), and when it was last heard.
-  #offers = new Map<string, { advert: Advert, at: number }>()
+  readonly #offers = new OfferBook()
   // Adverts meant for one peer only (pre-staging): peer hex → root hex → advert.
   #targeted = new Map<string, Map<string, Advert>>()
   // The newest relabelling heard of each builder's advert for a root (root + builder, hex).
-  #revised = new Map<string, Advert>()
+  readonly #revisions = new Revisions()
   #topics = new Map<string, PeerDiscovery>()
   #fleet: PeerDiscovery | undefined
   #source: BlockSource
@@ -291,29 +286,16 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     this.#passOn(adverts, session)
   }
 
-  // Adverts of images this host does not hold that it heard of (for seed policies and names).
+  // Adverts of images this host does not hold that it heard of (for seed policies).
   offers (): Advert[] {
-    const now = Date.now()
-    for (const [hex, o] of this.#offers) if (now - o.at > OFFER_TTL_MS) this.#offers.delete(hex)
-    return [...this.#offers.values()].map(o => o.advert)
+    return this.#offers.all()
   }
 
   // A fleet larger than one host's connections hears of images through its peers: an advert
   // new here goes on to every other session (one that reads offers), so it crosses the fleet
   // in a few hops, each host sending it to at most maxPeers peers once.
   #passOn (adverts: Advert[], from: PeerSession): void {
-    const fresh: Advert[] = []
-    const now = Date.now()
-    for (const a of adverts) {
-      const hex = a.root.toString('hex')
-      const known = this.#offers.get(hex)
-      if (known) known.at = now
-      if (this.#adverts.has(hex) || (known && !supersedes(a, known.advert))) continue
-      this.#offers.delete(hex)
-      this.#offers.set(hex, { advert: a, at: now })
-      if (this.#offers.size > MAX_OFFERS) this.#offers.delete(this.#offers.keys().next().value!)
-      fresh.push(a)
-    }
+    const fresh = this.#offers.add(adverts.filter(a => !this.#adverts.has(a.root.toString('hex'))))
     if (!fresh.length) return
     for (const s of this.sessions.values()) if (s !== from && s.remoteHello) for (let i = 0; i < fresh.length; i += 500) s.sendIfSupported('Offers', { adverts: fresh.slice(i, i + 500) })
     this.emit('offer', fresh)
@@ -321,21 +303,15 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
 
   // The newest relabelling heard of `a` (the builder's own, or a holder's copy of it), or `a`.
   newest (a: Advert): Advert {
-    const known = this.#revised.get(revisedKey(a))
-    return known && supersedes(known, a) ? known : a
+    return this.#revisions.newest(a)
   }
 
-  // Keeps the newest of `a` and the relabellings of it heard before: a copy passed on by a holder
-  // that has not heard of a relabelling yet never undoes it. A newer one replaces the older in
-  // every session and is announced ('revised'): holders take it and pass it on.
-  #remember (a: Advert): Advert {
-    const key = revisedKey(a)
-    const known = this.#revised.get(key)
-    if (known && !supersedes(a, known)) return known
-    if (!a.revision) return a
-    this.#revised.delete(key)
-    this.#revised.set(key, a)
-    if (this.#revised.size > MAX_REVISED) this.#revised.delete(this.#revised.keys().next().value!)
+  // The newest of `a` and the relabellings of it heard before (revisions.ts). A newer one
+  // replaces the older in every session and is announced ('revised'): holders take it and pass
+  // it on.
+  #remember (advert: Advert): Advert {
+    const { advert: a, revised } = this.#revisions.remember(advert)
+    if (!revised) return a
     const hex = a.root.toString('hex')
     for (const s of this.sessions.values()) {
       const old = s.adverts.get(hex)
@@ -433,7 +409,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     for (const a of fresh) {
       const hex = a.root.toString('hex')
       this.#adverts.set(hex, a)
-      this.#offers.delete(hex)
+      this.#offers.remove(hex)
       if (this.#topics.size < MAX_ROOT_TOPICS && !this.#topics.has(hex)) {
         this.#topics.set(hex, this.#swarm.join(rootTopic(this.config.secret, a.root), { server: true, client: false }))
       }
@@ -489,18 +465,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   }
 
   peers (): PeerInfo[] {
-    return [...this.sessions.values()].filter(s => s.remoteHello).map(s => ({
-      key: s.remoteHex,
-      host: s.remoteHello!.host,
-      address: s.address,
-      images: s.adverts.size,
-      partial: s.haves.size,
-      bytesIn: s.stats.bytesIn,
-      bytesOut: s.stats.bytesOut,
-      rateIn: Math.round(s.stats.rateIn),
-      connectedAt: new Date(s.stats.connectedAt).toISOString(),
-      lane: s.lane?.remoteHello ? { address: s.lane.address, bytesIn: s.lane.laneBytes.in, bytesOut: s.lane.laneBytes.out } : null
-    }))
+    return [...this.sessions.values()].filter(s => s.remoteHello).map(s => s.info())
   }
 
   address (): { host: string, port: number } | null {
@@ -519,11 +484,6 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   }
 }
 
-// One builder's adverts for one root share a key in #revised.
-function revisedKey (a: Advert): string {
-  return a.root.toString('hex') + a.builder.toString('hex')
-}
-
 const widened = new WeakSet<UdxSocket>()
 
 function widenBuffers (socket: UdxSocket | null | undefined): void {
@@ -533,27 +493,5 @@ function widenBuffers (socket: UdxSocket | null | undefined): void {
     socket.setRecvBufferSize(RECV_BUFFER_BYTES)
   } catch {
     // A socket not bound yet or already closed keeps its defaults.
-  }
-}
-
-// Checks an advert's signatures (throws PROTOCOL_ERROR); fields appended later count only when
-// the builder signed them too (else they are cleared).
-function checkAdvertSignatures (a: Advert): void {
-  if (!verify(advertSigningBytes(a), a.signature, a.builder)) throw PROTOCOL_ERROR('advert with a bad signature')
-  if (a.extSignature) {
-    if (!verify(advertExtSigningBytes(a), a.extSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad extension signature')
-  } else {
-    a.created = null
-    a.labels = []
-  }
-  if (a.revSignature) {
-    if (!verify(advertRevSigningBytes(a), a.revSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad revision signature')
-  } else {
-    a.revision = null
-  }
-  if (a.verSignature && a.extSignature) {
-    if (!verify(advertVerSigningBytes(a), a.verSignature, a.builder)) throw PROTOCOL_ERROR('advert with a bad version signature')
-  } else {
-    a.version = null
   }
 }

@@ -17,6 +17,7 @@ import { blockPool } from '../blocks/block-pool.js'
 import type { BlockTarget } from '../blocks/block-worker.js'
 import { packBlocks } from './block-packer.js'
 import type { BlockBatch, SessionHost, SessionStats, Stream } from './session-host.js'
+import type { PeerInfo } from '../../protocol/rpc.js'
 
 const HELLO_TIMEOUT_MS = 15_000
 const REQUEST_TIMEOUT_MS = 60_000
@@ -144,6 +145,22 @@ export class PeerSession extends EventEmitter {
   sendIfSupported<K extends 'Withdraw' | 'Stage' | 'StageStatus' | 'SeedDefaults' | 'Offers'> (type: K, body: MessageMap[K]): boolean {
     if (!this.remoteHello || !this.supports(FEATURE_OF[type]!)) return false
     return this.#send(type, body) || !this.closed
+  }
+
+  // What `peer ls` shows of it (once it said Hello).
+  info (): PeerInfo {
+    return {
+      key: this.remoteHex,
+      host: this.remoteHello?.host ?? '',
+      address: this.address,
+      images: this.adverts.size,
+      partial: this.haves.size,
+      bytesIn: this.stats.bytesIn,
+      bytesOut: this.stats.bytesOut,
+      rateIn: Math.round(this.stats.rateIn),
+      connectedAt: new Date(this.stats.connectedAt).toISOString(),
+      lane: this.lane?.remoteHello ? { address: this.lane.address, bytesIn: this.lane.laneBytes.in, bytesOut: this.lane.laneBytes.out } : null
+    }
   }
 
   sendAdverts (adverts: Advert[]): void {
