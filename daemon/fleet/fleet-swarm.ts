@@ -262,8 +262,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
     if (rest.length) session.sendAdverts(rest)
     const mine = this.#targeted.get(session.remoteHex)
     if (mine?.size) session.sendAdverts([...mine.values()])
-    const offers = this.offers()
-    for (let i = 0; i < offers.length; i += 500) session.sendIfSupported('Offers', { adverts: offers.slice(i, i + 500) })
+    session.sendOffers(this.offers())
     this.#lanes?.offer(session)
     this.emit('peer', session)
   }
@@ -297,7 +296,7 @@ export class FleetSwarm extends EventEmitter<FleetEvents> implements SessionHost
   #passOn (adverts: Advert[], from: PeerSession): void {
     const fresh = this.#offers.add(adverts.filter(a => !this.#adverts.has(a.root.toString('hex'))))
     if (!fresh.length) return
-    for (const s of this.sessions.values()) if (s !== from && s.remoteHello) for (let i = 0; i < fresh.length; i += 500) s.sendIfSupported('Offers', { adverts: fresh.slice(i, i + 500) })
+    for (const s of this.sessions.values()) if (s !== from && s.remoteHello) s.sendOffers(fresh)
     this.emit('offer', fresh)
   }
 

@@ -167,6 +167,11 @@ export class PeerSession extends EventEmitter {
     for (let i = 0; i < adverts.length; i += 500) this.#send('Adverts', { adverts: adverts.slice(i, i + 500) })
   }
 
+  // Adverts heard of and passed on, to a peer that reads them.
+  sendOffers (adverts: Advert[]): void {
+    for (let i = 0; i < adverts.length; i += 500) this.sendIfSupported('Offers', { adverts: adverts.slice(i, i + 500) })
+  }
+
   sendHave (have: Have): void {
     this.#send('Have', have)
   }
